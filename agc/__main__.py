@@ -1,0 +1,3 @@
+from agc.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,209 @@
+"""Input catalogs, filesets, URL rewriting and chunking (spec §1, §9).
+
+A catalog is the AGC's ``nanoaod_inputs.json`` structure,
+``{process: {variation: {"nevts_total": int, "files": [{"path": str, "nevts": int}]}}}``, either the
+real AGC catalog shipped with the package (``"agc"``) or a synthetic one written by
+``agc generate``. Both take exactly the same path from here on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from agc.config import CROSS_SECTIONS_PB, sample_weight
+
+REAL_CATALOG = "agc"
+TREE_NAME = "Events"
+
+#: Prefix of the canonical AGC URLs and its known mirrors (spec §1.5).
+CANONICAL_PREFIX = "https://xrootd-local.unl.edu:1094//store/user/AGC/nanoAOD"
+EOS_PREFIX = "root://eospublic.cern.ch//eos/opendata/cms/upload/agc/1.0.0/"
+
+
+class CatalogError(ValueError):
+    """A catalog file or option is not usable; the message says which and what to do."""
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: str
+    nevts: int
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One fileset entry ``{process}__{variation}`` with the files chosen for this run."""
+
+    process: str
+    variation: str
+    files: tuple[InputFile, ...]
+    xsec: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.process}__{self.variation}"
+
+    @property
+    def nevts(self) -> int:
+        """Events in the files processed: the N of the normalisation w = sigma L / N."""
+        return sum(f.nevts for f in self.files)
+
+    @property
+    def weight(self) -> float:
+        return sample_weight(self.process, self.nevts)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One task: an entry range of one file of one sample."""
+
+    sample: str
+    process: str
+    variation: str
+    path: str
+    entry_start: int
+    entry_stop: int
+    weight: float
+    tree: str = TREE_NAME
+
+    @property
+    def nevents(self) -> int:
+        return self.entry_stop - self.entry_start
+
+
+def load_catalog(source: str | os.PathLike = REAL_CATALOG) -> tuple[dict, Path | None]:
+    """Load a catalog: ``"agc"`` for the real AGC inputs, or the path of a catalog JSON.
+
+    Returns the catalog and the directory relative paths in it are resolved against
+    (``None`` for the real catalog, whose paths are URLs).
+    """
+    if str(source) == REAL_CATALOG:
+        text = resources.files("agc").joinpath("data/nanoaod_inputs.json").read_text()
+        return json.loads(text), None
+    path = Path(source)
+    if path.is_dir():
+        path = path / "catalog.json"
+    if not path.exists():
+        raise CatalogError(f"catalog {path}: no such file. Give 'agc' for the real AGC inputs or "
+                           "the catalog.json written by 'agc generate'.")
+    try:
+        catalog = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CatalogError(f"catalog {path}: not valid JSON ({err})") from err
+    _check_structure(catalog, path)
+    return catalog, path.parent.resolve()
+
+
+def _check_structure(catalog: object, where: Path) -> None:
+    if not isinstance(catalog, dict) or not catalog:
+        raise CatalogError(f"catalog {where}: expected {{process: {{variation: {{...}}}}}}")
+    for process, variations in catalog.items():
+        if not isinstance(variations, dict):
+            raise CatalogError(f"catalog {where}: entry {process!r} is not a mapping of variations")
+        for variation, entry in variations.items():
+            files = entry.get("files") if isinstance(entry, dict) else None
+            if not isinstance(files, list) or not all(
+                isinstance(f, dict) and "path" in f and "nevts" in f for f in files
+            ):
+                raise CatalogError(f"catalog {where}: {process}/{variation} needs "
+                                   "'files': [{'path': ..., 'nevts': ...}]")
+
+
+def rewrite_url(path: str, *, base_dir: Path | None = None, eos: bool = False,
+                xcache: str | None = None, mirror: str | os.PathLike | None = None) -> str:
+    """Where to read one catalog path from.
+
+    Args:
+        base_dir: directory that relative paths (synthetic catalogs) are resolved against.
+        eos: read the real inputs from the CERN EOS public mirror (coffea ``INPUT_FROM_EOS``).
+        xcache: prefix prepended to every remote URL, e.g. ``root://xcache.example:1094//``;
+            local paths become ``<xcache>/<absolute path>`` so that an XCache in front of an
+            origin exporting ``/`` serves them.
+        mirror: local directory holding a copy of the inputs under their ``/store/...`` path
+            (the reference's ``local_data_cache``).
+    """
+    url = path
+    if base_dir is not None and "://" not in url and not os.path.isabs(url):
+        url = str((base_dir / url).resolve())
+    if eos and url.startswith(CANONICAL_PREFIX):
+        url = EOS_PREFIX + url[len(CANONICAL_PREFIX):].lstrip("/")
+    if mirror is not None and "/store/" in url:
+        url = str(Path(mirror) / url[url.index("/store/") + 1:])
+    if xcache:
+        if "://" in url:
+            # keep the host-less path: root://cache//store/... or root://cache//eos/...
+            rest = url.split("://", 1)[1]
+            rest = rest.split("/", 1)[1] if "/" in rest else rest
+            url = xcache.rstrip("/") + "//" + rest.lstrip("/")
+        else:
+            url = xcache.rstrip("/") + "//" + url.lstrip("/")
+    return url
+
+
+def build_fileset(catalog: Mapping, base_dir: Path | None = None, *, n_files: int = -1,
+                  samples: tuple[str, ...] | None = None, eos: bool = False,
+                  xcache: str | None = None, mirror: str | None = None) -> dict[str, Sample]:
+    """The fileset of a run: the first ``n_files`` files (listing order; -1 = all) per entry.
+
+    ``data`` entries are skipped, as in the reference. ``samples`` restricts the entries by
+    fileset key (``ttbar__nominal``...).
+    """
+    if n_files == 0 or n_files < -1:
+        raise CatalogError(f"--n-files {n_files}: give a positive number of files per sample, "
+                           "or -1 for all")
+    fileset: dict[str, Sample] = {}
+    for process, variations in catalog.items():
+        if process == "data":
+            continue
+        if process not in CROSS_SECTIONS_PB:
+            raise CatalogError(f"catalog process {process!r} has no cross section; known: "
+                               f"{', '.join(CROSS_SECTIONS_PB)}")
+        for variation, entry in variations.items():
+            key = f"{process}__{variation}"
+            if samples is not None and key not in samples:
+                continue
+            chosen = entry["files"] if n_files == -1 else entry["files"][:n_files]
+            files = tuple(
+                InputFile(rewrite_url(f["path"], base_dir=base_dir, eos=eos, xcache=xcache,
+                                      mirror=mirror), int(f["nevts"]))
+                for f in chosen
+            )
+            if files:
+                fileset[key] = Sample(process, variation, files, CROSS_SECTIONS_PB[process])
+    if samples is not None:
+        unknown = sorted(set(samples) - set(fileset))
+        if unknown:
+            raise CatalogError(f"--samples: {', '.join(unknown)} not in the catalog; known: "
+                               f"{', '.join(sorted(fileset))}")
+    if not fileset:
+        raise CatalogError("the catalog selects no input files")
+    return fileset
+
+
+def chunk_ranges(nevts: int, chunksize: int) -> list[tuple[int, int]]:
+    """coffea's rule: n = max(round(nevts / chunksize), 1) chunks of (nearly) equal size."""
+    if chunksize <= 0:
+        raise CatalogError(f"--chunksize {chunksize}: must be a positive number of events")
+    if nevts <= 0:
+        return []
+    n = max(round(nevts / chunksize), 1)
+    size = math.ceil(nevts / n)
+    return [(start, min(start + size, nevts)) for start in range(0, nevts, size)]
+
+
+def make_chunks(fileset: Mapping[str, Sample], chunksize: int) -> list[Chunk]:
+    """All chunks of a fileset, sample by sample, file by file."""
+    chunks = []
+    for sample in fileset.values():
+        weight = sample.weight
+        for f in sample.files:
+            for start, stop in chunk_ranges(f.nevts, chunksize):
+                chunks.append(Chunk(sample.name, sample.process, sample.variation, f.path,
+                                    start, stop, weight))
+    return chunks

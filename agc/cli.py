@@ -1,0 +1,226 @@
+"""The ``agc`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger("agc")
+
+SYNTHETIC = "synthetic"
+
+
+def default_data_dir() -> Path:
+    """Where the default synthetic dataset lives: $AGC_DATA_DIR, else the user cache directory."""
+    if os.environ.get("AGC_DATA_DIR"):
+        return Path(os.environ["AGC_DATA_DIR"])
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "agc-harness"
+
+
+def ensure_default_dataset(progress: bool = True) -> Path:
+    """The catalog of the default synthetic dataset, generating it the first time."""
+    from agc import synth
+
+    target = default_data_dir() / f"synthetic-default-{synth.DATASET_VERSION}"
+    catalog = target / "catalog.json"
+    if catalog.exists():
+        return catalog
+    print(f"Generating the default synthetic dataset in {target} (once) ...", file=sys.stderr)
+    return synth.generate(target, progress=progress)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be a positive integer")
+    return value
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("inputs")
+    g.add_argument("--catalog", default=SYNTHETIC,
+                   help="'synthetic' (default: generated once, then reused), 'agc' (the real AGC "
+                        "inputs), or a catalog.json path")
+    g.add_argument("--n-files", type=int, default=-1, metavar="N",
+                   help="first N files per sample (-1 = all; default %(default)s)")
+    g.add_argument("--samples", nargs="+", metavar="KEY",
+                   help="only these fileset keys, e.g. ttbar__nominal wjets__nominal")
+    g.add_argument("--eos", action="store_true", help="read the real inputs from CERN EOS")
+    g.add_argument("--xcache", metavar="PREFIX", help="read through an XCache, e.g. root://host:1094")
+    g.add_argument("--mirror", metavar="DIR", help="local directory mirroring /store/... paths")
+    g = p.add_argument_group("analysis")
+    g.add_argument("--no-systematics", action="store_true", help="nominal selection only")
+    g.add_argument("--seed", type=int, default=None, help="seed of the pt_res_up smear")
+    g = p.add_argument_group("execution")
+    g.add_argument("--backend", default="local", help="backend name (see 'agc backends')")
+    g.add_argument("--mode", default=None, help="local backend: inprocess, processes or dask")
+    g.add_argument("--workers", type=_positive_int, default=None, help="workers (default: cores)")
+    g.add_argument("--chunksize", type=_positive_int, default=100_000,
+                   help="events per chunk (default %(default)s)")
+    g = p.add_argument_group("outputs")
+    g.add_argument("--output", metavar="DIR", help="run directory (default agc-output/run-...)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _config_from_args(args: argparse.Namespace):
+    from agc.analysis import DEFAULT_SEED
+    from agc.run import RunConfig
+
+    catalog = args.catalog
+    if catalog == SYNTHETIC:
+        catalog = str(ensure_default_dataset(progress=not args.quiet))
+    backend_options = {}
+    if args.workers is not None:
+        backend_options["workers"] = args.workers
+    if args.mode is not None:
+        backend_options["mode"] = args.mode
+    return RunConfig(
+        catalog=catalog, n_files=args.n_files,
+        samples=tuple(args.samples) if args.samples else None,
+        systematics=not args.no_systematics,
+        seed=DEFAULT_SEED if args.seed is None else args.seed,
+        eos=args.eos, xcache=args.xcache, mirror=args.mirror,
+        backend=args.backend, backend_options=backend_options, chunksize=args.chunksize,
+        output_dir=args.output,
+    )
+
+
+def summary_table(result) -> str:
+    """The readable end-of-run table: events, weight, yields and raw counts per sample."""
+    import pandas as pd
+
+    rows = []
+    for sample, n in result.events_per_sample.items():
+        w = result.weights[sample]
+        y = result.yields[sample]
+        rows.append({"sample": sample, "events": n, "weight": w,
+                     "4j1b yield": y["4j1b"], "4j1b raw": round(y["4j1b"] / w),
+                     "4j2b yield": y["4j2b"], "4j2b raw": round(y["4j2b"] / w)})
+    df = pd.DataFrame(rows).set_index("sample")
+    return df.to_string(float_format=lambda v: f"{v:,.3f}" if abs(v) < 1e4 else f"{v:,.1f}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agc.run import run
+
+    result = run(_config_from_args(args), progress=not args.quiet)
+    print(summary_table(result))
+    print(f"\n{result.events:,} events in {result.chunks} chunks on {result.workers} worker(s): "
+          f"{result.wall_seconds:.1f} s, {result.events_per_second:,.0f} events/s "
+          f"({result.events_per_second / result.workers:,.0f} per worker), "
+          f"{result.bytes_read / 1e6:,.1f} MB read")
+    print(f"Outputs: {result.run_dir}/ (histograms.root, histograms.json, summary.json)")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from agc import synth
+
+    events = None
+    if args.events is not None:
+        events = {s: (args.files, max(args.events // args.files, 1)) for s in synth.SAMPLES}
+    catalog = synth.generate(Path(args.output), events=events, layout=args.layout,
+                             compression=args.compression, seed=args.seed, workers=args.workers,
+                             progress=not args.quiet)
+    print(f"Catalog: {catalog}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from agc.histograms import read_histograms, validate
+
+    path = Path(args.output)
+    if path.is_dir():
+        path = path / "histograms.root"
+    output = read_histograms(path)
+    try:
+        reference = json.loads(Path(args.reference).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        print(f"error: --reference {args.reference}: cannot read the JSON ({err})", file=sys.stderr)
+        return 2
+    report = validate(output, reference)
+    if args.verbose:
+        for line in report.migrations:
+            print(f"migration: {line}")
+        for name in report.skipped_content:
+            print(f"not compared (random content): {name}")
+    for line in report.errors:
+        print(f"ERROR: {line}")
+    status = "OK" if report.ok else "FAILED"
+    print(f"{status}: {report.checked} reference histograms checked, {len(report.errors)} "
+          f"error(s), {len(report.migrations)} tolerated bin migration(s), "
+          f"{len(report.skipped_content)} compared by edges only (pt_res_up)")
+    return 0 if report.ok else 1
+
+
+def cmd_backends(args: argparse.Namespace) -> int:
+    from backends.base import _load, available_backends
+
+    for name, target in sorted(available_backends().items()):
+        try:
+            description = _load(target).description
+        except Exception as err:  # a broken third-party backend must not hide the others
+            description = f"(cannot load {target}: {err})"
+        print(f"{name:10s} {description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agc", description="AGC CMS ttbar analysis benchmarking harness")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the analysis (default: synthetic data, local backend)")
+    _add_run_arguments(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("generate", help="write synthetic NanoAOD files and their catalog")
+    p.add_argument("--output", required=True, metavar="DIR")
+    p.add_argument("--events", type=_positive_int, default=None,
+                   help="events per sample (default: the default dataset)")
+    p.add_argument("--files", type=_positive_int, default=1, help="files per sample")
+    p.add_argument("--layout", choices=("realistic", "minimal"), default="realistic")
+    p.add_argument("--compression", default="ZLIB:1", help="e.g. ZLIB:1, LZ4:4, ZSTD:5, none")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--workers", type=_positive_int, default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("validate", help="compare histograms with a reference JSON (spec §7.2)")
+    p.add_argument("output", help="histograms.root (or a run directory)")
+    p.add_argument("--reference", required=True, help="reference JSON, e.g. histos_1_file_per_process.json")
+    p.add_argument("--verbose", action="store_true")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("backends", help="list the available backends")
+    p.set_defaults(func=cmd_backends)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        argv = ["run"]  # the main job: `agc` alone runs the default analysis
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * args.verbose,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 2
+    from agc.errors import USER_ERRORS
+
+    try:
+        return args.func(args)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: no outputs were written for this run", file=sys.stderr)
+        return 130

@@ -1,0 +1,275 @@
+"""Histogram definitions, naming, merging, pseudodata, ROOT/JSON I/O and validation (spec §3, §6, §7).
+
+A run's histograms are a flat ``dict[name, hist.Hist]`` of one-dimensional histograms with the
+observable axis ``Reg(25, 50, 550)`` and ``Weight()`` storage, keyed by the cabinetry names of
+spec §6 (``4j1b_ttbar``, ``4j2b_wjets_btag_var_2_down``, ``4j1b_pseudodata``...). A flat dict
+merges by key, pickles small, and maps one to one onto ``histograms.root``; the reference's
+three-axis view (observable x process x variation) is available from :func:`to_hist_dict`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hist
+import numpy as np
+
+from agc.config import REGIONS
+
+log = logging.getLogger(__name__)
+
+N_BINS, LOW, HIGH = 25, 50.0, 550.0
+OBSERVABLE_LABELS = {"4j1b": "$H_T$ [GeV]", "4j2b": "$m_{bjj}$ [GeV]"}
+
+Histograms = dict[str, hist.Hist]
+
+
+def new_histogram(region: str = "") -> hist.Hist:
+    """An empty observable histogram: 25 bins of 20 GeV in [50, 550], with flow, Weight storage."""
+    label = OBSERVABLE_LABELS.get(region, "observable [GeV]")
+    return hist.Hist(hist.axis.Regular(N_BINS, LOW, HIGH, name="observable", label=label),
+                     storage=hist.storage.Weight())
+
+
+def histogram_name(region: str, process: str, variation: str = "nominal") -> str:
+    """Output name of spec §6: ``{region}_{process}`` for nominal, else ``..._{variation}``."""
+    if variation == "nominal":
+        return f"{region}_{process}"
+    return f"{region}_{process}_{variation}"
+
+
+def merge(histograms: Iterable[Mapping[str, hist.Hist]]) -> Histograms:
+    """Sum several histogram dicts key by key (keys missing from some inputs are fine)."""
+    total: Histograms = {}
+    for part in histograms:
+        for name, h in part.items():
+            total[name] = total[name] + h if name in total else h.copy()
+    return total
+
+
+def add_pseudodata(histograms: Histograms) -> Histograms:
+    """Add ``{region}_pseudodata`` = (ttbar ME_var + ttbar PS_var) / 2 + wjets nominal (spec §6).
+
+    Written only when all three inputs exist for the region (no single top, as in the code).
+    """
+    out = dict(histograms)
+    for region in REGIONS:
+        names = [f"{region}_ttbar_ME_var", f"{region}_ttbar_PS_var", f"{region}_wjets"]
+        if all(n in histograms for n in names):
+            me, ps, wjets = (histograms[n] for n in names)
+            out[f"{region}_pseudodata"] = (me + ps) / 2 + wjets
+    return out
+
+
+def is_written(h: hist.Hist) -> bool:
+    """The reference writes a histogram only when its in-range bins sum to more than zero."""
+    return float(np.sum(h.values())) > 0
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same directory, then rename: never half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_root(histograms: Mapping[str, hist.Hist], path: str | os.PathLike) -> list[str]:
+    """Write the non-empty histograms as TH1D (with flow and sumw2) to a ROOT file, atomically.
+
+    Returns the names written.
+    """
+    import uproot
+
+    names = sorted(n for n, h in histograms.items() if is_written(h))
+
+    def write(tmp: Path) -> None:
+        with uproot.recreate(tmp) as f:
+            for name in names:
+                f[name] = histograms[name]
+
+    _atomic_write(Path(path), write)
+    return names
+
+
+def to_json_dict(histograms: Mapping[str, hist.Hist]) -> dict[str, dict[str, list[float]]]:
+    """The reference JSON structure: ``{name: {"edges": [26], "contents": [27 incl. flow]}}``."""
+    out = {}
+    for name in sorted(histograms):
+        h = histograms[name]
+        if not is_written(h):
+            continue
+        out[name] = {
+            "edges": [float(e) for e in h.axes[0].edges],
+            "contents": [float(c) for c in h.values(flow=True)],
+        }
+    return out
+
+
+def write_json(histograms: Mapping[str, hist.Hist], path: str | os.PathLike) -> None:
+    """Write :func:`to_json_dict` to ``path`` atomically."""
+    payload = to_json_dict(histograms)
+    _atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(payload, indent=1)))
+
+
+class HistogramFileError(ValueError):
+    """A histogram file is missing, unreadable or not of the expected form."""
+
+
+def read_histograms(path: str | os.PathLike) -> Histograms:
+    """Read histograms from ``histograms.root`` (TH1, highest cycle) or a reference-style JSON.
+
+    JSON files carry no variances; their histograms get variances equal to their contents.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise HistogramFileError(f"{path}: no such file; give a histograms.root or .json file")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise HistogramFileError(f"{path}: not a readable JSON file ({err})") from err
+        out = {}
+        for name, entry in data.items():
+            try:
+                edges = np.asarray(entry["edges"], dtype=float)
+                contents = np.asarray(entry["contents"], dtype=float)
+            except (TypeError, KeyError) as err:
+                raise HistogramFileError(
+                    f"{path}: histogram {name!r} needs 'edges' and 'contents'") from err
+            if len(contents) != len(edges) + 1:
+                raise HistogramFileError(
+                    f"{path}: histogram {name!r} has {len(contents)} contents for "
+                    f"{len(edges) - 1} bins; expected bins + 2 flow entries")
+            h = hist.Hist(hist.axis.Variable(edges, name="observable"),
+                          storage=hist.storage.Weight())
+            view = h.view(flow=True)
+            view.value = contents
+            view.variance = np.abs(contents)
+            out[name] = h
+        return out
+    import uproot
+
+    try:
+        with uproot.open(path) as f:
+            names = {k.split(";")[0] for k, cls in f.classnames().items() if cls.startswith("TH1")}
+            return {n: f[n].to_hist() for n in sorted(names)}
+    except Exception as err:  # uproot raises many kinds for a damaged file
+        raise HistogramFileError(f"{path}: cannot read histograms ({err})") from err
+
+
+def to_hist_dict(histograms: Mapping[str, hist.Hist], processes: Iterable[str]) -> dict[str, hist.Hist]:
+    """The reference's per-region 3D view: observable x process (StrCat) x variation (StrCat)."""
+    processes = sorted(processes, key=len, reverse=True)  # longest prefix first
+    out = {}
+    for region in REGIONS:
+        entries = []
+        for name, h in histograms.items():
+            if not name.startswith(region + "_"):
+                continue
+            rest = name[len(region) + 1:]
+            process = next((p for p in processes if rest == p or rest.startswith(p + "_")), None)
+            if process is None:
+                continue
+            variation = rest[len(process) + 1:] or "nominal"
+            entries.append((process, variation, h))
+        h3 = hist.Hist(
+            hist.axis.Regular(N_BINS, LOW, HIGH, name="observable", label=OBSERVABLE_LABELS[region]),
+            hist.axis.StrCategory([], name="process", growth=True),
+            hist.axis.StrCategory([], name="variation", growth=True),
+            storage=hist.storage.Weight(),
+        )
+        for process, variation, h in entries:
+            h3.fill(observable=[], process=process, variation=variation)
+        view = h3.view(flow=True)
+        for process, variation, h in entries:
+            ip = h3.axes["process"].index(process)
+            iv = h3.axes["variation"].index(variation)
+            view[:, ip, iv] = h.view(flow=True)
+        out[region] = h3
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Validation (spec §7.2, the reference's validate_histograms.py)
+
+
+@dataclass
+class ValidationReport:
+    """Outcome of comparing an output file with a reference JSON."""
+
+    checked: int = 0
+    errors: list[str] = field(default_factory=list)
+    migrations: list[str] = field(default_factory=list)
+    skipped_content: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def _mismatch_groups(bad: np.ndarray) -> list[tuple[int, int]]:
+    """Runs of adjacent True values as (start, stop) index pairs."""
+    groups, start = [], None
+    for i, b in enumerate(bad):
+        if b and start is None:
+            start = i
+        elif not b and start is not None:
+            groups.append((start, i))
+            start = None
+    if start is not None:
+        groups.append((start, len(bad)))
+    return groups
+
+
+def validate(output: Mapping[str, hist.Hist], reference: Mapping[str, Mapping]) -> ValidationReport:
+    """Compare histograms with a reference dict ``{name: {"edges", "contents"}}`` (spec §7.2).
+
+    For each reference name: a missing output is an error (``*_pseudodata`` excepted); edges must
+    be allclose; ``pt_res_up`` contents are not compared (random in the reference); otherwise bins
+    are compared with ``isclose(rtol=1e-5, atol=1e-8)`` and runs of adjacent mismatching bins pass
+    as a bin migration only if they agree bin by bin within ``atol=2`` and their sums agree.
+    """
+    report = ValidationReport()
+    for name, ref in reference.items():
+        report.checked += 1
+        if name not in output:
+            if not name.endswith("_pseudodata"):
+                report.errors.append(f"{name}: missing from the output")
+            continue
+        h = output[name]
+        edges = np.asarray(h.axes[0].edges)
+        ref_edges = np.asarray(ref["edges"], dtype=float)
+        if edges.shape != ref_edges.shape or not np.allclose(edges, ref_edges):
+            report.errors.append(f"{name}: bin edges differ from the reference")
+            continue
+        if "pt_res_up" in name:
+            report.skipped_content.append(name)
+            continue
+        got = np.asarray(h.values(flow=True), dtype=float)
+        want = np.asarray(ref["contents"], dtype=float)
+        if got.shape != want.shape:
+            report.errors.append(f"{name}: {got.size} bins (with flow), reference has {want.size}")
+            continue
+        bad = ~np.isclose(got, want, rtol=1e-5, atol=1e-8)
+        for start, stop in _mismatch_groups(bad):
+            g, w = got[start:stop], want[start:stop]
+            if np.allclose(g, w, atol=2.0) and np.allclose(g.sum(), w.sum()):
+                report.migrations.append(f"{name}: bins {start}-{stop - 1} (bin migration)")
+            else:
+                report.errors.append(
+                    f"{name}: bins {start}-{stop - 1} differ: got {np.round(g, 3).tolist()}, "
+                    f"reference {np.round(w, 3).tolist()}")
+    return report

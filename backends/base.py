@@ -1,0 +1,73 @@
+"""The ``Backend`` protocol and the backend registry.
+
+A backend turns site settings into an :class:`Executor` that runs a picklable function over a
+list of tasks and yields results as they complete. Backends never import the analysis: they
+run whatever function they are given.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from importlib.metadata import entry_points
+from typing import Any, Protocol, runtime_checkable
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "agc.backends"
+
+#: Backends of this package, also used when it runs from a source tree without being installed.
+BUILTIN_BACKENDS = {"local": "backends.local:LocalBackend"}
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """A started backend."""
+
+    #: Number of worker processes (or threads) that run tasks in parallel.
+    workers: int
+
+    def map_unordered(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
+        """Run ``fn(task)`` for every task; yield the results in completion order."""
+        ...
+
+    def close(self) -> None:
+        """Stop the workers and release every resource (jobs, clusters, processes)."""
+        ...
+
+
+class Backend(Protocol):
+    """What a backend class provides. ``name`` and ``description`` are shown by ``agc backends``."""
+
+    name: str
+    description: str
+
+    def start(self) -> Executor:
+        ...
+
+
+class BackendError(ValueError):
+    """Unknown backend or bad backend option."""
+
+
+def _load(target: str):
+    module, _, attr = target.partition(":")
+    mod = __import__(module, fromlist=[attr])
+    return getattr(mod, attr)
+
+
+def available_backends() -> dict[str, str]:
+    """Backend name -> ``module:Class`` from the entry points, plus the built-in ones."""
+    found = dict(BUILTIN_BACKENDS)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found[ep.name] = ep.value
+    return found
+
+
+def get_backend(name: str) -> type:
+    """The backend class registered under ``name``."""
+    backends = available_backends()
+    if name not in backends:
+        raise BackendError(f"--backend {name!r}: unknown backend; available: "
+                           f"{', '.join(sorted(backends))} (see 'agc backends')")
+    return _load(backends[name])

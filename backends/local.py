@@ -1,0 +1,117 @@
+"""The ``local`` backend: in-process, a process pool, or a Dask ``LocalCluster`` on this machine."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+from backends.base import BackendError
+
+log = logging.getLogger(__name__)
+
+MODES = ("inprocess", "processes", "dask")
+
+
+class InProcessExecutor:
+    """Runs every task in this process, one after the other (debugging, profiling)."""
+
+    workers = 1
+
+    def map_unordered(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
+        for task in tasks:
+            yield fn(task)
+
+    def close(self) -> None:
+        pass
+
+
+class ProcessPoolTaskExecutor:
+    """A pool of forked worker processes; at most ``2 * workers`` tasks are in flight."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+
+    def map_unordered(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
+        pending = set()
+        todo = iter(tasks)
+        try:
+            while True:
+                while len(pending) < 2 * self.workers:
+                    task = next(todo, None)
+                    if task is None:
+                        break
+                    pending.add(self._pool.submit(fn, task))
+                if not pending:
+                    return
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class DaskExecutor:
+    """Tasks submitted to a Dask client; results gathered as they complete."""
+
+    def __init__(self, client, cluster=None):
+        self.client = client
+        self.cluster = cluster
+        self.workers = max(len(client.scheduler_info().get("workers", {})), 1)
+
+    def map_unordered(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
+        from distributed import as_completed
+
+        futures = self.client.map(fn, list(tasks), pure=False)
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+                future.release()
+        finally:
+            self.client.cancel(futures)
+
+    def close(self) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+@dataclass
+class LocalBackend:
+    """Run on this machine: ``mode`` is inprocess, processes (default) or dask (LocalCluster)."""
+
+    workers: int | None = None
+    mode: str = "processes"
+
+    name = "local"
+    description = "this machine: in-process, a process pool, or a Dask LocalCluster"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise BackendError(f"--mode {self.mode!r}: the local backend runs one of "
+                               f"{', '.join(MODES)}")
+        if self.workers is not None and self.workers < 1:
+            raise BackendError(f"--workers {self.workers}: must be at least 1")
+
+    def start(self):
+        workers = self.workers or os.cpu_count() or 1
+        if self.mode == "inprocess":
+            return InProcessExecutor()
+        if self.mode == "processes":
+            return ProcessPoolTaskExecutor(workers)
+        from distributed import Client, LocalCluster
+
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster)
+        client.wait_for_workers(workers)
+        return DaskExecutor(client, cluster)

@@ -1,0 +1,58 @@
+"""Shared fixtures: hand-built events with known answers, and the reference data folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+import pytest
+
+#: ../shared/data beside the project root (present in CI; absent in a user's clone).
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"reference data not found at {SHARED_DATA} (it sits beside the project in CI)")
+    return SHARED_DATA
+
+
+def electron(pt=40.0, eta=0.5, cutBased=4, sip3d=1.0):
+    return {"pt": pt, "eta": eta, "cutBased": cutBased, "sip3d": sip3d}
+
+
+def muon(pt=40.0, eta=0.5, tightId=True, sip3d=1.0, iso=0.05):
+    return {"pt": pt, "eta": eta, "tightId": tightId, "sip3d": sip3d, "pfRelIso04_all": iso}
+
+
+def jet(pt=50.0, eta=0.0, phi=0.0, mass=5.0, btag=0.1, jetId=6):
+    return {"pt": pt, "eta": eta, "phi": phi, "mass": mass, "btagCSVV2": btag, "jetId": jetId}
+
+
+_DTYPES = {
+    "Electron": {"pt": np.float32, "eta": np.float32, "cutBased": np.int32, "sip3d": np.float32},
+    "Muon": {"pt": np.float32, "eta": np.float32, "tightId": np.bool_, "sip3d": np.float32,
+             "pfRelIso04_all": np.float32},
+    "Jet": {"pt": np.float32, "eta": np.float32, "phi": np.float32, "mass": np.float32,
+            "btagCSVV2": np.float32, "jetId": np.int32},
+}
+
+
+def make_events(events: list[dict]) -> ak.Array:
+    """Flat NanoAOD-like branches (``Jet_pt``...) with NanoAOD dtypes from a list of events.
+
+    Each event is ``{"electrons": [...], "muons": [...], "jets": [...], "event": n}``.
+    """
+    columns = {
+        "run": np.ones(len(events), np.uint32),
+        "luminosityBlock": np.ones(len(events), np.uint32),
+        "event": np.array([e.get("event", i + 1) for i, e in enumerate(events)], np.uint64),
+    }
+    for coll, key in (("Electron", "electrons"), ("Muon", "muons"), ("Jet", "jets")):
+        counts = np.array([len(e.get(key, [])) for e in events], np.int64)
+        for field, dtype in _DTYPES[coll].items():
+            flat = np.array([obj[field] for e in events for obj in e.get(key, [])], dtype=dtype)
+            columns[f"{coll}_{field}"] = ak.unflatten(flat, counts)
+    return ak.Array(columns)
