@@ -185,14 +185,14 @@ def to_hist_dict(histograms: Mapping[str, hist.Hist], processes: Iterable[str]) 
                 continue
             variation = rest[len(process) + 1:] or "nominal"
             entries.append((process, variation, h))
+        process_axis = sorted({p for p, _, _ in entries})
+        variation_axis = sorted({v for _, v, _ in entries}, key=lambda v: (v != "nominal", v))
         h3 = hist.Hist(
             hist.axis.Regular(N_BINS, LOW, HIGH, name="observable", label=OBSERVABLE_LABELS[region]),
-            hist.axis.StrCategory([], name="process", growth=True),
-            hist.axis.StrCategory([], name="variation", growth=True),
+            hist.axis.StrCategory(process_axis, name="process", growth=True),
+            hist.axis.StrCategory(variation_axis, name="variation", growth=True),
             storage=hist.storage.Weight(),
         )
-        for process, variation, h in entries:
-            h3.fill(observable=[], process=process, variation=variation)
         view = h3.view(flow=True)
         for process, variation, h in entries:
             ip = h3.axes["process"].index(process)
