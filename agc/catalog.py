@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from agc.config import CROSS_SECTIONS_PB, sample_weight
+from agc.errors import UserError
 
 REAL_CATALOG = "agc"
 TREE_NAME = "Events"
@@ -26,7 +27,7 @@ CANONICAL_PREFIX = "https://xrootd-local.unl.edu:1094//store/user/AGC/nanoAOD"
 EOS_PREFIX = "root://eospublic.cern.ch//eos/opendata/cms/upload/agc/1.0.0/"
 
 
-class CatalogError(ValueError):
+class CatalogError(UserError, ValueError):
     """A catalog file or option is not usable; the message says which and what to do."""
 
 

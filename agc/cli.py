@@ -214,11 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from agc.errors import USER_ERRORS
+    from agc.errors import UserError
 
     try:
         return args.func(args)
-    except USER_ERRORS as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,8 +1,8 @@
-"""Errors that are the user's to fix (bad file, bad option): printed without a traceback."""
+"""The base class of errors that are the user's to fix (a bad file, option or profile).
 
-from agc.catalog import CatalogError
-from agc.histograms import HistogramFileError
-from agc.reader import InputFileError
-from backends.base import BackendError
+The CLI prints them as one clear line, without a traceback, and exits with status 2.
+"""
 
-USER_ERRORS = (CatalogError, HistogramFileError, InputFileError, BackendError)
+
+class UserError(Exception):
+    """Bad input: the message names the file or option and says what to do."""

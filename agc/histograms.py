@@ -21,6 +21,7 @@ import hist
 import numpy as np
 
 from agc.config import REGIONS
+from agc.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def write_json(histograms: Mapping[str, hist.Hist], path: str | os.PathLike) -> 
     _atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(payload, indent=1)))
 
 
-class HistogramFileError(ValueError):
+class HistogramFileError(UserError, ValueError):
     """A histogram file is missing, unreadable or not of the expected form."""
 
 

@@ -7,8 +7,10 @@ from collections.abc import Sequence
 import awkward as ak
 import uproot
 
+from agc.errors import UserError
 
-class InputFileError(RuntimeError):
+
+class InputFileError(UserError, RuntimeError):
     """An input file cannot be used: missing, corrupt, wrong tree, missing branch, short."""
 
 

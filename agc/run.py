@@ -1,6 +1,7 @@
 """``run(config) -> RunResult``: catalog -> chunks -> backend -> analysis -> merged histograms.
 
-Only wiring lives here: the physics is in :mod:`agc.analysis`, execution in :mod:`backends`.
+Only wiring lives here: the physics is in :mod:`agc.analysis`, execution in :mod:`backends`,
+measurement in :mod:`agc.metrics`.
 """
 
 from __future__ import annotations
@@ -10,28 +11,31 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import awkward as ak
 import hist
 
 from agc import __version__
-from agc.analysis import ANALYSIS_BRANCHES, DEFAULT_SEED, process_events
+from agc.analysis import ANALYSIS_BRANCHES, DEFAULT_SEED, IO_BRANCH_SETS, process_events
+from agc.errors import UserError
 from agc.catalog import Chunk, build_fileset, load_catalog, make_chunks
-from agc.histograms import add_pseudodata, merge, write_json, write_root
+from agc.histograms import add_pseudodata, is_written, merge, write_json, write_root
+from agc.metrics import PhaseClock, RunRecord, TaskTiming, peak_rss_mb, phases_frame, runs_frame
 from agc.reader import read_chunk
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT_ROOT = Path("agc-output")
 
-
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that defines a run. Physics options first, then execution options."""
+    """Everything that defines a run. Physics options first, then inputs, execution, outputs."""
 
     catalog: str = "agc"
     n_files: int = -1
@@ -42,12 +46,25 @@ class RunConfig:
     eos: bool = False
     xcache: str | None = None
     mirror: str | None = None
+    # I/O-only mode (spec §9 DISABLE_PROCESSING / IO_FILE_PERCENT): read, do nothing else.
+    # io_branches: "analysis" (the branches the analysis reads) or a key of IO_BRANCH_SETS.
+    io_only: bool = False
+    io_branches: str = "analysis"
     # execution
     backend: str = "local"
     backend_options: Mapping[str, object] = field(default_factory=dict)
     chunksize: int = 100_000
     # outputs
     output_dir: str | None = None
+    label: str = ""
+
+    def branches(self) -> tuple[str, ...]:
+        if not self.io_only or self.io_branches == "analysis":
+            return ANALYSIS_BRANCHES
+        if self.io_branches not in IO_BRANCH_SETS:
+            raise ValueError(f"--io-branches {self.io_branches!r}: choose 'analysis' or one of "
+                             f"{', '.join(IO_BRANCH_SETS)}")
+        return IO_BRANCH_SETS[self.io_branches]
 
 
 @dataclass(frozen=True)
@@ -55,47 +72,49 @@ class ChunkTask:
     """What a worker needs for one chunk (small and picklable)."""
 
     chunk: Chunk
+    branches: tuple[str, ...]
     systematics: bool
     seed: int
+    io_only: bool = False
 
 
 @dataclass
 class ChunkResult:
-    sample: str
     nevents: int
-    bytes_read: int
     histograms: dict[str, hist.Hist]
-    started: float
-    finished: float
-    cpu_seconds: float
-    pid: int
+    timing: TaskTiming
 
 
 def process_chunk(task: ChunkTask) -> ChunkResult:
     """Read one chunk and run the analysis on it (runs on a worker)."""
     started, cpu0 = time.time(), time.process_time()
     c = task.chunk
-    events, nbytes = read_chunk(c.path, ANALYSIS_BRANCHES, c.entry_start, c.entry_stop, c.tree)
-    histograms = process_events(events, process=c.process, variation=c.variation,
-                                weight=c.weight, dataset=c.sample, seed=task.seed,
-                                systematics=task.systematics)
-    return ChunkResult(c.sample, len(events), nbytes, histograms, started, time.time(),
-                       time.process_time() - cpu0, os.getpid())
+    events, nbytes = read_chunk(c.path, task.branches, c.entry_start, c.entry_stop, c.tree)
+    if task.io_only:
+        ak.materialize(events)  # the I/O ceiling: columns decompressed and deserialised only
+        histograms = {}
+    else:
+        histograms = process_events(events, process=c.process, variation=c.variation,
+                                    weight=c.weight, dataset=c.sample, seed=task.seed,
+                                    systematics=task.systematics)
+    timing = TaskTiming(c.sample, c.path, c.entry_start, c.entry_stop, started, time.time(),
+                        time.process_time() - cpu0, nbytes, f"{socket.gethostname()}:{os.getpid()}",
+                        peak_rss_mb())
+    return ChunkResult(len(events), histograms, timing)
 
 
 @dataclass
 class RunResult:
     """What a run produced and measured."""
 
+    run_id: str
     run_dir: Path | None
     histograms: dict[str, hist.Hist]
     events_per_sample: dict[str, int]
     yields: dict[str, dict[str, float]]
     weights: dict[str, float]
-    wall_seconds: float
-    workers: int
-    chunks: int
-    bytes_read: int
+    record: RunRecord
+    tasks: list[TaskTiming]
     summary: dict = field(default_factory=dict)
 
     @property
@@ -103,8 +122,24 @@ class RunResult:
         return sum(self.events_per_sample.values())
 
     @property
+    def wall_seconds(self) -> float:
+        return self.record.wall_seconds
+
+    @property
     def events_per_second(self) -> float:
-        return self.events / self.wall_seconds if self.wall_seconds > 0 else float("nan")
+        return self.record.events_per_second
+
+    @property
+    def workers(self) -> int:
+        return self.record.workers
+
+    @property
+    def chunks(self) -> int:
+        return self.record.chunks
+
+    @property
+    def bytes_read(self) -> int:
+        return self.record.bytes_read
 
 
 def sample_yields(histograms: Mapping[str, hist.Hist], fileset) -> dict[str, dict[str, float]]:
@@ -120,55 +155,95 @@ def sample_yields(histograms: Mapping[str, hist.Hist], fileset) -> dict[str, dic
     return out
 
 
-def _new_run_dir(config: RunConfig) -> Path:
-    if config.output_dir:
-        return Path(config.output_dir)
+def new_run_id(config: RunConfig) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return DEFAULT_OUTPUT_ROOT / f"run-{stamp}-{config.backend}"
+    return f"{stamp}-{config.backend}-{os.getpid()}"
 
 
 def run(config: RunConfig, *, progress: bool = True, write: bool = True) -> RunResult:
     """Run the analysis over the catalog with the configured backend.
 
-    Outputs (``histograms.root``, ``histograms.json``, ``summary.json``) are staged in a hidden
-    ``.<name>.partial`` directory and moved into place only when everything is written, so a
-    failed run never leaves a directory that looks complete.
+    Outputs (``histograms.root``, ``histograms.json``, ``summary.json``, ``metrics/``) are
+    staged in a hidden ``.<name>.partial`` directory and moved into place only when everything
+    is written, so a failed run never leaves a directory that looks complete.
     """
     from backends import get_backend
 
+    clock = PhaseClock()
+    run_id = new_run_id(config)
+    cpu0 = time.process_time()
+
+    clock.start("preprocessing")
     catalog, base_dir = load_catalog(config.catalog)
     fileset = build_fileset(catalog, base_dir, n_files=config.n_files, samples=config.samples,
                             eos=config.eos, xcache=config.xcache, mirror=config.mirror)
     chunks = make_chunks(fileset, config.chunksize)
-    tasks = [ChunkTask(c, config.systematics, config.seed) for c in chunks]
+    branches = config.branches()
+    tasks = [ChunkTask(c, branches, config.systematics, config.seed, config.io_only)
+             for c in chunks]
     backend = get_backend(config.backend)(**dict(config.backend_options))
+    clock.stop("preprocessing")
 
-    t0 = time.perf_counter()
+    clock.start("cluster_start")
     executor = backend.start()
-    parts, events, nbytes = [], dict.fromkeys(fileset, 0), 0
+    clock.stop("cluster_start")
+    timings: list[TaskTiming] = []
+    events = dict.fromkeys(fileset, 0)
+    total: dict[str, hist.Hist] = {}
     try:
+        clock.start("first_worker")
+        executor.wait_for_workers(1)
+        clock.stop("first_worker")
         bar = _progress(len(tasks), sum(c.nevents for c in chunks), progress)
+        clock.start("processing")
+        processing_t0 = time.perf_counter()
         for result in executor.map_unordered(process_chunk, tasks):
-            parts.append(result.histograms)
-            events[result.sample] += result.nevents
-            nbytes += result.bytes_read
+            total = merge([total, result.histograms]) if total else dict(result.histograms)
+            if not timings:
+                clock.record("first_result", time.perf_counter() - processing_t0)
+            timings.append(result.timing)
+            events[result.timing.sample] += result.nevents
             bar.update(result.nevents)
+        clock.stop("processing")
         bar.close()
     finally:
         executor.close()
-    histograms = add_pseudodata(merge(parts))
-    wall = time.perf_counter() - t0
+    clock.start("merge")
+    histograms = add_pseudodata(total)
+    clock.stop("merge")
 
+    worker_peaks: dict[str, float] = {}
+    for t in timings:
+        worker_peaks[t.worker] = max(worker_peaks.get(t.worker, 0.0), t.peak_rss_mb)
+    record = RunRecord(
+        run_id=run_id, backend=config.backend,
+        engine=str(dict(config.backend_options).get("mode", "")) or config.backend,
+        workers=executor.workers, cores_per_worker=getattr(executor, "cores_per_worker", 1),
+        chunksize=config.chunksize, n_files=config.n_files, io_only=config.io_only,
+        systematics=config.systematics, events=sum(events.values()), chunks=len(chunks),
+        bytes_read=sum(t.bytes_read for t in timings), wall_seconds=clock.elapsed(),
+        cpu_seconds=_cpu_seconds(time.process_time() - cpu0, timings),
+        peak_rss_mb_per_worker=max(worker_peaks.values(), default=0.0),
+        phases=clock.durations, label=config.label,
+    )
     result = RunResult(
-        run_dir=None, histograms=histograms, events_per_sample=events,
+        run_id=run_id, run_dir=None, histograms=histograms, events_per_sample=events,
         yields=sample_yields(histograms, fileset),
-        weights={k: s.weight for k, s in fileset.items()}, wall_seconds=wall,
-        workers=executor.workers, chunks=len(chunks), bytes_read=nbytes,
+        weights={k: s.weight for k, s in fileset.items()}, record=record, tasks=timings,
     )
     result.summary = _summary(config, result)
     if write:
-        result.run_dir = write_outputs(result, _new_run_dir(config))
+        clock.start("write")
+        run_dir = Path(config.output_dir) if config.output_dir else DEFAULT_OUTPUT_ROOT / run_id
+        result.run_dir = write_outputs(result, run_dir)
+        clock.stop("write")
     return result
+
+
+def _cpu_seconds(own: float, timings: list[TaskTiming]) -> float:
+    """CPU time of all processes: ours plus that of tasks run elsewhere (not counted twice)."""
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    return own + sum(t.cpu_seconds for t in timings if t.worker != me)
 
 
 def _progress(total_chunks: int, total_events: int, enabled: bool):
@@ -179,7 +254,9 @@ def _progress(total_chunks: int, total_events: int, enabled: bool):
 
 
 def _summary(config: RunConfig, result: RunResult) -> dict:
+    r = result.record
     return {
+        "run_id": result.run_id,
         "agc_version": __version__,
         "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": {k: (dict(v) if isinstance(v, Mapping) else v)
@@ -188,25 +265,40 @@ def _summary(config: RunConfig, result: RunResult) -> dict:
         "events_per_sample": result.events_per_sample,
         "weights": result.weights,
         "yields": result.yields,
-        "wall_seconds": result.wall_seconds,
-        "events_per_second": result.events_per_second,
-        "workers": result.workers,
-        "chunks": result.chunks,
-        "bytes_read": result.bytes_read,
-        "histograms_written": sum(1 for h in result.histograms.values()
-                                  if float(h.values().sum()) > 0),
+        "wall_seconds": r.wall_seconds,
+        "events_per_second": r.events_per_second,
+        "events_per_second_per_core": r.events_per_second_per_core,
+        "workers": r.workers,
+        "chunks": r.chunks,
+        "bytes_read": r.bytes_read,
+        "phases_seconds": r.phases,
+        "histograms_written": sum(1 for h in result.histograms.values() if is_written(h)),
     }
 
 
 def write_outputs(result: RunResult, run_dir: Path) -> Path:
-    """Write histograms.root, histograms.json and summary.json into ``run_dir`` (all or nothing)."""
+    """Write the outputs into ``run_dir``, all or nothing.
+
+    ``run_dir`` may be new, or a previous run directory (it has a summary.json), which is
+    replaced; any other existing directory is refused so that nothing of the user's is lost.
+    """
     run_dir = Path(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()) and not (run_dir / "summary.json").exists():
+        raise UserError(f"--output {run_dir}: exists and is not a run directory; "
+                           "choose a new or empty directory")
     staging = run_dir.parent / f".{run_dir.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    (staging / "metrics").mkdir(parents=True)
     try:
         write_root(result.histograms, staging / "histograms.root")
         write_json(result.histograms, staging / "histograms.json")
+        runs_frame([result.record]).to_csv(staging / "metrics" / "runs.csv", index=False)
+        phases_frame([result.record]).to_csv(staging / "metrics" / "phases.csv", index=False)
+        if result.tasks:
+            from agc.metrics import tasks_frame
+
+            tasks_frame(result.run_id, result.tasks).to_csv(staging / "metrics" / "tasks.csv",
+                                                            index=False)
         (staging / "summary.json").write_text(json.dumps(result.summary, indent=1, default=str))
         if run_dir.exists():
             shutil.rmtree(run_dir)

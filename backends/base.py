@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable, Iterator
 from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
 
+from agc.errors import UserError
+
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "agc.backends"
@@ -31,6 +33,10 @@ class Executor(Protocol):
         """Run ``fn(task)`` for every task; yield the results in completion order."""
         ...
 
+    def wait_for_workers(self, n: int = 1) -> None:
+        """Block until ``n`` workers are up (the "time to first worker" of a batch system)."""
+        ...
+
     def close(self) -> None:
         """Stop the workers and release every resource (jobs, clusters, processes)."""
         ...
@@ -46,7 +52,7 @@ class Backend(Protocol):
         ...
 
 
-class BackendError(ValueError):
+class BackendError(UserError, ValueError):
     """Unknown backend or bad backend option."""
 
 

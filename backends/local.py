@@ -22,6 +22,9 @@ class InProcessExecutor:
 
     workers = 1
 
+    def wait_for_workers(self, n: int = 1) -> None:
+        pass
+
     def map_unordered(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
         for task in tasks:
             yield fn(task)
@@ -36,6 +39,11 @@ class ProcessPoolTaskExecutor:
     def __init__(self, workers: int):
         self.workers = workers
         self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+
+    def wait_for_workers(self, n: int = 1) -> None:
+        """Start the worker processes (the pool forks them lazily) and wait for ``n`` to answer."""
+        for future in [self._pool.submit(os.getpid) for _ in range(n)]:
+            future.result()
 
     def map_unordered(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
         pending = set()
@@ -63,10 +71,13 @@ class ProcessPoolTaskExecutor:
 class DaskExecutor:
     """Tasks submitted to a Dask client; results gathered as they complete."""
 
-    def __init__(self, client, cluster=None):
+    def __init__(self, client, cluster=None, workers: int | None = None):
         self.client = client
         self.cluster = cluster
-        self.workers = max(len(client.scheduler_info().get("workers", {})), 1)
+        self.workers = workers or max(len(client.scheduler_info().get("workers", {})), 1)
+
+    def wait_for_workers(self, n: int = 1) -> None:
+        self.client.wait_for_workers(n)
 
     def map_unordered(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
         from distributed import as_completed
@@ -112,6 +123,4 @@ class LocalBackend:
 
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                dashboard_address=None)
-        client = Client(cluster)
-        client.wait_for_workers(workers)
-        return DaskExecutor(client, cluster)
+        return DaskExecutor(Client(cluster), cluster, workers)

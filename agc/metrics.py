@@ -1,0 +1,209 @@
+"""What a run measured, as tidy tables (spec §6 "Metrics", §9).
+
+Three tables, all plain pandas DataFrames so reports, notebooks and asv read the same data:
+
+* **runs** — one row per run: configuration, events, bytes, wall/CPU time, throughput, cache
+  counters, the latency phases, machine, versions and git commit;
+* **phases** — one row per run and phase (``cluster_start``, ``first_worker``, ``preprocessing``,
+  ``first_result``, ``processing``, ``merge``, ``write``, ``fit``), in seconds;
+* **tasks** — one row per chunk as the executor ran it (start, stop, CPU, worker, bytes).
+
+Phases are measured by :class:`PhaseClock`, owned by :func:`agc.run.run`; per-task timings come
+from the task results the executor returns. Nothing else in the package times anything.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+#: Phases of a run, in order. ``first_result`` is measured from the start of processing.
+PHASES = ("cluster_start", "first_worker", "preprocessing", "first_result", "processing",
+          "merge", "write", "fit")
+
+#: Packages whose versions are attached to every record (and enter cache keys).
+TRACKED_PACKAGES = ("agc-harness", "numpy", "awkward", "uproot", "hist", "boost-histogram",
+                    "coffea", "dask", "distributed", "dask-awkward", "cabinetry", "pyhf", "pandas")
+
+
+class PhaseClock:
+    """Wall-clock durations of named phases (monotonic clock)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.durations: dict[str, float] = {}
+        self._open: dict[str, float] = {}
+
+    def start(self, phase: str) -> None:
+        self._open[phase] = time.perf_counter()
+
+    def stop(self, phase: str) -> float:
+        elapsed = time.perf_counter() - self._open.pop(phase)
+        self.durations[phase] = self.durations.get(phase, 0.0) + elapsed
+        return elapsed
+
+    def record(self, phase: str, seconds: float) -> None:
+        self.durations[phase] = seconds
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+@dataclass
+class TaskTiming:
+    """One chunk as it ran on a worker (epoch seconds)."""
+
+    sample: str
+    path: str
+    entry_start: int
+    entry_stop: int
+    started: float
+    finished: float
+    cpu_seconds: float
+    bytes_read: int
+    worker: str
+    peak_rss_mb: float
+    cached: bool = False
+
+
+@dataclass
+class RunRecord:
+    """One row of the runs table."""
+
+    run_id: str
+    backend: str
+    engine: str
+    workers: int
+    cores_per_worker: int
+    chunksize: int
+    n_files: int
+    io_only: bool
+    systematics: bool
+    events: int
+    chunks: int
+    bytes_read: int
+    wall_seconds: float
+    cpu_seconds: float
+    peak_rss_mb_per_worker: float
+    cache_hits: int = 0
+    cache_misses: int = 0
+    phases: dict[str, float] = field(default_factory=dict)
+    label: str = ""
+
+    @property
+    def cores(self) -> int:
+        return max(self.workers * self.cores_per_worker, 1)
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.wall_seconds if self.wall_seconds > 0 else float("nan")
+
+    @property
+    def events_per_second_per_core(self) -> float:
+        return self.events_per_second / self.cores
+
+    @property
+    def cpu_efficiency(self) -> float:
+        """CPU time of all processes over (wall time x cores)."""
+        denom = self.wall_seconds * self.cores
+        return self.cpu_seconds / denom if denom > 0 else float("nan")
+
+    def row(self) -> dict:
+        """The flat runs-table row, with derived rates, machine, versions and commit."""
+        row = {k: v for k, v in asdict(self).items() if k != "phases"}
+        row.update(events_per_second=self.events_per_second,
+                   events_per_second_per_core=self.events_per_second_per_core,
+                   cpu_efficiency=self.cpu_efficiency)
+        row.update({f"{p}_seconds": self.phases.get(p, float("nan")) for p in PHASES})
+        row.update(environment())
+        return row
+
+
+def runs_frame(records: Iterable[RunRecord]):
+    import pandas as pd
+
+    return pd.DataFrame([r.row() for r in records])
+
+
+def phases_frame(records: Iterable[RunRecord]):
+    """Tidy: one row per run and measured phase."""
+    import pandas as pd
+
+    rows = [{"run_id": r.run_id, "label": r.label, "backend": r.backend, "workers": r.workers,
+             "phase": p, "seconds": r.phases[p]} for r in records for p in PHASES if p in r.phases]
+    return pd.DataFrame(rows, columns=["run_id", "label", "backend", "workers", "phase", "seconds"])
+
+
+def tasks_frame(run_id: str, tasks: Iterable[TaskTiming]):
+    import pandas as pd
+
+    df = pd.DataFrame([asdict(t) for t in tasks])
+    df.insert(0, "run_id", run_id)
+    return df
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@functools.cache
+def machine_info() -> dict:
+    """CPU model, logical cores and memory of this machine."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (ValueError, OSError):
+        mem_gb = float("nan")
+    return {"hostname": platform.node(), "cpu_model": cpu, "cpu_count": os.cpu_count(),
+            "memory_gb": round(mem_gb, 1), "platform": platform.platform(),
+            "python": platform.python_version()}
+
+
+@functools.cache
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+@functools.cache
+def git_commit() -> str:
+    """The commit of the harness source tree, with ``-dirty`` if it has local changes."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment() -> dict:
+    """Machine, versions and commit, flattened for a table row."""
+    env = {f"machine_{k}": v for k, v in machine_info().items()}
+    env.update({f"version_{k}": v for k, v in package_versions().items()})
+    env["git_commit"] = git_commit()
+    return env

@@ -1,0 +1,34 @@
+"""nox sessions: ``nox -s run`` (the main job), ``nox -s tests``, ``nox -s notebooks``.
+
+Each session installs the project into its own virtualenv; ``nox -R`` reuses them.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.default_venv_backend = "venv"
+
+PYTHON = "3.11"
+
+
+@nox.session(python=PYTHON)
+def run(session: nox.Session) -> None:
+    """The main job: generate the default synthetic dataset (once) and run the analysis locally."""
+    session.install("-e", ".")
+    session.run("agc", "run", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The test suite (tests needing ../shared/data or system daemons skip with a reason)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def notebooks(session: nox.Session) -> None:
+    """Execute every notebook in notebooks/ headlessly (nbclient) on small data."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "agc.notebooks", "notebooks", *session.posargs)
