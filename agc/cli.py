@@ -13,6 +13,9 @@ log = logging.getLogger("agc")
 
 SYNTHETIC = "synthetic"
 
+#: Modules that add their own subcommands through ``register(subparsers)``.
+COMMAND_MODULES: tuple[str, ...] = ()
+
 
 def default_data_dir() -> Path:
     """Where the default synthetic dataset lives: $AGC_DATA_DIR, else the user cache directory."""
@@ -58,10 +61,20 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=None, help="seed of the pt_res_up smear")
     g = p.add_argument_group("execution")
     g.add_argument("--backend", default="local", help="backend name (see 'agc backends')")
+    g.add_argument("--profile", default=None, metavar="FILE_OR_NAME",
+                   help="site profile (YAML) for the backend; see backends/profiles/")
     g.add_argument("--mode", default=None, help="local backend: inprocess, processes or dask")
     g.add_argument("--workers", type=_positive_int, default=None, help="workers (default: cores)")
     g.add_argument("--chunksize", type=_positive_int, default=100_000,
                    help="events per chunk (default %(default)s)")
+    g.add_argument("--io-only", action="store_true",
+                   help="I/O-only mode: read the branches and do nothing else (the I/O ceiling)")
+    g.add_argument("--io-branches", default="analysis", metavar="SET",
+                   help="with --io-only: 'analysis' (default) or a reference IO_FILE_PERCENT set "
+                        "(4.1, 15, 25)")
+    g = p.add_argument_group("caching")
+    g.add_argument("--cache", default=None, metavar="URL",
+                   help="step-level cache store (directory, root:// or s3:// URL)")
     g = p.add_argument_group("outputs")
     g.add_argument("--output", metavar="DIR", help="run directory (default agc-output/run-...)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -79,14 +92,17 @@ def _config_from_args(args: argparse.Namespace):
         backend_options["workers"] = args.workers
     if args.mode is not None:
         backend_options["mode"] = args.mode
+    if args.profile is not None:
+        backend_options["profile"] = args.profile
     return RunConfig(
         catalog=catalog, n_files=args.n_files,
         samples=tuple(args.samples) if args.samples else None,
         systematics=not args.no_systematics,
         seed=DEFAULT_SEED if args.seed is None else args.seed,
         eos=args.eos, xcache=args.xcache, mirror=args.mirror,
+        io_only=args.io_only, io_branches=args.io_branches,
         backend=args.backend, backend_options=backend_options, chunksize=args.chunksize,
-        output_dir=args.output,
+        cache=args.cache, output_dir=args.output,
     )
 
 
@@ -200,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("backends", help="list the available backends")
     p.set_defaults(func=cmd_backends)
+
+    for module in COMMAND_MODULES:
+        __import__(module, fromlist=["register"]).register(sub)
     return parser
 
 

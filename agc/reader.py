@@ -33,12 +33,14 @@ def read_chunk(path: str, branches: Sequence[str], entry_start: int, entry_stop:
         try:
             events_tree = f[tree]
         except Exception as err:
-            trees = sorted({k.split(";")[0] for k, c in f.classnames().items() if c == "TTree"})
+            trees = sorted({k.split(";")[0] for k, c in f.classnames().items()
+                            if c in ("TTree", "ROOT::RNTuple")})
             raise InputFileError(f"{path}: no tree {tree!r} in the file (trees: "
                                  f"{', '.join(trees) or 'none'}). NanoAOD files keep events in "
                                  "'Events'.") from err
         if not isinstance(events_tree, uproot.behaviors.TTree.TTree):
-            raise InputFileError(f"{path}: {tree!r} is a {type(events_tree).__name__}, not a TTree")
+            raise InputFileError(f"{path}: {tree!r} is a {type(events_tree).__name__}, not a "
+                                 "TTree; this harness reads NanoAOD TTrees")
         missing = [b for b in branches if b not in events_tree]
         if missing:
             raise InputFileError(f"{path}: tree {tree!r} lacks branch(es) {', '.join(missing)} "

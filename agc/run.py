@@ -54,6 +54,8 @@ class RunConfig:
     backend: str = "local"
     backend_options: Mapping[str, object] = field(default_factory=dict)
     chunksize: int = 100_000
+    # step-level cache store URL (None: no caching)
+    cache: str | None = None
     # outputs
     output_dir: str | None = None
     label: str = ""
@@ -62,7 +64,7 @@ class RunConfig:
         if not self.io_only or self.io_branches == "analysis":
             return ANALYSIS_BRANCHES
         if self.io_branches not in IO_BRANCH_SETS:
-            raise ValueError(f"--io-branches {self.io_branches!r}: choose 'analysis' or one of "
+            raise UserError(f"--io-branches {self.io_branches!r}: choose 'analysis' or one of "
                              f"{', '.join(IO_BRANCH_SETS)}")
         return IO_BRANCH_SETS[self.io_branches]
 

@@ -56,3 +56,31 @@ def make_events(events: list[dict]) -> ak.Array:
             flat = np.array([obj[field] for e in events for obj in e.get(key, [])], dtype=dtype)
             columns[f"{coll}_{field}"] = ak.unflatten(flat, counts)
     return ak.Array(columns)
+
+
+#: A small minimal-layout dataset shared by the end-to-end tests: every sample, two ttbar files.
+SMALL_DATASET = {
+    "ttbar__nominal": (2, 3000), "ttbar__scaledown": (1, 2000), "ttbar__scaleup": (1, 2000),
+    "ttbar__ME_var": (1, 2000), "ttbar__PS_var": (1, 2000),
+    "single_top_s_chan__nominal": (1, 2000), "single_top_t_chan__nominal": (1, 2000),
+    "single_top_tW__nominal": (1, 2000), "wjets__nominal": (1, 4000),
+}
+
+
+@pytest.fixture(scope="session")
+def small_catalog(tmp_path_factory) -> Path:
+    """catalog.json of a small synthetic dataset (minimal layout), generated once per session."""
+    from agc import synth
+
+    return synth.generate(tmp_path_factory.mktemp("synthetic-small"), events=SMALL_DATASET,
+                          layout="minimal", seed=7)
+
+
+def assert_same_histograms(a: dict, b: dict, rtol: float = 1e-12) -> None:
+    """Same names, same contents and variances (flow included)."""
+    assert sorted(a) == sorted(b)
+    for name in a:
+        np.testing.assert_allclose(a[name].values(flow=True), b[name].values(flow=True),
+                                   rtol=rtol, atol=0, err_msg=name)
+        np.testing.assert_allclose(a[name].variances(flow=True), b[name].variances(flow=True),
+                                   rtol=rtol, atol=0, err_msg=name)
