@@ -25,11 +25,26 @@ def default_data_dir() -> Path:
     return cache / "agc-harness"
 
 
+def default_dataset_key() -> str:
+    """Content key of the default dataset: the generator's source and the dataset definition.
+
+    A changed generator gets a new directory instead of silently reusing stale files.
+    """
+    import hashlib
+
+    from agc import synth
+
+    digest = hashlib.sha256(json.dumps(synth.DEFAULT_DATASET, sort_keys=True).encode())
+    for source in sorted(Path(synth.__file__).parent.glob("*.py")):
+        digest.update(source.name.encode() + source.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def ensure_default_dataset(progress: bool = True) -> Path:
     """The catalog of the default synthetic dataset, generating it the first time."""
     from agc import synth
 
-    target = default_data_dir() / f"synthetic-default-{synth.DATASET_VERSION}"
+    target = default_data_dir() / f"synthetic-default-{default_dataset_key()}"
     catalog = target / "catalog.json"
     if catalog.exists():
         return catalog

@@ -178,3 +178,26 @@ def test_output_directory_of_the_user_is_not_overwritten(small_catalog, tmp_path
         run(_config(small_catalog, samples=("ttbar__PS_var",), output_dir=str(precious)),
             progress=False)
     assert (precious / "thesis.tex").read_text() == "..."
+
+
+def test_coffea_nanoevents_give_the_same_histograms(small_catalog):
+    """The analysis on coffea NanoEvents (the reference's reader) equals the uproot path."""
+    import warnings
+
+    from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
+    from conftest import assert_same_histograms
+
+    from agc.analysis import ANALYSIS_BRANCHES, process_events
+    from agc.reader import read_chunk
+
+    path = str(small_catalog.parent / json.loads(small_catalog.read_text())["ttbar"]["nominal"]["files"][0]["path"])
+    NanoAODSchema.warn_missing_crossrefs = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nano = NanoEventsFactory.from_root({path: "Events"}, schemaclass=NanoAODSchema,
+                                           mode="virtual").events()
+    flat, _ = read_chunk(path, ANALYSIS_BRANCHES, 0, len(nano))
+    kw = {"process": "ttbar", "variation": "nominal", "weight": 1.7}
+    ours, theirs = process_events(flat, **kw), process_events(nano, **kw)
+    assert sum(h.sum().value for h in ours.values()) > 0
+    assert_same_histograms(ours, theirs, rtol=0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import awkward as ak
 import hist
+import numpy as np
 
 from agc.analysis.events import collections
 from agc.analysis.observables import ht, trijet_mass
@@ -94,7 +95,10 @@ def process_events(
 
     pt_variations: list[tuple[str, ak.Array]] = [("nominal", jets)]
     if variation == "nominal" and systematics:
-        pt_variations.append(("pt_scale_up", with_jet_pt(jets, jets.pt * JET_PT_SCALE_UP)))
+        # float64 factor: the reference multiplies by a per-event float64 field, which promotes
+        # the float32 jet pT to float64; a Python float would keep float32 and move cut edges
+        pt_variations.append(("pt_scale_up",
+                              with_jet_pt(jets, jets.pt * np.float64(JET_PT_SCALE_UP))))
         factors = jet_resolution_factors(jets, events.run, events.luminosityBlock, events.event,
                                          dataset=dataset, seed=seed)
         pt_variations.append(("pt_res_up", with_jet_pt(jets, jets.pt * factors)))

@@ -53,7 +53,8 @@ def jet_resolution_factors(
 ) -> ak.Array:
     """Per-jet factors r ~ Normal(1, 0.05), deterministic per (seed, dataset, event id, jet index).
 
-    Returns an awkward array with the jagged structure of ``jets`` (float32).
+    Returns an awkward array with the jagged structure of ``jets`` (float64, like the
+    reference's ``np.random.normal`` draws, so the smeared pT is float64 as there).
     """
     xp = array_namespace(jets.pt)
     counts = to_flat_xp(ak.num(jets, axis=1))
@@ -69,7 +70,7 @@ def jet_resolution_factors(
         u1 = _unit_uniform(per_jet, xp)
         u2 = _unit_uniform(_splitmix64(per_jet, xp), xp)
     gauss = xp.sqrt(-2.0 * xp.log(u1)) * xp.cos(2.0 * xp.pi * u2)
-    factors = (1.0 + JET_PT_RESOLUTION * gauss).astype(xp.float32)
+    factors = 1.0 + JET_PT_RESOLUTION * gauss
     return ak.unflatten(factors, counts)
 
 
