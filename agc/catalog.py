@@ -187,6 +187,12 @@ def build_fileset(catalog: Mapping, base_dir: Path | None = None, *, n_files: in
     return fileset
 
 
+def is_synthetic(fileset: Mapping[str, Sample]) -> bool:
+    """True when every input is a file written by ``agc generate`` (named ``synth_*.root``)."""
+    return all(os.path.basename(f.path).startswith("synth_")
+               for s in fileset.values() for f in s.files)
+
+
 def chunk_ranges(nevts: int, chunksize: int) -> list[tuple[int, int]]:
     """coffea's rule: n = max(round(nevts / chunksize), 1) chunks of (nearly) equal size."""
     if chunksize <= 0:

@@ -91,7 +91,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache", default=None, metavar="URL",
                    help="step-level cache store (directory, root:// or s3:// URL)")
     g = p.add_argument_group("outputs")
-    g.add_argument("--output", metavar="DIR", help="run directory (default agc-output/run-...)")
+    g.add_argument("--no-fit", action="store_true",
+                   help="skip the cabinetry/pyhf fit and the plots at the end")
+    g.add_argument("--output", metavar="DIR", help="run directory (default agc-output/<run-id>)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -117,7 +119,7 @@ def _config_from_args(args: argparse.Namespace):
         eos=args.eos, xcache=args.xcache, mirror=args.mirror,
         io_only=args.io_only, io_branches=args.io_branches,
         backend=args.backend, backend_options=backend_options, chunksize=args.chunksize,
-        cache=args.cache, output_dir=args.output,
+        cache=args.cache, fit=not args.no_fit, output_dir=args.output,
     )
 
 
@@ -145,7 +147,34 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"{result.wall_seconds:.1f} s, {result.events_per_second:,.0f} events/s "
           f"({result.events_per_second / result.workers:,.0f} per worker), "
           f"{result.bytes_read / 1e6:,.1f} MB read")
-    print(f"Outputs: {result.run_dir}/ (histograms.root, histograms.json, summary.json)")
+    fit = result.summary.get("fit")
+    if fit and "bestfit" in fit:
+        print(f"Fit to pseudodata: {fit['poi']} = {fit['bestfit']:.3f} ± {fit['uncertainty']:.3f}"
+              + (f" (minimiser strategy {fit['strategy']})" if fit.get("strategy") else ""))
+    elif fit:
+        print(f"No fit: {fit['error']}")
+    if result.run_dir is not None:
+        print(f"Outputs: {result.run_dir}/ (histograms.root/.json, summary.json, metrics/"
+              + (", workspace.json, fit_result.json, plots" if fit and "bestfit" in fit else "")
+              + ")")
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from agc import inference, plots
+
+    result = inference.fit_run(args.path, output_dir=args.output)
+    print(f"{result.poi} = {result.bestfit:.3f} ± {result.uncertainty:.3f}"
+          + (f" (minimiser strategy {result.strategy})" if result.strategy else ""))
+    if not args.no_plots:
+        out = Path(args.output) if args.output else inference.load_fit_input(args.path).source.parent
+        if args.output:
+            histograms = inference.load_fit_input(args.path).histograms
+            plots.make_plots(histograms, out, result, (result.model, result.data),
+                             label=args.label, experiment=args.experiment)
+        else:
+            plots.plot_run(out, label=args.label, experiment=args.experiment)
+        print(f"Plots and fit_result.json in {out}/")
     return 0
 
 
@@ -228,6 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", required=True, help="reference JSON, e.g. histos_1_file_per_process.json")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("fit", help="cabinetry/pyhf fit of a run or of a histogram file")
+    p.add_argument("path", help="run directory, histograms.root, or a reference-style JSON")
+    p.add_argument("--output", metavar="DIR", help="where to write (default: beside the input)")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--label", default="Open Data", help="plot label, e.g. 'Simulation (synthetic)'")
+    p.add_argument("--experiment", default="CMS", help="experiment name in the plot label")
+    p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("backends", help="list the available backends")
     p.set_defaults(func=cmd_backends)
