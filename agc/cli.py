@@ -14,7 +14,7 @@ log = logging.getLogger("agc")
 SYNTHETIC = "synthetic"
 
 #: Modules that add their own subcommands through ``register(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("backends.cli",)
 
 
 def default_data_dir() -> Path:

@@ -19,7 +19,12 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "agc.backends"
 
 #: Backends of this package, also used when it runs from a source tree without being installed.
-BUILTIN_BACKENDS = {"local": "backends.local:LocalBackend"}
+BUILTIN_BACKENDS = {
+    "local": "backends.local:LocalBackend",
+    "slurm": "backends.slurm:SlurmBackend",
+    "htcondor": "backends.htcondor:HTCondorBackend",
+    "dirac": "backends.dirac:DiracBackend",
+}
 
 
 @runtime_checkable
@@ -76,4 +81,8 @@ def get_backend(name: str) -> type:
     if name not in backends:
         raise BackendError(f"--backend {name!r}: unknown backend; available: "
                            f"{', '.join(sorted(backends))} (see 'agc backends')")
-    return _load(backends[name])
+    try:
+        return _load(backends[name])
+    except ImportError as err:  # e.g. dask-jobqueue missing for the batch backends
+        raise BackendError(f"--backend {name}: cannot load {backends[name]}: {err}; install "
+                           "the package that provides it") from None

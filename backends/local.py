@@ -98,15 +98,26 @@ class DaskExecutor:
 
 @dataclass
 class LocalBackend:
-    """Run on this machine: ``mode`` is inprocess, processes (default) or dask (LocalCluster)."""
+    """Run on this machine: ``mode`` is inprocess, processes (default) or dask (LocalCluster).
+
+    A ``profile`` (``backend: local``) may set ``workers`` and ``local.mode``.
+    """
 
     workers: int | None = None
-    mode: str = "processes"
+    mode: str | None = None
+    profile: str | None = None
 
     name = "local"
     description = "this machine: in-process, a process pool, or a Dask LocalCluster"
 
     def __post_init__(self) -> None:
+        if self.profile is not None:  # --workers / --mode win over the profile
+            from backends.profiles import load_profile
+
+            p = load_profile(self.profile, backend="local")
+            self.workers = self.workers or p.data.get("workers")
+            self.mode = self.mode or p.section("local").get("mode")
+        self.mode = self.mode or "processes"
         if self.mode not in MODES:
             raise BackendError(f"--mode {self.mode!r}: the local backend runs one of "
                                f"{', '.join(MODES)}")

@@ -1,0 +1,274 @@
+"""The ``dirac`` backend: Dask workers as DIRAC grid jobs, one JDL per worker.
+
+:class:`DiracJob` / :class:`DiracCluster` sit on dask-jobqueue's ``Job`` / ``JobQueueCluster``
+(the scheduler runs where ``agc run`` runs; each job starts one Dask worker that dials back).
+The JDL (:data:`JDL_TEMPLATE`) runs ``/bin/sh -c '<setup>; <python> -m distributed.cli.
+dask_worker <scheduler> ...'``; with ``worker.container`` the python is ``apptainer exec --bind
+/cvmfs IMAGE python3``. It carries JobName, OwnerGroup, CPUTime, NumberOfProcessors, MinRAM /
+MaxRAM (MB), Tags (``GPU`` for GPU stages), Platform and either a ``Site`` list (DIRAC picks
+one) or, with per-site counts (``dirac.sites: {SITE_A: 3, SITE_B: 4}``), one site per job so
+that exactly 3 workers go to SITE_A and 4 to SITE_B.
+
+The scheduler address the workers dial is ``scheduler.contact_address`` from the profile (a
+grid worker cannot reach 127.0.0.1); it is never looked up on the internet.
+
+Transports (how a JDL reaches DIRAC) are pluggable (:data:`TRANSPORTS`):
+
+- ``cli`` (default, :class:`DiracCLITransport`): the DIRAC client commands
+  ``dirac-wms-job-submit FILE.jdl`` (prints ``JobID = N``), ``dirac-wms-job-kill N`` and
+  ``dirac-wms-job-status N``, with a valid proxy (``dirac-proxy-init -g GROUP``). The stand-ins
+  in ``backends/standins/bin`` take the same arguments and run jobs as local processes.
+- next: DiracX, REST with an OAuth2 bearer token (``dirac login``). A ``DiracXTransport`` would
+  ``POST /api/jobs/jdl`` with the JDL text (``diracx.client``: ``jobs.submit_jdl_jobs([jdl])``,
+  which returns the job ids), kill through the job-status endpoint of the same API, and read
+  the token from the diracx credentials file. It needs no change here beyond the class and a
+  ``TRANSPORTS`` entry.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import shlex
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import dask
+from dask.utils import tmpfile
+from dask_jobqueue.core import Job, JobQueueCluster
+from distributed.deploy.spec import ProcessInterface
+
+from backends.jobqueue import JobQueueBackend, RecordsSubmitError
+
+# dask-jobqueue reads unset Job options from the ``jobqueue.<config_name>`` config section.
+log = logging.getLogger(__name__)
+
+dask.config.update_defaults(
+    {"jobqueue": {"dirac": {**dask.config.get("jobqueue.local"), "shebang": None}}})
+
+JDL_TEMPLATE = """\
+[
+  JobName = {job_name};
+  Executable = "/bin/sh";
+  Arguments = {arguments};
+  StdOutput = "std.out";
+  StdError = "std.err";
+  OutputSandbox = {{"std.out", "std.err"}};
+  JobType = "User";
+  Priority = 1;
+{requirements}
+]
+"""
+
+
+def jdl_value(value: Any) -> str:
+    """A Python value as JDL (ClassAd) syntax: strings quoted, sequences as ``{...}``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, Sequence):
+        return "{" + ", ".join(jdl_value(v) for v in value) + "}"
+    raise TypeError(f"no JDL form for {value!r}")
+
+
+class DiracCLITransport:
+    """Submit / kill / status with the DIRAC client commands (or stand-ins of them)."""
+
+    job_id_regexp = r"JobID\s*=\s*(?P<job_id>\d+)"
+
+    def __init__(self, submit_command: str = "dirac-wms-job-submit",
+                 kill_command: str = "dirac-wms-job-kill",
+                 status_command: str = "dirac-wms-job-status"):
+        self.submit_command = submit_command
+        self.kill_command = kill_command
+        self.status_command = status_command
+
+    async def submit(self, jdl_file: str) -> str:
+        out = await Job._call(shlex.split(self.submit_command) + [jdl_file])
+        match = re.search(self.job_id_regexp, out)
+        if match is None:
+            raise RuntimeError(f"no job id in the output of {self.submit_command}: {out!r}")
+        return match.group("job_id")
+
+    async def kill(self, job_id: str) -> None:
+        with suppress(RuntimeError):  # already finished or gone
+            await Job._call(shlex.split(self.kill_command) + [job_id])
+
+    async def status(self, job_id: str) -> str:
+        """DIRAC's status line of the job, e.g. ``JobID=12 Status=Running; ...``."""
+        return (await Job._call(shlex.split(self.status_command) + [job_id])).strip()
+
+
+#: Transport name -> class. ``dirac.transport`` in a profile picks one.
+TRANSPORTS: dict[str, type] = {"cli": DiracCLITransport}
+
+
+class DiracJob(RecordsSubmitError, Job):
+    """One Dask worker as one DIRAC job; :meth:`job_script` is its JDL."""
+
+    config_name = "dirac"  # type: ignore[assignment]  # None in dask-jobqueue's base
+
+    def __init__(self, scheduler=None, name=None, *, site: str | None = None,
+                 sites: Sequence[str] = (), banned_sites: Sequence[str] = (),
+                 owner_group: str | None = None, job_name: str | None = None,
+                 cpu_time: int | None = None, tags: Sequence[str] = (), platform: str | None = None,
+                 jdl_extra: Mapping[str, Any] | None = None,
+                 transport: DiracCLITransport | None = None, **kwargs):
+        super().__init__(scheduler=scheduler, name=name, **kwargs)
+        # like HTCondor: the setup lines and the worker are one /bin/sh -c command
+        self._command_template = "; ".join([*(self._job_script_prologue or []),
+                                            self._command_template])
+        self.site = site
+        self.sites = list(sites)
+        self.banned_sites = list(banned_sites)
+        self.owner_group = owner_group
+        self.dirac_job_name = job_name or f"agc-dask-{name}"
+        self.cpu_time = cpu_time
+        self.tags = list(tags)
+        self.platform = platform
+        self.jdl_extra = dict(jdl_extra or {})
+        self.transport = transport or DiracCLITransport()
+
+    def jdl_attributes(self) -> dict[str, Any]:
+        """The requirement attributes of the JDL, in order."""
+        attrs: dict[str, Any] = {}
+        if self.owner_group:
+            attrs["OwnerGroup"] = self.owner_group
+        if self.cpu_time:
+            attrs["CPUTime"] = int(self.cpu_time)
+        attrs["NumberOfProcessors"] = int(self.worker_cores)
+        ram_mb = math.ceil(self.worker_memory / 2**20)
+        attrs["MinRAM"] = ram_mb
+        attrs["MaxRAM"] = ram_mb
+        if self.site:
+            attrs["Site"] = self.site
+        elif self.sites:
+            attrs["Site"] = self.sites
+        if self.banned_sites:
+            attrs["BannedSites"] = self.banned_sites
+        if self.tags:
+            attrs["Tags"] = self.tags
+        if self.platform:
+            attrs["Platform"] = self.platform
+        attrs.update(self.jdl_extra)
+        return attrs
+
+    def job_script(self) -> str:
+        requirements = "\n".join(f"  {k} = {jdl_value(v)};"
+                                 for k, v in self.jdl_attributes().items())
+        return JDL_TEMPLATE.format(
+            job_name=jdl_value(self.dirac_job_name),
+            arguments=jdl_value("-c " + shlex.quote(self._command_template)),
+            requirements=requirements)
+
+    @contextmanager
+    def job_file(self):
+        with tmpfile(extension="jdl") as fn:
+            with open(fn, "w") as f:
+                f.write(self.job_script())
+            yield fn
+
+    async def start(self):
+        with self.job_file() as fn:
+            self.job_id = await self.transport.submit(fn)
+        await ProcessInterface.start(self)
+
+    async def close(self):
+        if self.job_id:
+            await self.transport.kill(self.job_id)
+
+
+class DiracCluster(JobQueueCluster):
+    """Dask workers as DIRAC jobs; ``site_counts`` spreads them over sites ({site: n})."""
+
+    job_cls = DiracJob
+
+    def __init__(self, *args, site_counts: Mapping[str, int] | None = None, **kwargs):
+        self.site_counts = dict(site_counts or {})
+        super().__init__(*args, **kwargs)
+
+    def new_worker_spec(self):
+        """The next worker, placed at the first site still short of its count."""
+        spec = super().new_worker_spec()
+        if not self.site_counts:
+            return spec
+        used = Counter(s["options"].get("site") for s in self.worker_spec.values())
+        site = next((s for s, n in self.site_counts.items() if used[s] < n), None)
+        if site is None:  # more workers than the plan: DIRAC picks among the sites
+            return spec
+        return {name: {**s, "options": {**s["options"], "site": site}}
+                for name, s in spec.items()}
+
+
+class DiracBackend(JobQueueBackend):
+    """Dask workers as DIRAC jobs (profile section ``dirac``)."""
+
+    name = "dirac"
+    description = "DIRAC grid jobs running Dask workers (JDL; multi-site worker counts)"
+    cluster_cls = DiracCluster
+    example_profile = "dirac-gridpp"
+
+    def check(self) -> None:
+        s = self.profile.section("scheduler")
+        if not s.get("contact_address") and s.get("host", "127.0.0.1") in ("127.0.0.1",
+                                                                            "localhost"):
+            log.warning("profile %s: the scheduler listens on 127.0.0.1 with no "
+                        "scheduler.contact_address: only jobs on this machine (stand-ins) "
+                        "can reach it", self.profile.source)
+
+    def site_counts(self) -> dict[str, int]:
+        """Workers per site for ``jobs`` workers: the profile's counts, or --workers spread
+        round-robin over the profile's sites in order."""
+        sites = self.profile.section("dirac").get("sites")
+        if not isinstance(sites, Mapping):
+            return {}
+        planned = {s: n for s, n in sites.items() if n > 0}
+        if self.jobs == sum(planned.values()):
+            return planned
+        spread: Counter[str] = Counter()
+        names = list(planned) or list(sites)
+        for i in range(self.jobs):
+            spread[names[i % len(names)]] += 1
+        return dict(spread)
+
+    def transport(self) -> DiracCLITransport:
+        d = self.profile.section("dirac")
+        options = {k: d[k] for k in ("submit_command", "kill_command", "status_command")
+                   if d.get(k)}
+        return TRANSPORTS[d.get("transport", "cli")](**options)
+
+    def job_kwargs(self) -> dict[str, Any]:
+        d = self.profile.section("dirac")
+        sites = d.get("sites") or []
+        tags = list(d.get("tags", []))
+        if self.profile.worker.get("gpus") and "GPU" not in tags:
+            tags.append("GPU")
+        return {
+            "sites": list(sites),
+            "banned_sites": list(d.get("banned_sites", [])),
+            "owner_group": d.get("owner_group"),
+            "job_name": d.get("job_name"),
+            "cpu_time": d.get("cpu_time"),
+            "tags": tags,
+            "platform": d.get("platform"),
+            "jdl_extra": dict(d.get("jdl", {})),
+            "transport": self.transport(),
+        }
+
+    def make_cluster(self):
+        return self.cluster_cls(scheduler_options=self.scheduler_options(),
+                                security=self.security(), site_counts=self.site_counts(),
+                                **self.all_job_kwargs())
+
+    def jdls(self) -> list[str]:
+        """The JDL of every job ``start()`` would submit (per-site counts applied)."""
+        plan: list[str | None] = [s for s, n in self.site_counts().items() for _ in range(n)]
+        plan += [None] * (self.jobs - len(plan))
+        return [self.job_script(name=f"DiracCluster-{i}", site=site)
+                for i, site in enumerate(plan)]

@@ -1,0 +1,306 @@
+"""Site profiles: one YAML file per site, validated against a schema before anything is submitted.
+
+A profile says what one worker looks like (cores, memory, disk, container, environment setup),
+how many workers to start, where the Dask scheduler listens and how workers reach it (contact
+address, port range, TLS), and the batch-system details (SLURM partition and walltime, HTCondor
+universe and submit attributes, DIRAC sites with per-site worker counts). ``--profile NAME`` picks
+``backends/profiles/NAME.yaml``; ``--profile PATH`` any file. Example::
+
+    backend: slurm
+    description: single-node SLURM on this machine (CI)
+    workers: 2
+    worker: {cores: 1, memory: 1GB}
+    scheduler: {host: 127.0.0.1}
+    slurm: {partition: debug, walltime: "00:10:00"}
+
+Every key is documented in :data:`PROFILE_SCHEMA` (``agc profiles schema`` prints it). A bad
+profile raises :class:`ProfileError` naming the file and the key, e.g.
+``profile site.yaml: worker.memory: required (a size such as 2GB)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agc.errors import UserError
+
+log = logging.getLogger(__name__)
+
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
+
+_SIZE = {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*([kKMGTP]i?B|B)\s*$",
+         "x-expected": "a size such as 2GB or 1.5GiB"}
+_PORT_RANGE = {"type": "string", "pattern": r"^\d{1,5}:\d{1,5}$",
+               "x-expected": "a port range LOW:HIGH such as 10000:10100"}
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+_COMMAND = {"type": "string", "minLength": 1,
+            "description": "command (with options) to call instead of the batch system's "
+                           "own; e.g. a stand-in from backends/standins/bin"}
+
+
+def _obj(properties: dict, required: tuple[str, ...] = (), description: str = "") -> dict:
+    out = {"type": "object", "additionalProperties": False, "properties": properties}
+    if required:
+        out["required"] = list(required)
+    if description:
+        out["description"] = description
+    return out
+
+
+#: JSON Schema of a profile. Unknown keys are errors (a typo must not be silently ignored).
+PROFILE_SCHEMA: dict = _obj({
+    "backend": {"type": "string", "description": "backend this profile is for: slurm, "
+                                                 "htcondor, dirac or local"},
+    "description": {"type": "string", "description": "one line shown by 'agc profiles list'"},
+    "workers": {"type": "integer", "minimum": 1,
+                "description": "number of batch jobs (default 1; --workers overrides; DIRAC: the "
+                               "sum of dirac.sites when per-site counts are given)"},
+    "worker": _obj({
+        "cores": {"type": "integer", "minimum": 1, "description": "cores per job"},
+        "memory": {**_SIZE, "description": "memory per job, e.g. 2GB"},
+        "disk": {**_SIZE, "description": "scratch disk per job (required by HTCondor)"},
+        "processes": {"type": "integer", "minimum": 1,
+                      "description": "Dask worker processes per job (default 1); each gets "
+                                     "cores/processes threads"},
+        "gpus": {"type": "integer", "minimum": 0, "description": "GPUs per job"},
+        "death_timeout": {"type": "number", "minimum": 1,
+                          "description": "seconds a worker waits for the scheduler before it "
+                                         "exits (default 60), so lost jobs end themselves"},
+        "start_timeout": {"type": "number", "minimum": 1,
+                          "description": "seconds to wait for the first worker before giving up "
+                                         "(default 600)"},
+        "port_range": {**_PORT_RANGE, "description": "ports the worker and its nanny listen on "
+                                                     "(firewalled sites), e.g. 10000:10100"},
+        "python": {"type": "string", "description": "python on the worker (default: this "
+                                                    "interpreter; python3 inside a container)"},
+        "local_directory": {"type": "string", "description": "worker scratch directory"},
+        "setup": {**_STRINGS, "description": "shell lines run before the worker starts "
+                                             "(source an LCG view, export variables)"},
+        "extra_args": {**_STRINGS, "description": "extra 'dask worker' arguments"},
+        "container": _obj({
+            "image": {"type": "string", "description": "e.g. docker://coffeateam/coffea-dask "
+                                                       "or /cvmfs/unpacked.cern.ch/..."},
+            "runtime": {"enum": ["apptainer", "singularity", "docker"],
+                        "description": "apptainer (default) or singularity wrap the worker "
+                                       "command; docker is for the HTCondor docker universe"},
+            "binds": {**_STRINGS, "description": "paths bound into the container "
+                                                 "(default ['/cvmfs'])"},
+        }, required=("image",), description="run the worker in a container"),
+    }, required=("cores", "memory"), description="one batch job"),
+    "scheduler": _obj({
+        "host": {"type": "string", "description": "address the scheduler binds to "
+                                                  "(default 127.0.0.1)"},
+        "port": {"type": "integer", "minimum": 0, "maximum": 65535,
+                 "description": "scheduler port (default 0: any free port)"},
+        "interface": {"type": "string", "description": "network interface to bind instead "
+                                                       "of host"},
+        "contact_address": {"type": "string", "description": "address the workers are told to "
+                                                             "connect to, e.g. "
+                                                             "tcp://login.site.org:8786 "
+                                                             "(behind NAT or a proxy)"},
+        "dashboard_address": {"type": ["string", "null"],
+                              "description": "e.g. ':8787' (default: no dashboard)"},
+    }, description="the Dask scheduler, which runs where 'agc run' runs"),
+    "tls": _obj({
+        "ca_file": {"type": "string"},
+        "cert": {"type": "string", "description": "certificate of the scheduler and client"},
+        "key": {"type": "string", "description": "key of the scheduler and client"},
+        "worker_cert": {"type": "string", "description": "worker certificate (default: cert)"},
+        "worker_key": {"type": "string", "description": "worker key (default: key)"},
+        "temporary": {"type": "boolean", "description": "self-signed credentials made for "
+                                                        "this run (workers must share a "
+                                                        "filesystem with the scheduler)"},
+    }, description="TLS between scheduler, workers and client (tls:// protocol)"),
+    "log_directory": {"type": "string", "description": "where job stdout/stderr go"},
+    "local": _obj({
+        "mode": {"enum": ["inprocess", "processes", "dask"]},
+    }, description="local backend options"),
+    "slurm": _obj({
+        "partition": {"type": "string"},
+        "walltime": {"type": "string", "pattern": r"^(\d+-)?\d+(:\d\d){0,2}$",
+                     "x-expected": "a time such as 01:00:00 or 1-00:00:00",
+                     "description": "job time limit"},
+        "account": {"type": "string"},
+        "directives": {**_STRINGS, "description": "extra '#SBATCH' directives, e.g. "
+                                                  "['--qos=short']"},
+        "submit_command": _COMMAND,
+        "cancel_command": _COMMAND,
+    }, description="SLURM (sbatch) settings"),
+    "htcondor": _obj({
+        "universe": {"enum": ["vanilla", "docker", "container"],
+                     "description": "vanilla (default); docker/container run worker.container."
+                                    "image in HTCondor's own container support"},
+        "should_transfer_files": {"enum": ["YES", "NO", "IF_NEEDED"]},
+        "submit_attributes": {"type": "object",
+                              "additionalProperties": {"type": ["string", "number", "boolean"]},
+                              "description": "extra submit-file lines, e.g. "
+                                             "{'+DaskSchedulerAddress': '\"tcp://...\"', "
+                                             "'requirements': '...'}"},
+        "submit_command": _COMMAND,
+        "cancel_command": _COMMAND,
+        "submit_command_extra": {**_STRINGS, "description": "e.g. ['-name', 'schedd.site']"},
+        "cancel_command_extra": _STRINGS,
+    }, description="HTCondor (condor_submit) settings"),
+    "dirac": _obj({
+        "owner_group": {"type": "string", "description": "DIRAC group, e.g. gridpp_user"},
+        "job_name": {"type": "string"},
+        "cpu_time": {"type": "integer", "minimum": 1, "description": "CPU time limit, seconds"},
+        "sites": {"oneOf": [
+            {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0},
+             "minProperties": 1},
+        ], "description": "a site list (DIRAC picks) or per-site worker counts "
+                          "{site: workers >= 0}"},
+        "banned_sites": _STRINGS,
+        "tags": {**_STRINGS, "description": "e.g. ['GPU'] for GPU stages"},
+        "platform": {"type": "string"},
+        "jdl": {"type": "object", "additionalProperties": {"type": ["string", "number"]},
+                "description": "extra JDL attributes"},
+        "transport": {"enum": ["cli"], "description": "how jobs are submitted: 'cli' (the "
+                                                      "dirac-wms-* commands; default)"},
+        "submit_command": _COMMAND,
+        "kill_command": _COMMAND,
+        "status_command": _COMMAND,
+    }, description="DIRAC (JDL) settings"),
+}, required=("backend", "worker"))
+
+# Backend-specific requirements that the plain schema above cannot say.
+PROFILE_SCHEMA["allOf"] = [
+    {"if": {"properties": {"backend": {"const": "htcondor"}}},
+     "then": {"properties": {"worker": {"required": ["disk"]}}}},
+]
+
+
+class ProfileError(UserError, ValueError):
+    """The profile file is missing, not YAML, or does not match the schema."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A validated profile. ``data`` is the YAML content; ``source`` the file it came from."""
+
+    name: str
+    source: str
+    data: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def backend(self) -> str:
+        return self.data["backend"]
+
+    @property
+    def description(self) -> str:
+        return self.data.get("description", "")
+
+    @property
+    def workers(self) -> int:
+        sites = self.section("dirac").get("sites")
+        if isinstance(sites, Mapping) and "workers" not in self.data:
+            return max(sum(sites.values()), 1)
+        return int(self.data.get("workers", 1))
+
+    @property
+    def worker(self) -> Mapping[str, Any]:
+        return self.data["worker"]
+
+    def section(self, key: str) -> Mapping[str, Any]:
+        """A top-level mapping (``scheduler``, ``tls``, ``slurm``...), empty when absent."""
+        return self.data.get(key) or {}
+
+
+def shipped_profiles() -> dict[str, Path]:
+    """Profile name -> file, for the profiles shipped in ``backends/profiles/``."""
+    return {p.stem: p for p in sorted(PROFILE_DIR.glob("*.yaml"))}
+
+
+def resolve(ref: str | Path) -> Path:
+    """The file of ``--profile FILE_OR_NAME``: an existing path, else a shipped profile name."""
+    path = Path(ref).expanduser()
+    if path.is_file():
+        return path
+    shipped = shipped_profiles()
+    if str(ref) in shipped:
+        return shipped[str(ref)]
+    raise ProfileError(f"--profile {ref}: no such file and no shipped profile of that name; "
+                       f"shipped: {', '.join(shipped) or '(none)'}")
+
+
+def load_profile(ref: str | Path | Mapping[str, Any], backend: str | None = None) -> Profile:
+    """Read and validate a profile (a file, a shipped name, or an already-loaded mapping).
+
+    Args:
+        ref: ``--profile`` value or a mapping with the profile content.
+        backend: when given, the profile must be for this backend.
+
+    Returns:
+        The validated :class:`Profile`.
+
+    Raises:
+        ProfileError: naming the file and the offending key.
+    """
+    if isinstance(ref, Mapping):
+        name, source, data = "<inline>", "<inline>", copy.deepcopy(dict(ref))
+    else:
+        path = resolve(ref)
+        name, source = path.stem, str(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ProfileError(f"profile {source}: not valid YAML: {err}") from None
+    validate(data, source)
+    profile = Profile(name, source, data)
+    if backend is not None and profile.backend != backend:
+        raise ProfileError(f"profile {source}: is for backend {profile.backend!r}, not "
+                           f"{backend!r}; use --backend {profile.backend} or another profile")
+    return profile
+
+
+def validate(data: Any, source: str = "<inline>") -> None:
+    """Raise :class:`ProfileError` for the first schema violation, naming its key."""
+    import jsonschema
+
+    if not isinstance(data, Mapping):
+        raise ProfileError(f"profile {source}: expected a mapping of keys, got "
+                           f"{type(data).__name__}")
+    validator = jsonschema.Draft202012Validator(PROFILE_SCHEMA)
+    errors = sorted(validator.iter_errors(data),
+                    key=lambda e: (len(e.absolute_path), [str(p) for p in e.absolute_path]))
+    if errors:
+        raise ProfileError(f"profile {source}: {_describe(errors[0])}")
+
+
+def _describe(error) -> str:
+    """``key.path: what is wrong`` for one jsonschema error."""
+    path = ".".join(str(p) for p in error.absolute_path)
+    where = f"{path}." if path else ""
+    schema = error.schema
+    if error.validator == "additionalProperties":
+        allowed = sorted(schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        return (f"{where}{unknown[0]}: unknown key" +
+                (f" (allowed here: {', '.join(allowed)})" if allowed else ""))
+    if error.validator == "required":
+        missing = [k for k in error.validator_value if k not in error.instance][0]
+        hint = schema.get("properties", {}).get(missing, {}).get("description", "")
+        if not hint:  # the allOf rules do not repeat the descriptions
+            hint = (PROFILE_SCHEMA["properties"].get(path, {}).get("properties", {})
+                    .get(missing, {}).get("description", ""))
+        return f"{where}{missing}: required" + (f" ({hint})" if hint else "")
+    key = path or "(top level)"
+    if error.validator == "pattern":
+        return f"{key}: {error.instance!r} is not {schema.get('x-expected', 'valid')}"
+    if error.validator == "type":
+        expected = error.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        return f"{key}: expected {expected}, got {error.instance!r}"
+    if error.validator == "enum":
+        return f"{key}: {error.instance!r} is not one of {', '.join(map(str, schema['enum']))}"
+    if error.validator in ("oneOf", "anyOf") and schema.get("description"):
+        return f"{key}: {error.instance!r} is not valid; expected {schema['description']}"
+    return f"{key}: {error.message}"

@@ -1,0 +1,65 @@
+"""The ``slurm`` backend: Dask workers as SLURM jobs (dask-jobqueue ``SLURMCluster``).
+
+The scheduler runs where ``agc run`` runs; each job is ``sbatch``-ed with the profile's
+partition, walltime, account and extra ``#SBATCH`` directives, and starts one Dask worker
+(optionally inside an apptainer container) that connects back. ``close()`` ``scancel``-s every
+job. Example profile: ``backends/profiles/slurm-local.yaml``.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from typing import Any
+
+from dask_jobqueue import SLURMCluster
+from dask_jobqueue.slurm import SLURMJob
+
+from backends.jobqueue import JobQueueBackend, RecordsSubmitError, size_in_bytes
+
+
+class SiteSLURMJob(RecordsSubmitError, SLURMJob):
+    """``SLURMJob`` whose ``sbatch`` / ``scancel`` commands a profile may replace."""
+
+    def __init__(self, *args, submit_command: str | None = None,
+                 cancel_command: str | None = None, gpus: int = 0,
+                 disk: str | None = None, **kwargs):
+        extra = list(kwargs.get("job_extra_directives") or [])
+        if gpus:
+            extra.append(f"--gpus={gpus}")
+        if disk:
+            extra.append(f"--tmp={math.ceil(size_in_bytes(disk) / 2**20)}M")
+        kwargs["job_extra_directives"] = extra
+        super().__init__(*args, **kwargs)
+        if submit_command:
+            self.submit_command = shlex.join(shlex.split(submit_command))
+        if cancel_command:
+            self.cancel_command = shlex.join(shlex.split(cancel_command))
+
+
+class SiteSLURMCluster(SLURMCluster):
+    job_cls = SiteSLURMJob
+
+
+class SlurmBackend(JobQueueBackend):
+    """Dask workers submitted with ``sbatch`` (profile section ``slurm``)."""
+
+    name = "slurm"
+    description = "SLURM batch jobs running Dask workers (dask-jobqueue SLURMCluster)"
+    cluster_cls = SiteSLURMCluster
+    example_profile = "slurm-local"
+
+    def job_kwargs(self) -> dict[str, Any]:
+        s = self.profile.section("slurm")
+        kwargs: dict[str, Any] = {
+            "queue": s.get("partition"),
+            "walltime": s.get("walltime"),
+            "account": s.get("account"),
+            "job_extra_directives": list(s.get("directives", [])),
+            "job_name": "agc-worker",
+            "gpus": int(self.profile.worker.get("gpus", 0)),
+            "disk": self.profile.worker.get("disk"),
+            "submit_command": s.get("submit_command"),
+            "cancel_command": s.get("cancel_command"),
+        }
+        return kwargs

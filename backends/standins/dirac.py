@@ -1,0 +1,117 @@
+"""STAND-IN ``dirac-wms-job-submit`` / ``-kill`` / ``-status``: DIRAC jobs as local processes.
+
+``dirac-wms-job-submit FILE.jdl`` reads the JDL (ClassAd syntax), starts ``Executable`` with
+``Arguments`` (split like a shell would) in a fresh job directory, the way DIRAC's JobWrapper
+runs a payload, with ``StdOutput`` / ``StdError`` there, and prints ``JobID = N``. The JDL is
+kept beside the job (``jobs/N.jdl``) with the ``Site`` it asked for, which ``status`` reports
+as the site the job runs at. Requirements (CPU, RAM, tags, platform) are not enforced.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+from backends.standins import localjobs
+
+SYSTEM = "dirac"
+
+_TOKEN = re.compile(r'\s*(?:(?P<str>"(?:[^"\\]|\\.)*")|(?P<num>-?\d+(?:\.\d+)?)'
+                    r'|(?P<word>[A-Za-z_][A-Za-z0-9_.]*)|(?P<punct>[\[\]{};=,]))', re.S)
+
+
+def parse_jdl(text: str) -> dict:
+    """A JDL ``[ Key = value; ... ]`` as a dict (strings, numbers, lists of them)."""
+    tokens = []
+    pos = 0
+    text = re.sub(r"(?m)^\s*(#|//).*$", "", text).strip()
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            raise ValueError(f"cannot parse JDL at: {text[pos:pos + 40]!r}")
+        pos = m.end()
+        if m.group("str") is not None:
+            tokens.append(("v", json.loads(m.group("str"))))
+        elif m.group("num") is not None:
+            tokens.append(("v", float(m.group("num")) if "." in m.group("num")
+                           else int(m.group("num"))))
+        elif m.group("word") is not None:
+            tokens.append(("w", m.group("word")))
+        else:
+            tokens.append(("p", m.group("punct")))
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+    if tokens and tokens[0] == ("p", "["):
+        tokens = tokens[1:-1] if tokens[-1] == ("p", "]") else tokens[1:]
+    out, i = {}, 0
+    while i < len(tokens):
+        key, eq = tokens[i], tokens[i + 1]
+        if key[0] != "w" or eq != ("p", "="):
+            raise ValueError(f"expected 'Key = value' in JDL, got {key[1]!r} {eq[1]!r}")
+        i += 2
+        if tokens[i] == ("p", "{"):
+            values, i = [], i + 1
+            while tokens[i] != ("p", "}"):
+                if tokens[i] != ("p", ","):
+                    values.append(tokens[i][1])
+                i += 1
+            value = values
+        else:
+            value = tokens[i][1]
+        out[key[1]] = value
+        i += 1
+        if i < len(tokens) and tokens[i] == ("p", ";"):
+            i += 1
+    return out
+
+
+def submit(argv: list[str]) -> int:
+    files = [a for a in argv if not a.startswith("-")]
+    if len(files) != 1:
+        print("usage: dirac-wms-job-submit JDL (stand-in)", file=sys.stderr)
+        return 1
+    jdl_text = Path(files[0]).read_text()
+    jdl = parse_jdl(jdl_text)
+    state = localjobs.state_dir(SYSTEM)
+    job_id = str(localjobs.next_id(state))
+    workdir = state / "jobs" / job_id
+    workdir.mkdir(parents=True)
+    shutil.copy(files[0], state / "jobs" / f"{job_id}.jdl")
+    argv_job = [jdl["Executable"], *shlex.split(str(jdl.get("Arguments", "")))]
+    site = jdl.get("Site", "ANY")
+    site = site[0] if isinstance(site, list) and len(site) == 1 else site
+    pid = localjobs.spawn(argv_job, workdir / jdl.get("StdOutput", "std.out"),
+                          workdir / jdl.get("StdError", "std.err"), cwd=workdir)
+    localjobs.record(state, job_id, pid=pid, site=site, name=jdl.get("JobName", ""))
+    print(f"JobID = {job_id}")
+    return 0
+
+
+def kill(argv: list[str]) -> int:
+    state = localjobs.state_dir(SYSTEM)
+    status = 0
+    for job_id in (a for a in argv if not a.startswith("-")):
+        if localjobs.remove(state, job_id):
+            print(f"Killed job {job_id}")
+        else:
+            print(f"ERROR: job {job_id} not found or already finished", file=sys.stderr)
+            status = 1
+    return status
+
+
+def status(argv: list[str]) -> int:
+    state = localjobs.state_dir(SYSTEM)
+    live = {r["id"]: r for r in localjobs.records(state)}
+    for job_id in (a for a in argv if not a.startswith("-")):
+        r = live.get(job_id)
+        if r is None:
+            print(f"JobID={job_id} Status=Killed; MinorStatus=Marked for termination;")
+            continue
+        st = "Running" if localjobs.alive(int(r["pid"])) else "Done"
+        site = r["site"] if isinstance(r["site"], str) else "ANY"
+        print(f"JobID={job_id} Status={st}; MinorStatus=Application; Site={site};")
+    return 0

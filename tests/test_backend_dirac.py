@@ -1,0 +1,107 @@
+"""The dirac backend: JDLs read with a ClassAd parser (classad2 from the htcondor wheel, since
+the DIRAC client does not pip-install as is), per-site worker counts, job-id parsing, and an
+AGC run through the STAND-IN dirac-wms-job-submit / -kill / -status (backends/standins/bin),
+which run each JDL as a local process. The backend code path is the production one up to the
+commands it calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import Counter
+
+import pytest
+from slurm_cluster import assert_histograms_equal, backend_run, reference_histograms
+
+from backends.dirac import DiracBackend, DiracCLITransport, jdl_value
+from backends.standins import bin_dir, localjobs
+from backends.standins.dirac import parse_jdl
+
+classad2 = pytest.importorskip("classad2", reason="pip install htcondor (ClassAd parser)")
+
+
+def test_multi_site_jdls_carry_sites_and_counts():
+    backend = DiracBackend(profile="dirac-gridpp")
+    jdls = [classad2.parseOne(text) for text in backend.jdls()]
+    assert Counter(ad["Site"] for ad in jdls) == {"LCG.UKI-LT2-IC-HEP.uk": 3,
+                                                  "LCG.RAL-LCG2.uk": 4}
+    ad = jdls[0]
+    assert ad["OwnerGroup"] == "gridpp_user"
+    assert ad["JobName"] == "agc-dask-worker"
+    assert ad["CPUTime"] == 86400
+    assert ad["NumberOfProcessors"] == 1
+    assert ad["MaxRAM"] == 3815  # 4GB in MiB
+    assert ad["Executable"] == "/bin/sh"
+    assert list(ad["OutputSandbox"]) == ["std.out", "std.err"]
+    arguments = ad["Arguments"]
+    assert arguments.startswith("-c 'export X509_CERT_DIR=")
+    # the worker runs in apptainer with /cvmfs and dials the profile's external address
+    assert ("apptainer exec --bind /cvmfs /cvmfs/unpacked.cern.ch/registry.hub.docker.com/"
+            "coffeateam/coffea-dask-almalinux8:latest python3 -m distributed.cli.dask_worker "
+            "tcp://agc-scheduler.example.ac.uk:8786") in arguments
+    assert "--worker-port 40000:40100" in arguments
+    assert "Tags" not in ad
+
+
+def test_workers_option_spreads_over_the_profile_sites():
+    backend = DiracBackend(profile="dirac-gridpp", workers=3)
+    assert backend.site_counts() == {"LCG.UKI-LT2-IC-HEP.uk": 2, "LCG.RAL-LCG2.uk": 1}
+    assert len(backend.jdls()) == 3
+
+
+def test_gpu_stage_jdl():
+    ad = classad2.parseOne(DiracBackend(profile="dirac-gridpp-gpu").job_script())
+    assert list(ad["Tags"]) == ["GPU"]
+    assert list(ad["Site"]) == ["LCG.UKI-LT2-IC-HEP.uk", "LCG.RAL-LCG2.uk"]
+    assert ad["NumberOfProcessors"] == 4
+    assert "apptainer exec --nv " in ad["Arguments"]
+
+
+def test_standin_reads_the_jdl_like_classad():
+    text = DiracBackend(profile={
+        "backend": "dirac", "worker": {"cores": 1, "memory": "1GB",
+                                       "setup": ['export A="quoted \\\\ text"']},
+        "dirac": {"sites": ["A", "B"], "jdl": {"Priority": 3}}}).job_script()
+    ours, theirs = parse_jdl(text), classad2.parseOne(text)
+    assert ours["Arguments"] == theirs["Arguments"]
+    assert 'export A="quoted \\\\ text"' in theirs["Arguments"]
+    assert ours["Site"] == list(theirs["Site"]) == ["A", "B"]
+    assert ours["Priority"] == theirs["Priority"] == 3
+
+
+def test_jdl_values():
+    assert jdl_value('say "hi" \\') == '"say \\"hi\\" \\\\"'
+    assert jdl_value(["a", 2]) == '{"a", 2}'
+
+
+def test_cli_transport_parses_job_ids_and_kills(tmp_path):
+    submit = tmp_path / "submit"
+    submit.write_text("#!/bin/sh\necho 'some banner'\necho 'JobID = 4242'\n")
+    kill = tmp_path / "kill"
+    kill.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/killed\nexit 1\n")
+    for f in (submit, kill):
+        f.chmod(0o755)
+    transport = DiracCLITransport(submit_command=str(submit), kill_command=str(kill))
+    assert asyncio.run(transport.submit("job.jdl")) == "4242"
+    asyncio.run(transport.kill("4242"))  # a failing kill (job already gone) is not an error
+    assert (tmp_path / "killed").read_text().strip() == "4242"
+
+
+@pytest.mark.slow
+def test_run_through_standin_dirac_matches_local(tmp_path, monkeypatch, small_catalog):
+    monkeypatch.setenv("PATH", f"{bin_dir()}:{os.environ['PATH']}")
+    state = tmp_path / "standin-state"
+    monkeypatch.setenv("AGC_STANDIN_STATE", str(state))
+    result = backend_run(str(small_catalog), "dirac", profile="dirac-standin")
+    assert_histograms_equal(reference_histograms(str(small_catalog)), result.histograms)
+    assert result.workers == 2
+    jobs = localjobs.history(state / "dirac")
+    # one job per site, as the profile's per-site counts say, each JDL naming its site
+    assert sorted(j["site"] for j in jobs) == ["LCG.SITE-A.uk", "LCG.SITE-B.uk"]
+    for j in jobs:
+        assert parse_jdl((state / "dirac" / "jobs" / f"{j['id']}.jdl").read_text())["Site"] \
+            == j["site"]
+    # close() killed every job: no records, no processes left
+    assert list((state / "dirac" / "jobs").glob("*.json")) == []
+    assert [localjobs.group_members(j["pid"]) for j in jobs] == [[], []]
