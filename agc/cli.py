@@ -14,7 +14,7 @@ log = logging.getLogger("agc")
 SYNTHETIC = "synthetic"
 
 #: Modules that add their own subcommands through ``register(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ("backends.cli",)
+COMMAND_MODULES: tuple[str, ...] = ("backends.cli", "agc.cache.cli")
 
 
 def default_data_dir() -> Path:
@@ -90,6 +90,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("caching")
     g.add_argument("--cache", default=None, metavar="URL",
                    help="step-level cache store (directory, root:// or s3:// URL)")
+    g.add_argument("--data-lake", choices=("copy", "only", "off"), default="copy",
+                   help="keep run outputs in the cache store too (copy), only there (only; "
+                        "fetch with 'agc fetch RUN_ID'), or not (off)")
     g = p.add_argument_group("outputs")
     g.add_argument("--no-fit", action="store_true",
                    help="skip the cabinetry/pyhf fit and the plots at the end")
@@ -119,7 +122,7 @@ def _config_from_args(args: argparse.Namespace):
         eos=args.eos, xcache=args.xcache, mirror=args.mirror,
         io_only=args.io_only, io_branches=args.io_branches,
         backend=args.backend, backend_options=backend_options, chunksize=args.chunksize,
-        cache=args.cache, fit=not args.no_fit, output_dir=args.output,
+        cache=args.cache, data_lake=args.data_lake, fit=not args.no_fit, output_dir=args.output,
     )
 
 

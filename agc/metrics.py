@@ -25,8 +25,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 #: Phases of a run, in order. ``first_result`` is measured from the start of processing.
-PHASES = ("cluster_start", "first_worker", "preprocessing", "first_result", "processing",
-          "merge", "write", "fit")
+PHASES = ("cluster_start", "first_worker", "all_workers", "preprocessing", "first_result",
+          "processing", "merge", "write", "fit")
 
 #: Packages whose versions are attached to every record (and enter cache keys).
 TRACKED_PACKAGES = ("agc-harness", "numpy", "awkward", "uproot", "hist", "boost-histogram",
@@ -71,6 +71,11 @@ class TaskTiming:
     worker: str
     peak_rss_mb: float
     cached: bool = False
+    #: of ``finished - started``: opening the file and reading the columns, then the analysis
+    read_seconds: float = float("nan")
+    analysis_seconds: float = float("nan")
+    #: of ``read_seconds``: opening the file (0 when this worker had it open already)
+    open_seconds: float = float("nan")
 
 
 @dataclass
@@ -96,6 +101,12 @@ class RunRecord:
     cache_misses: int = 0
     phases: dict[str, float] = field(default_factory=dict)
     label: str = ""
+    #: input files touched, and the task-time split summed over tasks (see :func:`task_totals`)
+    files: int = 0
+    task_seconds: float = float("nan")
+    read_seconds: float = float("nan")
+    open_seconds: float = float("nan")
+    analysis_seconds: float = float("nan")
 
     @property
     def cores(self) -> int:
@@ -122,8 +133,19 @@ class RunRecord:
                    events_per_second_per_core=self.events_per_second_per_core,
                    cpu_efficiency=self.cpu_efficiency)
         row.update({f"{p}_seconds": self.phases.get(p, float("nan")) for p in PHASES})
+        row["load_average_1min"] = load_average()
         row.update(environment())
         return row
+
+
+def task_totals(tasks: Iterable[TaskTiming]) -> dict:
+    """Per-run sums over the executor's task timings: files, task, read and analysis seconds."""
+    tasks = [t for t in tasks if not t.cached]
+    return {"files": len({t.path for t in tasks}),
+            "task_seconds": sum(t.finished - t.started for t in tasks),
+            "read_seconds": sum(t.read_seconds for t in tasks),
+            "open_seconds": sum(t.open_seconds for t in tasks),
+            "analysis_seconds": sum(t.analysis_seconds for t in tasks)}
 
 
 def runs_frame(records: Iterable[RunRecord]):
@@ -147,6 +169,14 @@ def tasks_frame(run_id: str, tasks: Iterable[TaskTiming]):
     df = pd.DataFrame([asdict(t) for t in tasks])
     df.insert(0, "run_id", run_id)
     return df
+
+
+def load_average() -> float:
+    """The machine's 1-minute load average now (how busy a shared machine was), or NaN."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
 
 
 def peak_rss_mb() -> float:
@@ -194,7 +224,8 @@ def git_commit() -> str:
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
                                 text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                "--untracked-files=no"],
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import awkward as ak
@@ -14,13 +16,77 @@ class InputFileError(UserError, RuntimeError):
     """An input file cannot be used: missing, corrupt, wrong tree, missing branch, short."""
 
 
+#: Open files kept per process. Opening a NanoAOD file deserialises the metadata of every one of
+#: its ~1000 branches (about 0.3 s), much more than reading a chunk of a few branches, so a
+#: worker that gets several chunks of one file opens it once.
+OPEN_FILES_KEPT = 4
+_open_trees: OrderedDict[tuple, tuple] = OrderedDict()
+_bytes_reported: dict[int, int] = {}  # id(source) -> bytes already attributed to a chunk
+
+
+def _file_key(path: str, tree: str) -> tuple:
+    """Identity of an input: a local file that changed on disk (size, mtime) is opened again."""
+    try:
+        st = os.stat(path)
+        return (path, tree, st.st_size, st.st_mtime_ns)
+    except OSError:
+        return (path, tree)
+
+
+def open_tree(path: str, tree: str = "Events"):
+    """(file, TTree, opened now?) from this process's open files, opening it if needed."""
+    key = _file_key(path, tree)
+    if key in _open_trees:
+        _open_trees.move_to_end(key)
+        return (*_open_trees[key], False)
+    f, events_tree = _open_checked(path, tree)
+    _open_trees[key] = (f, events_tree)
+    while len(_open_trees) > max(OPEN_FILES_KEPT, 1):
+        old, _ = _open_trees.popitem(last=False)[1]
+        _bytes_reported.pop(id(old.file.source), None)
+        old.close()
+    return f, events_tree, True
+
+
+def close_open_files() -> None:
+    """Close the files :func:`read_chunk` keeps open in this process."""
+    while _open_trees:
+        _open_trees.popitem()[1][0].close()
+    _bytes_reported.clear()
+
+
 def read_chunk(path: str, branches: Sequence[str], entry_start: int, entry_stop: int,
                tree: str = "Events") -> tuple[ak.Array, int]:
     """Read ``branches`` for entries [entry_start, entry_stop) of ``tree`` in ``path``.
 
     Returns the events (flat branch fields, e.g. ``Jet_pt``) and the bytes requested from the
-    file (compressed, as uproot's source counts them).
+    file for them (compressed, as uproot's source counts them; the chunk that opens the file
+    also counts the file's metadata).
     """
+    f, events_tree, _ = open_tree(path, tree)
+    missing = [b for b in branches if b not in events_tree]
+    if missing:
+        raise InputFileError(f"{path}: tree {tree!r} lacks branch(es) {', '.join(missing)} "
+                             "that the analysis reads; is this NanoAOD?")
+    if entry_stop > events_tree.num_entries:
+        raise InputFileError(f"{path}: the catalog asks for entries up to {entry_stop} but "
+                             f"the file has {events_tree.num_entries}; the catalog's 'nevts' "
+                             "does not match the file.")
+    source = f.file.source
+    before = _bytes_reported.get(id(source), 0)  # so the first chunk of a file pays its open
+    try:
+        events = events_tree.arrays(list(branches), entry_start=entry_start,
+                                    entry_stop=entry_stop)
+    except Exception as err:
+        raise InputFileError(f"{path}: reading entries {entry_start}-{entry_stop} failed "
+                             f"({type(err).__name__}: {err}); the file is probably "
+                             "corrupt: re-generate or re-copy it.") from err
+    _bytes_reported[id(source)] = source.num_requested_bytes
+    return events, source.num_requested_bytes - before
+
+
+def _open_checked(path: str, tree: str):
+    """Open ``path`` and return (file, TTree), with errors that say what is wrong."""
     try:
         f = uproot.open(path)
     except FileNotFoundError as err:
@@ -29,31 +95,15 @@ def read_chunk(path: str, branches: Sequence[str], entry_start: int, entry_stop:
     except Exception as err:
         raise InputFileError(f"{path}: not a readable ROOT file ({type(err).__name__}: {err}). "
                              "It may be truncated or corrupt: re-generate or re-copy it.") from err
-    with f:
-        try:
-            events_tree = f[tree]
-        except Exception as err:
-            trees = sorted({k.split(";")[0] for k, c in f.classnames().items()
-                            if c in ("TTree", "ROOT::RNTuple")})
-            raise InputFileError(f"{path}: no tree {tree!r} in the file (trees: "
-                                 f"{', '.join(trees) or 'none'}). NanoAOD files keep events in "
-                                 "'Events'.") from err
-        if not isinstance(events_tree, uproot.behaviors.TTree.TTree):
-            raise InputFileError(f"{path}: {tree!r} is a {type(events_tree).__name__}, not a "
-                                 "TTree; this harness reads NanoAOD TTrees")
-        missing = [b for b in branches if b not in events_tree]
-        if missing:
-            raise InputFileError(f"{path}: tree {tree!r} lacks branch(es) {', '.join(missing)} "
-                                 "that the analysis reads; is this NanoAOD?")
-        if entry_stop > events_tree.num_entries:
-            raise InputFileError(f"{path}: the catalog asks for entries up to {entry_stop} but "
-                                 f"the file has {events_tree.num_entries}; the catalog's 'nevts' "
-                                 "does not match the file.")
-        try:
-            events = events_tree.arrays(list(branches), entry_start=entry_start,
-                                        entry_stop=entry_stop)
-        except Exception as err:
-            raise InputFileError(f"{path}: reading entries {entry_start}-{entry_stop} failed "
-                                 f"({type(err).__name__}: {err}); the file is probably "
-                                 "corrupt: re-generate or re-copy it.") from err
-        return events, f.file.source.num_requested_bytes
+    try:
+        events_tree = f[tree]
+    except Exception as err:
+        trees = sorted({k.split(";")[0] for k, c in f.classnames().items() if c == "TTree"})
+        f.close()
+        raise InputFileError(f"{path}: no tree {tree!r} in the file (trees: "
+                             f"{', '.join(trees) or 'none'}). NanoAOD files keep events in "
+                             "'Events'.") from err
+    if not isinstance(events_tree, uproot.behaviors.TTree.TTree):
+        f.close()
+        raise InputFileError(f"{path}: {tree!r} is a {type(events_tree).__name__}, not a TTree")
+    return f, events_tree

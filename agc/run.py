@@ -7,6 +7,7 @@ measurement in :mod:`agc.metrics`.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import awkward as ak
@@ -23,11 +24,20 @@ import hist
 
 from agc import __version__
 from agc.analysis import ANALYSIS_BRANCHES, DEFAULT_SEED, IO_BRANCH_SETS, process_events
+from agc.cache import ChunkCache, NoWorkExecutor, lake_store, save_run, staging_dir
+from agc.catalog import Chunk, build_fileset, is_synthetic, load_catalog, make_chunks
 from agc.errors import UserError
-from agc.catalog import Chunk, build_fileset, load_catalog, make_chunks
 from agc.histograms import add_pseudodata, is_written, merge, write_json, write_root
-from agc.metrics import PhaseClock, RunRecord, TaskTiming, peak_rss_mb, phases_frame, runs_frame
-from agc.reader import read_chunk
+from agc.metrics import (
+    PhaseClock,
+    RunRecord,
+    TaskTiming,
+    peak_rss_mb,
+    phases_frame,
+    runs_frame,
+    task_totals,
+)
+from agc.reader import open_tree, read_chunk
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +66,10 @@ class RunConfig:
     chunksize: int = 100_000
     # step-level cache store URL (None: no caching)
     cache: str | None = None
+    # data lake: "copy" (outputs also in the cache store), "only" (only there), "off"
+    data_lake: str = "copy"
     # outputs
+    fit: bool = True  # cabinetry/pyhf fit and plots at the end (needs a full set of samples)
     output_dir: str | None = None
     label: str = ""
 
@@ -91,17 +104,23 @@ def process_chunk(task: ChunkTask) -> ChunkResult:
     """Read one chunk and run the analysis on it (runs on a worker)."""
     started, cpu0 = time.time(), time.process_time()
     c = task.chunk
+    open_tree(c.path, c.tree)  # kept open per worker; timed apart from reading the columns
+    opened = time.time()
     events, nbytes = read_chunk(c.path, task.branches, c.entry_start, c.entry_stop, c.tree)
     if task.io_only:
         ak.materialize(events)  # the I/O ceiling: columns decompressed and deserialised only
+    read_done = time.time()
+    if task.io_only:
         histograms = {}
     else:
         histograms = process_events(events, process=c.process, variation=c.variation,
                                     weight=c.weight, dataset=c.sample, seed=task.seed,
                                     systematics=task.systematics)
-    timing = TaskTiming(c.sample, c.path, c.entry_start, c.entry_stop, started, time.time(),
+    finished = time.time()
+    timing = TaskTiming(c.sample, c.path, c.entry_start, c.entry_stop, started, finished,
                         time.process_time() - cpu0, nbytes, f"{socket.gethostname()}:{os.getpid()}",
-                        peak_rss_mb())
+                        peak_rss_mb(), read_seconds=read_done - started,
+                        analysis_seconds=finished - read_done, open_seconds=opened - started)
     return ChunkResult(len(events), histograms, timing)
 
 
@@ -158,7 +177,7 @@ def sample_yields(histograms: Mapping[str, hist.Hist], fileset) -> dict[str, dic
 
 
 def new_run_id(config: RunConfig) -> str:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     return f"{stamp}-{config.backend}-{os.getpid()}"
 
 
@@ -184,14 +203,23 @@ def run(config: RunConfig, *, progress: bool = True, write: bool = True) -> RunR
     tasks = [ChunkTask(c, branches, config.systematics, config.seed, config.io_only)
              for c in chunks]
     backend = get_backend(config.backend)(**dict(config.backend_options))
+    lake = lake_store(config.cache, config.data_lake) if write else None
+    cache = ChunkCache.open(config.cache) if config.cache else None
+    fn, todo, cached = (process_chunk, tasks, []) if cache is None else cache.split(process_chunk,
+                                                                                   tasks)
     clock.stop("preprocessing")
 
     clock.start("cluster_start")
-    executor = backend.start()
+    executor = backend.start() if todo or cache is None else NoWorkExecutor()
+    if cache is not None:
+        cache.attach(executor)
     clock.stop("cluster_start")
     timings: list[TaskTiming] = []
     events = dict.fromkeys(fileset, 0)
-    total: dict[str, hist.Hist] = {}
+    # results are summed in chunk order at the end, not in completion order, so histograms are
+    # bit-identical whatever the workers, backend or cache hits (float sums depend on order)
+    position = {(c.path, c.entry_start, c.entry_stop): i for i, c in enumerate(chunks)}
+    partial: dict[int, dict[str, hist.Hist]] = {}
     try:
         clock.start("first_worker")
         executor.wait_for_workers(1)
@@ -199,8 +227,9 @@ def run(config: RunConfig, *, progress: bool = True, write: bool = True) -> RunR
         bar = _progress(len(tasks), sum(c.nevents for c in chunks), progress)
         clock.start("processing")
         processing_t0 = time.perf_counter()
-        for result in executor.map_unordered(process_chunk, tasks):
-            total = merge([total, result.histograms]) if total else dict(result.histograms)
+        for result in itertools.chain(cached, executor.map_unordered(fn, todo)):
+            t = result.timing
+            partial[position[(t.path, t.entry_start, t.entry_stop)]] = result.histograms
             if not timings:
                 clock.record("first_result", time.perf_counter() - processing_t0)
             timings.append(result.timing)
@@ -209,9 +238,14 @@ def run(config: RunConfig, *, progress: bool = True, write: bool = True) -> RunR
         clock.stop("processing")
         bar.close()
     finally:
+        all_workers = getattr(executor, "time_to_all_workers", None)
+        if all_workers is not None and (seconds := all_workers()) is not None:
+            clock.record("all_workers", seconds)  # from backend start to the last worker joining
         executor.close()
+        if cache is not None:
+            cache.finish()
     clock.start("merge")
-    histograms = add_pseudodata(total)
+    histograms = add_pseudodata(merge(partial[i] for i in sorted(partial)))
     clock.stop("merge")
 
     worker_peaks: dict[str, float] = {}
@@ -226,7 +260,9 @@ def run(config: RunConfig, *, progress: bool = True, write: bool = True) -> RunR
         bytes_read=sum(t.bytes_read for t in timings), wall_seconds=clock.elapsed(),
         cpu_seconds=_cpu_seconds(time.process_time() - cpu0, timings),
         peak_rss_mb_per_worker=max(worker_peaks.values(), default=0.0),
-        phases=clock.durations, label=config.label,
+        cache_hits=sum(t.cached for t in timings),
+        cache_misses=sum(not t.cached for t in timings) if cache is not None else 0,
+        phases=clock.durations, label=config.label, **task_totals(timings),
     )
     result = RunResult(
         run_id=run_id, run_dir=None, histograms=histograms, events_per_sample=events,
@@ -235,10 +271,22 @@ def run(config: RunConfig, *, progress: bool = True, write: bool = True) -> RunR
     )
     result.summary = _summary(config, result)
     if write:
-        clock.start("write")
         run_dir = Path(config.output_dir) if config.output_dir else DEFAULT_OUTPUT_ROOT / run_id
-        result.run_dir = write_outputs(result, run_dir)
+        only_in_lake = lake is not None and config.data_lake == "only"
+        finish = None
+        if config.fit and not config.io_only:
+            synthetic = is_synthetic(fileset)
+            finish = lambda staging: _fit_and_plot(staging, result, clock, synthetic)  # noqa: E731
+        clock.start("write")
+        result.run_dir = write_outputs(result, staging_dir(run_id) if only_in_lake else run_dir,
+                                       finish=finish)
+        if lake is not None:
+            result.summary["stored_run"] = save_run(lake, run_id, result.run_dir,
+                                                    move=only_in_lake)
+            result.run_dir = None if only_in_lake else result.run_dir
         clock.stop("write")
+        # the fit runs inside the write step (into the staging directory); count it once
+        clock.durations["write"] -= clock.durations.get("fit", 0.0)
     return result
 
 
@@ -260,7 +308,7 @@ def _summary(config: RunConfig, result: RunResult) -> dict:
     return {
         "run_id": result.run_id,
         "agc_version": __version__,
-        "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": {k: (dict(v) if isinstance(v, Mapping) else v)
                    for k, v in dataclasses.asdict(config).items()},
         "events": result.events,
@@ -278,8 +326,36 @@ def _summary(config: RunConfig, result: RunResult) -> dict:
     }
 
 
-def write_outputs(result: RunResult, run_dir: Path) -> Path:
+def _fit_and_plot(staging: Path, result: RunResult, clock: PhaseClock, synthetic: bool) -> None:
+    """Fit the run's histograms and draw the plots into ``staging``; the summary gains the fit.
+
+    A fit that cannot run (a sample missing from the run) or does not converge is reported
+    in the summary and on the log; the histograms of the run are kept either way.
+    """
+    from agc import inference, plots
+
+    clock.start("fit")
+    try:
+        fit_result = inference.fit_run(staging)
+        result.summary["fit"] = {"poi": fit_result.poi, "bestfit": fit_result.bestfit,
+                                 "uncertainty": fit_result.uncertainty,
+                                 "strategy": fit_result.strategy}
+        label, experiment = ((plots.SYNTHETIC_LABEL, "AGC") if synthetic
+                             else (plots.OPEN_DATA_LABEL, "CMS"))
+        plots.plot_run(staging, label=label, experiment=experiment)
+    except (UserError, inference.FitError) as err:
+        log.warning("no fit for this run: %s", err)
+        result.summary["fit"] = {"error": str(err)}
+    finally:
+        clock.stop("fit")
+        result.summary["phases_seconds"] = dict(clock.durations)
+
+
+def write_outputs(result: RunResult, run_dir: Path, finish=None) -> Path:
     """Write the outputs into ``run_dir``, all or nothing.
+
+    ``finish(staging_dir)``, if given, runs after the histograms are written and before the
+    metrics and summary (the fit and plots).
 
     ``run_dir`` may be new, or a previous run directory (it has a summary.json), which is
     replaced; any other existing directory is refused so that nothing of the user's is lost.
@@ -294,6 +370,9 @@ def write_outputs(result: RunResult, run_dir: Path) -> Path:
     try:
         write_root(result.histograms, staging / "histograms.root")
         write_json(result.histograms, staging / "histograms.json")
+        (staging / "summary.json").write_text(json.dumps(result.summary, indent=1, default=str))
+        if finish is not None:
+            finish(staging)
         runs_frame([result.record]).to_csv(staging / "metrics" / "runs.csv", index=False)
         phases_frame([result.record]).to_csv(staging / "metrics" / "phases.csv", index=False)
         if result.tasks:

@@ -11,18 +11,22 @@ import awkward as ak
 import hist
 import numpy as np
 
-from agc.analysis.events import collections
-from agc.analysis.observables import ht, trijet_mass
-from agc.analysis.selection import region_masks, select_electrons, select_jets, select_muons
+from agc.analysis.observables import trijet_mass_flat
+from agc.analysis.selection import (
+    BTAG_THRESHOLD,
+    electron_mask,
+    jet_mask,
+    muon_mask,
+    region_masks_from_counts,
+)
 from agc.analysis.systematics import (
     JET_PT_SCALE_UP,
     N_BTAG_VARIATIONS,
     WJETS_SCALE_VAR,
     btag_weight,
-    jet_resolution_factors,
-    with_jet_pt,
+    resolution_factors_flat,
 )
-from agc.analysis.xp import to_host
+from agc.analysis.xp import flat_namespace, to_flat_xp, to_host
 from agc.config import REGIONS
 from agc.histograms import histogram_name, new_histogram
 
@@ -90,33 +94,49 @@ def process_events(
     dataset = dataset or f"{process}__{variation}"
     hists = {name: new_histogram(name.split("_", 1)[0])
              for name in histogram_names(process, variation, systematics)}
-    electrons, muons, jets = collections(events)
-    electrons, muons = select_electrons(electrons), select_muons(muons)
+    jets, jet_counts = _flat(events, "Jet", ("pt", "eta", "phi", "mass", "btagCSVV2", "jetId"))
+    el, el_counts = _flat(events, "Electron", ("pt", "eta", "cutBased", "sip3d"))
+    mu, mu_counts = _flat(events, "Muon", ("pt", "eta", "tightId", "sip3d", "pfRelIso04_all"))
+    xp = flat_namespace(jet_counts)
+    n_leptons = (_count(electron_mask(*el), el_counts, xp)
+                 + _count(muon_mask(*mu), mu_counts, xp))
+    pt, eta, phi, mass, btag, jet_id = jets
 
-    pt_variations: list[tuple[str, ak.Array]] = [("nominal", jets)]
+    pt_variations = [("nominal", pt)]
     if variation == "nominal" and systematics:
         # float64 factor: the reference multiplies by a per-event float64 field, which promotes
         # the float32 jet pT to float64; a Python float would keep float32 and move cut edges
-        pt_variations.append(("pt_scale_up",
-                              with_jet_pt(jets, jets.pt * np.float64(JET_PT_SCALE_UP))))
-        factors = jet_resolution_factors(jets, events.run, events.luminosityBlock, events.event,
-                                         dataset=dataset, seed=seed)
-        pt_variations.append(("pt_res_up", with_jet_pt(jets, jets.pt * factors)))
+        pt_variations.append(("pt_scale_up", pt * np.float64(JET_PT_SCALE_UP)))
+        factors = resolution_factors_flat(
+            jet_counts, *(to_flat_xp(events[b]) for b in ("run", "luminosityBlock", "event")),
+            dataset=dataset, seed=seed)
+        pt_variations.append(("pt_res_up", pt * factors))
 
-    for pt_label, varied_jets in pt_variations:
-        selected_jets = select_jets(varied_jets)
-        masks = region_masks(electrons, muons, selected_jets)
+    event_of_jet = xp.repeat(xp.arange(len(jet_counts)), jet_counts)
+    for pt_label, varied_pt in pt_variations:
+        selected = jet_mask(varied_pt, eta, jet_id)
+        n_jets = _count(selected, jet_counts, xp)
+        n_btags = _count(selected & (btag > BTAG_THRESHOLD), jet_counts, xp)
+        masks = region_masks_from_counts(n_leptons, n_jets, n_btags)
         for region in REGIONS:
-            region_jets = selected_jets[masks[region]]
-            if len(region_jets) == 0:
+            in_region = masks[region]
+            if not bool(in_region.any()):
                 continue
-            observable = ht(region_jets) if region == "4j1b" else trijet_mass(region_jets)
+            take = selected & in_region[event_of_jet]
+            counts = n_jets[in_region]
+            region_pt = varied_pt[take]
+            if region == "4j1b":
+                observable = ak.sum(ak.unflatten(region_pt, counts), axis=1)
+            else:
+                observable, _ = trijet_mass_flat(region_pt, eta[take], phi[take], mass[take],
+                                                 btag[take], counts)
             label = variation if (pt_label == "nominal" and variation != "nominal") else pt_label
             _fill(hists[histogram_name(region, process, label)], observable, weight)
             if pt_label != "nominal" or variation != "nominal" or not systematics:
                 continue
+            first_jet = xp.cumsum(counts) - counts
             for i in range(N_BTAG_VARIATIONS):
-                jet_pt = to_host(region_jets.pt[:, i])
+                jet_pt = to_host(region_pt[first_jet + i])
                 for direction in ("up", "down"):
                     name = histogram_name(region, process, f"btag_var_{i}_{direction}")
                     _fill(hists[name], observable, weight * btag_weight(jet_pt, direction))
@@ -125,3 +145,23 @@ def process_events(
                     name = histogram_name(region, process, f"scale_var_{direction}")
                     _fill(hists[name], observable, weight * factor)
     return hists
+
+
+def _flat(events: ak.Array, collection: str, fields: tuple[str, ...]):
+    """Flat per-object columns of a collection and its objects per event (numpy or cupy).
+
+    Works on flat branches as read by uproot (``Jet_pt``) and on NanoEvents (``Jet.pt``).
+    """
+    columns = []
+    for f in fields:
+        name = f"{collection}_{f}"
+        columns.append(events[name] if name in events.fields else events[collection][f])
+    counts = to_flat_xp(ak.num(columns[0], axis=1))
+    return [to_flat_xp(ak.flatten(c, axis=1)) for c in columns], counts
+
+
+def _count(mask, counts, xp):
+    """Per event: how many of its objects pass the flat ``mask``."""
+    ends = xp.cumsum(counts)
+    passed = xp.concatenate([xp.zeros(1, dtype=xp.int64), xp.cumsum(mask, dtype=xp.int64)])
+    return passed[ends] - passed[ends - counts]

@@ -8,32 +8,35 @@ collections of :func:`agc.analysis.events.collections`) and work on any awkward 
 from __future__ import annotations
 
 import awkward as ak
-import numpy as np
 
 BTAG_THRESHOLD = 0.5  # btagCSVV2 > 0.5, counted over selected jets
 
 
+def electron_mask(pt, eta, cut_based, sip3d):
+    """Tight electrons: pT > 30 GeV, |eta| < 2.1, cutBased == 4, sip3d < 4 (any array type)."""
+    return (pt > 30) & (abs(eta) < 2.1) & (cut_based == 4) & (sip3d < 4)
+
+
+def muon_mask(pt, eta, tight_id, sip3d, iso):
+    """Tight isolated muons: pT > 30 GeV, |eta| < 2.1, tightId, sip3d < 4, pfRelIso04_all < 0.15."""
+    return (pt > 30) & (abs(eta) < 2.1) & tight_id & (sip3d < 4) & (iso < 0.15)
+
+
+def jet_mask(pt, eta, jet_id):
+    """Jets with pT > 30 GeV, |eta| < 2.4 and bit 2 (tight lepton veto) of jetId (any arrays)."""
+    return (pt > 30) & (abs(eta) < 2.4) & ((jet_id & 4) != 0)
+
+
 def select_electrons(electrons: ak.Array) -> ak.Array:
-    """Tight electrons: pT > 30 GeV, |eta| < 2.1, cutBased == 4, sip3d < 4."""
-    mask = (
-        (electrons.pt > 30)
-        & (np.abs(electrons.eta) < 2.1)
-        & (electrons.cutBased == 4)
-        & (electrons.sip3d < 4)
-    )
-    return electrons[mask]
+    """Tight electrons (see :func:`electron_mask`)."""
+    return electrons[electron_mask(electrons.pt, electrons.eta, electrons.cutBased,
+                                   electrons.sip3d)]
 
 
 def select_muons(muons: ak.Array) -> ak.Array:
-    """Tight isolated muons: pT > 30 GeV, |eta| < 2.1, tightId, sip3d < 4, pfRelIso04_all < 0.15."""
-    mask = (
-        (muons.pt > 30)
-        & (np.abs(muons.eta) < 2.1)
-        & muons.tightId
-        & (muons.sip3d < 4)
-        & (muons.pfRelIso04_all < 0.15)
-    )
-    return muons[mask]
+    """Tight isolated muons (see :func:`muon_mask`)."""
+    return muons[muon_mask(muons.pt, muons.eta, muons.tightId, muons.sip3d,
+                           muons.pfRelIso04_all)]
 
 
 def select_jets(jets: ak.Array) -> ak.Array:
@@ -42,8 +45,7 @@ def select_jets(jets: ak.Array) -> ak.Array:
     The ID is coffea's ``isTightLeptonVeto``, bit 2 (value 4) of ``jetId``; on the AGC inputs
     (jetId in {0, 2, 6}) it is identical to the RDF version's ``jetId == 6``.
     """
-    mask = (jets.pt > 30) & (np.abs(jets.eta) < 2.4) & ((jets.jetId & 4) != 0)
-    return jets[mask]
+    return jets[jet_mask(jets.pt, jets.eta, jets.jetId)]
 
 
 def count_btags(jets: ak.Array) -> ak.Array:
@@ -57,8 +59,11 @@ def region_masks(electrons: ak.Array, muons: ak.Array, jets: ak.Array) -> dict[s
     4j1b: exactly one lepton, >= 4 jets, exactly one b tag (control region, HT).
     4j2b: exactly one lepton, >= 4 jets, >= 2 b tags (signal region, m_bjj).
     """
-    exactly_1l = (ak.num(electrons, axis=1) + ak.num(muons, axis=1)) == 1
-    atleast_4j = ak.num(jets, axis=1) >= 4
-    nbtag = count_btags(jets)
-    base = exactly_1l & atleast_4j
-    return {"4j1b": base & (nbtag == 1), "4j2b": base & (nbtag >= 2)}
+    return region_masks_from_counts(ak.num(electrons, axis=1) + ak.num(muons, axis=1),
+                                    ak.num(jets, axis=1), count_btags(jets))
+
+
+def region_masks_from_counts(n_leptons, n_jets, n_btags) -> dict:
+    """The region masks of :func:`region_masks` from per-event object counts (any array type)."""
+    base = (n_leptons == 1) & (n_jets >= 4)
+    return {"4j1b": base & (n_btags == 1), "4j2b": base & (n_btags >= 2)}

@@ -19,7 +19,7 @@ import zlib
 import awkward as ak
 import numpy as np
 
-from agc.analysis.xp import array_namespace, to_flat_xp
+from agc.analysis.xp import flat_namespace, to_flat_xp
 
 JET_PT_SCALE_UP = 1.03
 JET_PT_RESOLUTION = 0.05
@@ -56,22 +56,31 @@ def jet_resolution_factors(
     Returns an awkward array with the jagged structure of ``jets`` (float64, like the
     reference's ``np.random.normal`` draws, so the smeared pT is float64 as there).
     """
-    xp = array_namespace(jets.pt)
     counts = to_flat_xp(ak.num(jets, axis=1))
-    jet_index = to_flat_xp(ak.flatten(ak.local_index(jets.pt, axis=1))).astype(xp.uint64)
+    factors = resolution_factors_flat(counts, to_flat_xp(run), to_flat_xp(lumi),
+                                      to_flat_xp(event), dataset=dataset, seed=seed)
+    return ak.unflatten(factors, counts)
 
+
+def resolution_factors_flat(counts, run, lumi, event, *, dataset: str, seed: int):
+    """:func:`jet_resolution_factors` on flat arrays: jets per event and event ids (numpy/cupy).
+
+    Returns one float64 factor per jet, in the order of the flattened jets.
+    """
+    xp = flat_namespace(counts)
+    starts = xp.cumsum(counts) - counts
+    jet_index = (xp.arange(int(counts.sum())) - xp.repeat(starts, counts)).astype(xp.uint64)
     with np.errstate(over="ignore"):
         key = _splitmix64(xp.asarray([(seed & _MASK64) ^ (dataset_key(dataset) << 32)],
                                      dtype=xp.uint64), xp)
         per_event = key
         for part in (run, lumi, event):
-            per_event = _splitmix64(per_event ^ to_flat_xp(part).astype(xp.uint64), xp)
+            per_event = _splitmix64(per_event ^ part.astype(xp.uint64), xp)
         per_jet = _splitmix64(xp.repeat(per_event, counts) ^ jet_index, xp)
         u1 = _unit_uniform(per_jet, xp)
         u2 = _unit_uniform(_splitmix64(per_jet, xp), xp)
     gauss = xp.sqrt(-2.0 * xp.log(u1)) * xp.cos(2.0 * xp.pi * u2)
-    factors = 1.0 + JET_PT_RESOLUTION * gauss
-    return ak.unflatten(factors, counts)
+    return 1.0 + JET_PT_RESOLUTION * gauss
 
 
 def with_jet_pt(jets: ak.Array, pt: ak.Array) -> ak.Array:

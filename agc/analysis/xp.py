@@ -22,6 +22,15 @@ def array_namespace(array: ak.Array) -> ModuleType:
     return np
 
 
+def flat_namespace(array) -> ModuleType:
+    """numpy for a numpy array, cupy for a cupy array."""
+    if hasattr(array, "__cuda_array_interface__"):
+        import cupy  # noqa: PLC0415 - only on GPU machines
+
+        return cupy
+    return np
+
+
 def to_flat_xp(array: ak.Array):
     """A one-dimensional numeric awkward array as a numpy/cupy array on its own device."""
     if ak.backend(array) == "cuda":

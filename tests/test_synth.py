@@ -1,0 +1,267 @@
+"""Tests of the synthetic NanoAOD generator (agc.synth): schema, determinism, layout, catalog."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+import pytest
+import uproot
+
+from agc import synth
+from agc.synth import schema
+
+REAL_FILE = "nanoAOD_2015_CMS_Open_Data_ttbar.root"
+REAL_FRACTION = 0.0508  # analysis 15 core + 3 counters, spec §2
+
+SMALL = {"ttbar__nominal": (2, 3_000), "wjets__nominal": (1, 2_500)}
+
+
+def _tree(path) -> uproot.TTree:
+    return uproot.open(path)["Events"]
+
+
+def _files(catalog_path: Path) -> dict[str, list[Path]]:
+    cat = json.loads(catalog_path.read_text())
+    out = {}
+    for process, variations in cat.items():
+        for variation, entry in variations.items():
+            out[f"{process}__{variation}"] = [catalog_path.parent / f["path"] for f in entry["files"]]
+    return out
+
+
+def _all_arrays(path) -> dict[str, np.ndarray]:
+    t = _tree(path)
+    return {k: ak.to_numpy(ak.flatten(v, axis=None)) for k, v in zip(t.keys(), t.arrays(how=tuple))}
+
+
+@pytest.fixture(scope="module")
+def minimal_ds(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth_minimal")
+    return synth.generate(out, events=SMALL, layout="minimal", seed=7, workers=1)
+
+
+@pytest.fixture(scope="module")
+def realistic_ds(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth_realistic")
+    return synth.generate(out, events={"ttbar__nominal": (1, 12_000), "wjets__nominal": (1, 8_000)},
+                          layout="realistic", seed=3)
+
+
+@pytest.fixture(scope="module")
+def real_tree():
+    path = Path(__file__).resolve().parents[1].parent / "shared" / "data" / REAL_FILE
+    if not path.is_file():
+        pytest.skip(f"real NanoAOD reference file not found at {path}")
+    return _tree(path)
+
+
+def _describe(branch) -> tuple[str, str | None]:
+    interp = branch.interpretation
+    jagged = type(interp).__name__ == "AsJagged"
+    dt = (interp.content if jagged else interp).from_dtype.newbyteorder("=")
+    return dt.str.lstrip("<>|="), branch.count_branch.name if branch.count_branch else None
+
+
+# ---------------------------------------------------------------------------------- schema
+
+
+def test_public_api():
+    assert len(synth.SAMPLES) == 9 and set(synth.DEFAULT_DATASET) == set(synth.SAMPLES)
+    assert synth.DEFAULT_DATASET["ttbar__nominal"][0] >= 2
+    assert synth.DEFAULT_DATASET["wjets__nominal"][0] >= 2
+    assert synth.DEFAULT_DATASET["wjets__nominal"][0] * synth.DEFAULT_DATASET["wjets__nominal"][1] >= 150_000
+    total = sum(n * m for n, m in synth.DEFAULT_DATASET.values())
+    assert 100_000 <= total <= 1_000_000
+    assert len(schema.CORE_BRANCHES) == 15 and len(schema.ANALYSIS_BRANCHES) == 18
+
+
+def test_generator_does_not_import_analysis():
+    src = "\n".join(p.read_text() for p in Path(synth.__file__).parent.glob("*.py"))
+    assert "agc.analysis" not in src.replace("(``agc.analysis``)", "").replace("`agc.analysis`", "")
+    assert "from ..analysis" not in src and "import analysis" not in src
+
+
+@pytest.mark.parametrize("layout", ["minimal", "realistic"])
+def test_branches_match_real_file(layout, minimal_ds, realistic_ds, real_tree):
+    path = _files(minimal_ds if layout == "minimal" else realistic_ds)["ttbar__nominal"][0]
+    ours = _tree(path)
+    needed = set(schema.MINIMAL_BRANCHES)
+    assert needed <= set(ours.keys())
+    names = set(ours.keys()) if layout == "realistic" else needed
+    if layout == "realistic":
+        assert set(ours.keys()) == set(real_tree.keys())  # all 947 real branch names
+    for name in sorted(names):
+        assert _describe(ours[name]) == _describe(real_tree[name]), name
+    # real counters are unsigned
+    for c in schema.COUNTERS:
+        assert ours[c].interpretation.from_dtype == np.dtype(">u4")
+
+
+def test_minimal_layout_has_only_analysis_set(minimal_ds):
+    for paths in _files(minimal_ds).values():
+        assert set(_tree(paths[0]).keys()) == set(schema.MINIMAL_BRANCHES)
+
+
+def test_nanoaod_schema_builds_collections(minimal_ds, realistic_ds):
+    from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
+
+    NanoAODSchema.warn_missing_crossrefs = False
+    for cat in (minimal_ds, realistic_ds):
+        path = _files(cat)["ttbar__nominal"][0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ev = NanoEventsFactory.from_root({str(path): "Events"}, schemaclass=NanoAODSchema,
+                                             mode="eager").events()
+        assert len(ev) == _tree(path).num_entries
+        assert np.array_equal(ak.to_numpy(ak.num(ev.Jet)), _tree(path)["nJet"].array(library="np"))
+        assert ak.sum(ak.num(ev.Electron)) + ak.sum(ak.num(ev.Muon)) > 0
+        assert ak.all(abs(ev.Electron.pdgId) == 11) and ak.all(abs(ev.Muon.pdgId) == 13)
+        assert ak.all(ev.Electron.charge == -ev.Electron.pdgId // 11)
+        # four-vector behaviour works
+        pair = ev.Jet[ak.num(ev.Jet) >= 2]
+        m = (pair[:, 0] + pair[:, 1]).mass
+        assert len(m) > 0 and ak.all(m > 0)
+
+
+def test_counters_jets_and_events(minimal_ds):
+    files = _files(minimal_ds)
+    for sample, paths in files.items():
+        events = []
+        for p in paths:
+            a = _tree(p).arrays()
+            for coll in ("Jet", "Electron", "Muon"):
+                n = np.asarray(a[f"n{coll}"])
+                for field in a.fields:
+                    if field.startswith(coll + "_"):
+                        assert np.array_equal(ak.to_numpy(ak.num(a[field])), n), field
+            pt = a["Jet_pt"]
+            assert ak.all(pt[:, 1:] <= pt[:, :-1]), "jets must be pT ordered"
+            assert ak.all(pt >= 15)  # stored above 15 GeV (10-bit mantissa rounding)
+            assert ak.all(a["Electron_pt"][:, 1:] <= a["Electron_pt"][:, :-1])
+            assert set(np.unique(ak.flatten(a["Jet_jetId"]))) <= {0, 2, 6}
+            assert np.mean(ak.flatten(a["Jet_jetId"]) == 6) > 0.65  # real file: ~0.8
+            # cross references point inside their collections
+            for src, dst in (("Electron_jetIdx", "Jet"), ("Jet_electronIdx1", "Electron"),
+                             ("Jet_muonIdx1", "Muon"), ("Muon_jetIdx", "Jet")):
+                idx = a[src]
+                assert ak.all((idx == -1) | ((idx >= 0) & (idx < a[f"n{dst}"]))), src
+            events.append(np.asarray(a["event"]))
+        ev = np.concatenate(events)
+        assert len(np.unique(ev)) == len(ev), f"duplicate event numbers in {sample}"
+
+
+def test_isolated_lepton_jet_cross_reference(minimal_ds):
+    a = _tree(_files(minimal_ds)["ttbar__nominal"][0]).arrays()
+    idx = a["Electron_jetIdx"]
+    has = idx >= 0
+    # an electron's jet points back to that electron when it is the electron's own jet
+    back = a["Jet_electronIdx1"][ak.where(has, idx, 0)]
+    local = ak.local_index(idx)
+    own = has & (back == local)
+    assert ak.sum(own) > 0.3 * ak.sum(has)
+    assert ak.all(a["Jet_jetId"][ak.where(own, idx, 0)][own] == 2)
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+def test_determinism_and_workers(tmp_path):
+    events = {"ttbar__nominal": (2, 1_500), "single_top_tW__nominal": (1, 1_000)}
+    a = synth.generate(tmp_path / "a", events=events, layout="minimal", seed=11, workers=1)
+    b = synth.generate(tmp_path / "b", events=events, layout="minimal", seed=11, workers=2)
+    c = synth.generate(tmp_path / "c", events=events, layout="minimal", seed=12, workers=1)
+    fa, fb, fc = _files(a), _files(b), _files(c)
+    assert [p.name for v in fa.values() for p in v] == [p.name for v in fb.values() for p in v]
+    for sample in fa:
+        for pa, pb, pc in zip(fa[sample], fb[sample], fc[sample]):
+            xa, xb, xc = _all_arrays(pa), _all_arrays(pb), _all_arrays(pc)
+            assert xa.keys() == xb.keys()
+            for k in xa:
+                assert np.array_equal(xa[k], xb[k]), (sample, k)
+            assert not np.array_equal(xa["Jet_pt"], xc["Jet_pt"]) if len(xa["Jet_pt"]) == len(xc["Jet_pt"]) \
+                else True
+            assert not np.allclose(xa["Jet_pt"][:50], xc["Jet_pt"][:50])
+    # files of one sample differ from each other
+    t0, t1 = (_tree(p)["Jet_pt"].array() for p in fa["ttbar__nominal"])
+    assert not np.allclose(ak.flatten(t0)[:100], ak.flatten(t1)[:100])
+
+
+# -------------------------------------------------------------------------------- layout
+
+
+def test_realistic_layout_byte_fraction(realistic_ds):
+    for sample, paths in _files(realistic_ds).items():
+        t = _tree(paths[0])
+        total = sum(b.compressed_bytes for b in t.values())
+        analysis = sum(t[name].compressed_bytes for name in schema.ANALYSIS_BRANCHES)
+        frac = analysis / total
+        assert REAL_FRACTION / 2 <= frac <= REAL_FRACTION * 2, (sample, frac)
+        # filler compresses like data: neither incompressible nor trivial
+        big = t["GenPart_pt"]
+        ratio = big.compressed_bytes / big.uncompressed_bytes
+        assert 0.1 < ratio < 0.95, ratio
+        assert len(np.unique(ak.flatten(big.array(entry_stop=500)))) > 50
+
+
+@pytest.mark.parametrize("compression", ["LZ4:4", "ZSTD:5", "LZMA:1", "none"])
+def test_compression_options(tmp_path, compression):
+    cat = synth.generate(tmp_path, events={"single_top_s_chan__nominal": (1, 200)},
+                         layout="minimal", compression=compression, workers=1)
+    t = _tree(_files(cat)["single_top_s_chan__nominal"][0])
+    assert t.num_entries == 200 and len(t["Jet_pt"].array()) == 200
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError):
+        synth.generate(tmp_path, events={"nope__nominal": (1, 10)})
+    with pytest.raises(ValueError):
+        synth.generate(tmp_path, events={"wjets__nominal": (1, 10)}, layout="huge")
+    with pytest.raises(ValueError):
+        synth.generate(tmp_path, events={"wjets__nominal": (1, 10)}, compression="BROTLI:3")
+
+
+# ------------------------------------------------------------------------------- catalog
+
+
+def test_catalog_structure(minimal_ds):
+    real = json.loads((Path(synth.__file__).parents[1] / "data" / "nanoaod_inputs.json").read_text())
+    cat = json.loads(minimal_ds.read_text())
+    assert minimal_ds.name == "catalog.json"
+    for process, variations in cat.items():
+        assert process in real
+        for variation, entry in variations.items():
+            assert variation in real[process]
+            ref = real[process][variation]
+            assert entry.keys() == ref.keys()
+            assert isinstance(entry["nevts_total"], int)
+            assert entry["nevts_total"] == sum(f["nevts"] for f in entry["files"])
+            for f in entry["files"]:
+                assert f.keys() == ref["files"][0].keys()
+                assert not Path(f["path"]).is_absolute()
+                path = minimal_ds.parent / f["path"]
+                assert path.is_file()
+                assert _tree(path).num_entries == f["nevts"]
+    assert cat["ttbar"]["nominal"]["nevts_total"] == 6_000
+    assert len(cat["ttbar"]["nominal"]["files"]) == 2
+    assert not list(minimal_ds.parent.rglob("*.tmp*"))
+
+
+def test_interrupted_generation_leaves_no_catalog(tmp_path, monkeypatch):
+    import agc.synth as mod
+
+    synth.generate(tmp_path, events={"wjets__nominal": (1, 50)}, layout="minimal", workers=1)
+    assert (tmp_path / "catalog.json").exists()
+    calls = []
+
+    def boom(task):
+        calls.append(task)
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(mod, "write_file", boom)
+    with pytest.raises(RuntimeError):
+        synth.generate(tmp_path, events={"wjets__nominal": (1, 50)}, layout="minimal", workers=1)
+    assert calls and not (tmp_path / "catalog.json").exists()
