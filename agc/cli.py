@@ -285,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * args.verbose,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # cabinetry warns once per empty template bin; keep the summary readable
+        logging.getLogger("cabinetry").setLevel(logging.ERROR)
     if args.command is None:
         parser.print_help()
         return 2
