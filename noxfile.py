@@ -32,3 +32,19 @@ def notebooks(session: nox.Session) -> None:
     """Execute every notebook in notebooks/ headlessly (nbclient) on small data."""
     session.install("-e", ".[test]")
     session.run("python", "-m", "agc.notebooks", "notebooks", *session.posargs)
+
+
+@nox.session(python=False)
+def bench(session: nox.Session) -> None:
+    """asv micro-benchmarks (offline, in this environment) and a report page from their results.
+
+    asv's own HTML site loads its JavaScript from CDNs, so its results are shown on our own
+    self-contained report page instead.
+    """
+    commit = session.run("git", "rev-parse", "HEAD", silent=True, external=True).strip()
+    session.run("asv", "machine", "--yes", external=True)
+    session.run("asv", "run", "--python=same", "--quick", "--set-commit-hash", commit,
+                external=True)
+    results = session.posargs[0] if session.posargs else "results/asv-latest"
+    session.run("agc", "bench", "quick", "--results", results, external=True)
+    session.run("agc", "report", results, "--asv-results", ".asv/results", external=True)

@@ -14,7 +14,7 @@ log = logging.getLogger("agc")
 SYNTHETIC = "synthetic"
 
 #: Modules that add their own subcommands through ``register(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ("backends.cli", "agc.cache.cli")
+COMMAND_MODULES: tuple[str, ...] = ("backends.cli", "agc.cache.cli", "agc.bench")
 
 
 def default_data_dir() -> Path:

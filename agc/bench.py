@@ -1,0 +1,342 @@
+"""Benchmark scenarios: ``agc bench SCENARIO`` runs one, ``agc report DIR`` publishes them.
+
+A scenario (``benchmarks/scenarios.yaml``) names a synthetic dataset and a list of points (run
+options). Each point runs ``warmup`` times (recorded, flagged ``warmup``, left out of every
+statistic) and then ``repeats`` times; points are interleaved round-robin so that the drifts of a
+shared machine spread over all of them. Every run is one row of the runs table of
+:mod:`agc.metrics` (machine, versions and commit included) plus the scenario columns
+``scenario``, ``point``, ``repeat``, ``warmup``, ``dataset``, ``code``.
+
+Records go to ``RESULTS_DIR/raw/<scenario>-{runs,phases,tasks}.csv``; nothing is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agc.errors import UserError
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCENARIOS_FILE = REPO_ROOT / "benchmarks" / "scenarios.yaml"
+CACHE_SCENARIOS_FILE = REPO_ROOT / "benchmarks" / "cache_scenarios.py"
+#: Options of a point that go into ``backend_options``; the others are RunConfig fields.
+BACKEND_OPTIONS = ("workers", "mode", "profile")
+
+
+class BenchError(UserError, ValueError):
+    """A bad scenario file, scenario name or option."""
+
+
+def default_data_root() -> Path:
+    """Where benchmark datasets are generated: $AGC_BENCH_DATA, else ~/.cache/agc/bench."""
+    env = os.environ.get("AGC_BENCH_DATA")
+    return Path(env) if env else Path.home() / ".cache" / "agc" / "bench"
+
+
+def load_scenarios(path: str | os.PathLike | None = None) -> dict:
+    """The ``datasets`` and ``scenarios`` of a scenario file (default benchmarks/scenarios.yaml)."""
+    import yaml
+
+    path = Path(path or SCENARIOS_FILE)
+    if not path.is_file():
+        raise BenchError(f"--scenarios {path}: no such file; the default lives in "
+                         "benchmarks/scenarios.yaml of the source tree")
+    spec = yaml.safe_load(path.read_text())
+    if not isinstance(spec, dict) or not {"datasets", "scenarios"} <= set(spec):
+        raise BenchError(f"{path}: needs top-level 'datasets' and 'scenarios' mappings")
+    for name, sc in spec["scenarios"].items():
+        if sc.get("dataset") not in spec["datasets"]:
+            raise BenchError(f"{path}: scenario {name!r} names dataset {sc.get('dataset')!r}, "
+                             f"which is not one of {', '.join(spec['datasets'])}")
+    return spec
+
+
+def points(scenario: Mapping) -> list[dict]:
+    """The run options of every point of a scenario (``base`` merged in, ``label`` set)."""
+    base = dict(scenario.get("base", {}))
+    if "points" in scenario:
+        out = [{**base, **p} for p in scenario["points"]]
+    elif "vary" in scenario:
+        ((key, values),) = scenario["vary"].items()
+        out = [{**base, key: v, "label": f"{key}={v}"} for v in values]
+    else:
+        out = [{**base, "label": "default"}]
+    for p in out:
+        p.setdefault("label", ", ".join(f"{k}={v}" for k, v in p.items() if k not in base))
+    return out
+
+
+def _synth_source_hash() -> str:
+    h = hashlib.sha256()
+    for f in sorted((REPO_ROOT / "agc" / "synth").glob("*.py")):
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def dataset_key(spec: Mapping) -> str:
+    """Content key of a dataset: its spec and the generator's source code."""
+    payload = json.dumps({k: spec[k] for k in ("layout", "seed", "events")}, sort_keys=True)
+    return hashlib.sha256((payload + _synth_source_hash()).encode()).hexdigest()[:12]
+
+
+def ensure_dataset(name: str, spec: Mapping, root: Path | None = None,
+                   progress: bool = False) -> Path:
+    """The catalog of a benchmark dataset, generated once per content key."""
+    from agc import synth
+
+    directory = Path(root or default_data_root()) / f"{name}-{dataset_key(spec)}"
+    catalog = directory / synth.CATALOG_NAME
+    if not catalog.exists():
+        log.info("generating benchmark dataset %s into %s", name, directory)
+        synth.generate(directory, events={k: tuple(v) for k, v in spec["events"].items()},
+                       layout=spec["layout"], seed=int(spec["seed"]), progress=progress)
+    return catalog
+
+
+def run_config(catalog: Path, options: Mapping, label: str = ""):
+    """The :class:`agc.run.RunConfig` of a point's options."""
+    from agc.run import RunConfig
+
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    backend_options = {k: options[k] for k in BACKEND_OPTIONS if k in options}
+    fields = {k: v for k, v in options.items() if k in names and k != "label"}
+    unknown = set(options) - names - set(BACKEND_OPTIONS) - {"label"}
+    if unknown:
+        raise BenchError(f"scenario option(s) {', '.join(sorted(unknown))}: not a run option")
+    if "fit" in names:
+        fields.setdefault("fit", False)
+    return RunConfig(catalog=str(catalog), backend_options=backend_options, label=label, **fields)
+
+
+def _schedule(pts: list[dict], repeats: int, warmup: int) -> list[tuple[dict, int, bool]]:
+    """(point, repeat, warmup?) in round-robin order: warm-ups first, then the repeats."""
+    order = [(p, i, True) for i in range(warmup) for p in pts]
+    return order + [(p, i, False) for i in range(repeats) for p in pts]
+
+
+def run_scenario(name: str, results_dir: str | os.PathLike, *, scenarios_file=None,
+                 repeats: int | None = None, warmup: int | None = None,
+                 data_root: Path | None = None, progress: bool = True) -> Path:
+    """Run one scenario and write its records into ``results_dir/raw``; return that folder."""
+    spec = load_scenarios(scenarios_file)
+    if name not in spec["scenarios"]:
+        raise BenchError(f"scenario {name!r}: unknown; choose one of "
+                         f"{', '.join(spec['scenarios'])}")
+    scenario = spec["scenarios"][name]
+    dataset = scenario["dataset"]
+    catalog = ensure_dataset(dataset, spec["datasets"][dataset], data_root, progress)
+    repeats = int(scenario.get("repeats", 3) if repeats is None else repeats)
+    warmup = int(scenario.get("warmup", 1) if warmup is None else warmup)
+    kind = scenario.get("kind", "runs")
+    raw = Path(results_dir) / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    if kind == "cache":
+        frames = _cache_scenario(catalog, scenario, repeats)
+    elif kind == "before-after":
+        frames = _before_after(catalog, scenario, repeats, warmup, progress)
+    else:
+        frames = _runs(catalog, points(scenario), repeats, warmup, progress)
+    for table, df in frames.items():
+        if df is not None and len(df):
+            df.insert(0, "scenario", name)
+            df["dataset"] = f"{dataset}-{dataset_key(spec['datasets'][dataset])}"
+            df.to_csv(raw / f"{name}-{table}.csv", index=False)
+    meta = {"scenario": name, "description": " ".join(str(scenario.get("description", ""))
+                                                      .split()),
+            "dataset": dataset, "dataset_spec": spec["datasets"][dataset],
+            "dataset_events": sum(n * e for n, e in spec["datasets"][dataset]["events"].values()),
+            "repeats": repeats, "warmup": warmup,
+            "finished_utc": datetime.now(UTC).isoformat(timespec="seconds")}
+    (raw / f"{name}-meta.json").write_text(json.dumps(meta, indent=1))
+    return raw
+
+
+def _runs(catalog: Path, pts: list[dict], repeats: int, warmup: int, progress: bool) -> dict:
+    import pandas as pd
+
+    from agc.metrics import phases_frame, runs_frame, tasks_frame
+    from agc.reader import close_open_files
+    from agc.run import run
+
+    runs, phases, tasks = [], [], []
+    schedule = _schedule(pts, repeats, warmup)
+    for n, (point, repeat, is_warmup) in enumerate(schedule, 1):
+        if progress:
+            print(f"[{n}/{len(schedule)}] {point['label']}"
+                  f"{' (warm-up)' if is_warmup else ''}", file=sys.stderr)
+        # every run starts with no input file open in this process (forked workers would
+        # inherit them and skip the open an in-process run before them has paid)
+        close_open_files()
+        result = run(run_config(catalog, point, point["label"]), progress=False, write=False)
+        extra = {"point": point["label"], "repeat": repeat, "warmup": is_warmup,
+                 "code": "current"}
+        runs.append(runs_frame([result.record]).assign(**extra))
+        phases.append(phases_frame([result.record]).assign(**extra))
+        tasks.append(tasks_frame(result.run_id, result.tasks).assign(**extra))
+    return {"runs": pd.concat(runs, ignore_index=True),
+            "phases": pd.concat(phases, ignore_index=True),
+            "tasks": pd.concat(tasks, ignore_index=True)}
+
+
+#: Runs one configuration in a fresh interpreter whose ``agc`` comes from PYTHONPATH; works
+#: with older source trees (it passes only the RunConfig fields that tree knows).
+_SUBPROCESS_RUN = """
+import dataclasses, json, sys
+from agc.run import RunConfig, run
+opts = json.loads(sys.argv[1])
+names = {f.name for f in dataclasses.fields(RunConfig)}
+result = run(RunConfig(**{k: v for k, v in opts.items() if k in names}), progress=False,
+             write=False)
+row = result.record.row()
+row["phases"] = result.record.phases
+print("AGC-BENCH-ROW " + json.dumps(row, default=str))
+"""
+
+
+def source_tree(ref: str, root: Path | None = None) -> Path:
+    """``agc/`` and ``backends/`` of git ``ref`` extracted into a folder (once per commit)."""
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", ref], check=True,
+                                capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as err:
+        raise BenchError(f"baseline {ref!r}: not a commit of {REPO_ROOT} ({err})") from err
+    target = Path(root or default_data_root()) / f"src-{commit[:12]}"
+    if not (target / "agc" / "run.py").exists():
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile() as tar:
+            subprocess.run(["git", "-C", str(REPO_ROOT), "archive", commit, "agc", "backends"],
+                           stdout=tar, check=True)
+            tar.seek(0)
+            with tarfile.open(fileobj=tar) as t:
+                t.extractall(target, filter="data")
+    return target
+
+
+def run_in_subprocess(tree: Path, catalog: Path, options: Mapping) -> dict:
+    """One run with the source tree ``tree``, in a fresh interpreter; its runs-table row."""
+    config = run_config(catalog, options, options.get("label", ""))
+    opts = {k: (dict(v) if isinstance(v, Mapping) else v)
+            for k, v in dataclasses.asdict(config).items()}
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    out = subprocess.run([sys.executable, "-c", _SUBPROCESS_RUN, json.dumps(opts)], env=env,
+                         capture_output=True, text=True, cwd=tempfile.gettempdir())
+    for line in out.stdout.splitlines():
+        if line.startswith("AGC-BENCH-ROW "):
+            return json.loads(line[len("AGC-BENCH-ROW "):])
+    raise BenchError(f"run with the source tree {tree} failed:\n{out.stderr[-2000:]}")
+
+
+def _before_after(catalog: Path, scenario: Mapping, repeats: int, warmup: int,
+                  progress: bool) -> dict:
+    import pandas as pd
+
+    from agc.metrics import PHASES, git_commit
+
+    baseline = str(scenario.get("baseline", "HEAD"))
+    commit = git_commit()
+    current = f"current {commit[:12]}{'-dirty' if commit.endswith('-dirty') else ''}"
+    trees = {f"baseline {baseline}": source_tree(baseline), current: REPO_ROOT}
+    point = points(scenario)[0]
+    rows, phases = [], []
+    schedule = [(code, i, True) for i in range(warmup) for code in trees]
+    schedule += [(code, i, False) for i in range(repeats) for code in trees]
+    for n, (code, repeat, is_warmup) in enumerate(schedule, 1):
+        if progress:
+            print(f"[{n}/{len(schedule)}] {code}{' (warm-up)' if is_warmup else ''}",
+                  file=sys.stderr)
+        row = run_in_subprocess(trees[code], catalog, {**point, "label": code})
+        measured = row.pop("phases")
+        extra = {"point": code, "repeat": repeat, "warmup": is_warmup, "code": code}
+        rows.append({**row, **extra})
+        phases += [{"run_id": row["run_id"], "label": code, "backend": row["backend"],
+                    "workers": row["workers"], "phase": p, "seconds": measured[p], **extra}
+                   for p in PHASES if p in measured]
+    return {"runs": pd.DataFrame(rows), "phases": pd.DataFrame(phases)}
+
+
+def _cache_scenario(catalog: Path, scenario: Mapping, repeats: int) -> dict:
+    """Cold / warm / partial / code-changed runs from benchmarks/cache_scenarios.py."""
+    import pandas as pd
+
+    if not CACHE_SCENARIOS_FILE.exists():
+        raise BenchError(f"scenario 'cache': {CACHE_SCENARIOS_FILE} is not there yet, so the "
+                         "cache cannot be measured; run the other scenarios")
+    spec = importlib.util.spec_from_file_location("agc_cache_scenarios", CACHE_SCENARIOS_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    base = dict(scenario.get("base", {}))
+    options = {k: base.pop(k) for k in BACKEND_OPTIONS if k in base}
+    rows = []
+    for repeat in range(repeats):
+        for row in module.result_cache_scenarios(str(catalog), backend_options=options,
+                                                 chunksize=int(base.get("chunksize", 100_000))):
+            rows.append({**row, "point": row["scenario"], "repeat": repeat, "warmup": False,
+                         "code": "current"})
+    df = pd.DataFrame(rows).rename(columns={"scenario": "cache_scenario"})
+    from agc.metrics import environment
+
+    return {"runs": df.assign(**environment())}
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    names = args.scenario
+    spec = load_scenarios(args.scenarios)
+    if names == ["list"]:
+        for name, sc in spec["scenarios"].items():
+            print(f"{name:14s} {' '.join(str(sc.get('description', '')).split())}")
+        return 0
+    for name in names:
+        raw = run_scenario(name, args.results, scenarios_file=args.scenarios,
+                           repeats=args.repeats, warmup=args.warmup, progress=not args.quiet)
+        print(f"{name}: records in {raw}")
+    if args.report:
+        from agc.report import build_report
+
+        print(f"report: {build_report(args.results)}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from agc.report import build_report
+
+    page = build_report(args.results_dir, title=args.title, asv_results=args.asv_results)
+    print(f"report: {page}")
+    print(f"summary: {page.with_name('README.md')}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``agc bench`` and ``agc report`` to the ``agc`` command."""
+    p = subparsers.add_parser("bench", help="run benchmark scenarios (see 'agc bench list')")
+    p.add_argument("scenario", nargs="+", help="scenario name(s) of the scenario file, or 'list'")
+    p.add_argument("--results", default="results/latest", metavar="DIR",
+                   help="report folder the records go to (default %(default)s)")
+    p.add_argument("--scenarios", default=None, metavar="FILE",
+                   help="scenario file (default benchmarks/scenarios.yaml)")
+    p.add_argument("--repeats", type=int, default=None, help="override the scenario's repeats")
+    p.add_argument("--warmup", type=int, default=None, help="override the scenario's warm-ups")
+    p.add_argument("--report", action="store_true", help="rebuild the report afterwards")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_bench)
+
+    p = subparsers.add_parser("report", help="build the HTML/markdown report of a results folder")
+    p.add_argument("results_dir", metavar="RESULTS_DIR", help="folder with raw/*-runs.csv")
+    p.add_argument("--title", default=None, help="page title (default: the folder name)")
+    p.add_argument("--asv-results", default=None, metavar="DIR",
+                   help="also show asv results (asv's results_dir, e.g. .asv/results)")
+    p.set_defaults(func=cmd_report)

@@ -1,0 +1,510 @@
+"""Reports of benchmark records: plots, a self-contained HTML page and a markdown summary.
+
+:func:`build_report` reads ``RESULTS_DIR/raw/*-{runs,phases,tasks}.csv`` (written by
+:mod:`agc.bench`) and writes ``index.html`` (inline CSS, plots embedded as PNG data URIs, no
+network resources), ``README.md`` (tables, links to ``plots/*.png``) and ``summary.csv`` (median and
+spread per scenario and point). Every number on the page comes from the records; warm-up runs are
+left out of every statistic.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from agc.metrics import PHASES
+
+#: What the harness aims for on the realistic layout (measured, never asserted in tests).
+TARGETS = {
+    "events_per_second_per_core": (">=", 200_000, "full pipeline, events/s per core"),
+    "fraction_of_io_ceiling": (">=", 0.5, "full pipeline / I/O-only rate, same branches"),
+    "fixed_cost_per_chunk_seconds": ("<=", 0.2, "fixed cost per chunk (s)"),
+    "scaling_efficiency_2_workers": (">=", 0.9, "2-worker scaling efficiency"),
+    "time_to_first_result_seconds": ("<=", 3.0, "time to first result, local backend (s)"),
+}
+
+NOT_MEASURED = (
+    "Batch backends (SLURM, HTCondor, DIRAC) and GPU: not measured in this report; the runs here "
+    "use the local backend only.",
+    "The dask-awkward graph engine is not implemented; the engines compared are the chunked "
+    "processor on a process pool, on a Dask LocalCluster and in-process.",
+    "Inputs are synthetic NanoAOD (stand-in for the real AGC files) read from local disk; "
+    "remote reads (XRootD, HTTP, XCache) are not part of these numbers.",
+)
+
+
+@dataclass
+class Records:
+    """All records of a results folder (warm-up runs included, flagged)."""
+
+    runs: pd.DataFrame
+    phases: pd.DataFrame
+    tasks: pd.DataFrame
+    meta: dict[str, dict] = field(default_factory=dict)
+
+    def measured(self, scenario: str) -> pd.DataFrame:
+        """The runs of a scenario without the warm-ups."""
+        df = self.runs[self.runs["scenario"] == scenario]
+        return df[~df["warmup"].astype(bool)] if "warmup" in df else df
+
+
+def load_records(results_dir: str | os.PathLike) -> Records:
+    """Read every ``raw/<scenario>-*.csv`` and ``-meta.json`` of a results folder."""
+    raw = Path(results_dir) / "raw"
+    if not raw.is_dir():
+        from agc.errors import UserError
+
+        raise UserError(f"{results_dir}: no raw/ folder with records; run 'agc bench SCENARIO "
+                        f"--results {results_dir}' first")
+
+    def concat(kind: str) -> pd.DataFrame:
+        frames = [pd.read_csv(f) for f in sorted(raw.glob(f"*-{kind}.csv"))]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    meta = {f.name[:-len("-meta.json")]: json.loads(f.read_text())
+            for f in sorted(raw.glob("*-meta.json"))}
+    return Records(concat("runs"), concat("phases"), concat("tasks"), meta)
+
+
+def summarize(records: Records) -> pd.DataFrame:
+    """Median and spread (min, max) per scenario and point, warm-ups excluded."""
+    runs = records.runs
+    if runs.empty:
+        return pd.DataFrame()
+    runs = runs[~runs["warmup"].astype(bool)]
+    rows = []
+    for (scenario, point), g in runs.groupby(["scenario", "point"], sort=False):
+        eps = g["events_per_second"]
+        row = {"scenario": scenario, "point": point, "runs": len(g),
+               "events": int(g["events"].median()),
+               "workers": int(g["workers"].median()) if "workers" in g else 1,
+               "wall_s_median": g["wall_seconds"].median(),
+               "events_per_s_median": eps.median(), "events_per_s_min": eps.min(),
+               "events_per_s_max": eps.max()}
+        if "events_per_second_per_core" in g:
+            row["events_per_s_per_core_median"] = g["events_per_second_per_core"].median()
+        if "cpu_seconds" in g:
+            row["cpu_s_median"] = g["cpu_seconds"].median()
+        if "cpu_efficiency" in g:
+            row["cpu_efficiency_median"] = g["cpu_efficiency"].median()
+        if "first_result_seconds" in g:
+            row["first_result_s_median"] = g["first_result_seconds"].median()
+        if "cache_hits" in g:
+            row["cache_hits"] = int(g["cache_hits"].median())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def fixed_cost_per_chunk(tasks: pd.DataFrame) -> tuple[float, float]:
+    """(seconds per chunk, seconds per event) from a straight-line fit of task time vs events.
+
+    The intercept is the cost a chunk pays whatever its size (scheduling, opening, reading
+    metadata, Python overheads); the slope is the cost per event.
+    """
+    if tasks.empty:
+        return float("nan"), float("nan")
+    n = (tasks["entry_stop"] - tasks["entry_start"]).to_numpy(float)
+    t = (tasks["finished"] - tasks["started"]).to_numpy(float)
+    if len(np.unique(n)) < 2:
+        return float("nan"), float("nan")
+    slope, intercept = np.polyfit(n, t, 1)
+    return float(intercept), float(slope)
+
+
+def targets(records: Records) -> pd.DataFrame:
+    """The performance targets with the measured value of each (NaN: not measured)."""
+    measured: dict[str, float] = dict.fromkeys(TARGETS, float("nan"))
+    full = records.measured("io")
+    if not full.empty:
+        pipeline = full[~full["io_only"].astype(bool)]
+        ceiling = full[full["io_only"].astype(bool) & (full["point"].str.contains("analysis"))]
+        measured["events_per_second_per_core"] = pipeline["events_per_second_per_core"].median()
+        if len(ceiling):
+            measured["fraction_of_io_ceiling"] = (pipeline["events_per_second"].median()
+                                                  / ceiling["events_per_second"].median())
+    tasks = records.tasks
+    if not tasks.empty and "chunksize" in records.meta:
+        chunk_tasks = tasks[(tasks["scenario"] == "chunksize") & ~tasks["warmup"].astype(bool)]
+        measured["fixed_cost_per_chunk_seconds"] = fixed_cost_per_chunk(chunk_tasks)[0]
+    w = records.measured("workers")
+    if not w.empty and {1, 2} <= set(w["workers"]):
+        r1 = w[w["workers"] == 1]["events_per_second"].median()
+        r2 = w[w["workers"] == 2]["events_per_second"].median()
+        measured["scaling_efficiency_2_workers"] = r2 / (2 * r1)
+    lat = records.measured("latency")
+    if not lat.empty:
+        measured["time_to_first_result_seconds"] = _time_to_first_result(lat).median()
+    info = {}
+    if not full.empty:
+        pipeline = full[~full["io_only"].astype(bool)]
+        info["full pipeline, events per CPU second (all processes; what a core gives when it "
+             "is not shared)"] = (pipeline["events"] / pipeline["cpu_seconds"]).median()
+    if not tasks.empty and "open_seconds" in tasks:
+        opened = tasks[(tasks["open_seconds"] > 0) & ~tasks["warmup"].astype(bool)]
+        info["opening one input file (s, median; metadata of every branch)"] = (
+            opened["open_seconds"].median() if len(opened) else float("nan"))
+    rows = []
+    for key, (op, goal, what) in TARGETS.items():
+        value = measured[key]
+        met = (value >= goal if op == ">=" else value <= goal) if np.isfinite(value) else None
+        rows.append({"target": what, "goal": f"{op} {goal:g}", "measured": value,
+                     "met": {True: "yes", False: "no", None: "not measured"}[met]})
+    rows += [{"target": what, "goal": "—", "measured": value, "met": "for information"}
+             for what, value in info.items()]
+    return pd.DataFrame(rows)
+
+
+def time_split(records: Records) -> pd.DataFrame:
+    """Where the task time goes, per scenario and point (medians over runs, in seconds summed
+    over a run's tasks): opening files, reading columns, the analysis."""
+    t = records.tasks
+    if t.empty or "read_seconds" not in t:
+        return pd.DataFrame()
+    t = t[~t["warmup"].astype(bool)].copy()
+    t["task"] = t["finished"] - t["started"]
+    if "open_seconds" not in t:
+        t["open_seconds"] = np.nan
+    t["columns"] = t["read_seconds"] - t["open_seconds"].fillna(0.0)
+    per_run = t.groupby(["scenario", "point", "run_id"], sort=False).agg(
+        tasks=("task", "size"), task_s=("task", "sum"), cpu_s=("cpu_seconds", "sum"),
+        open_s=("open_seconds", lambda x: x.sum(min_count=1)), read_columns_s=("columns", "sum"),
+        analysis_s=("analysis_seconds", "sum"))
+    return per_run.groupby(["scenario", "point"], sort=False).median().reset_index()
+
+
+def _time_to_first_result(runs: pd.DataFrame) -> pd.Series:
+    """From the start of the run to the first chunk result: every phase before it, plus it."""
+    parts = ["preprocessing", "cluster_start", "first_worker", "first_result"]
+    return sum(runs[f"{p}_seconds"].fillna(0.0) for p in parts if f"{p}_seconds" in runs)
+
+
+# ---------------------------------------------------------------- plots (matplotlib, Agg)
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=100)
+    return fig, ax
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _median_bars(ax, df: pd.DataFrame, value: str, label_col: str = "point") -> None:
+    g = df.groupby(label_col, sort=False)[value]
+    med, lo, hi = g.median(), g.min(), g.max()
+    x = np.arange(len(med))
+    ax.bar(x, med.values, yerr=[med.values - lo.values, hi.values - med.values], capsize=4,
+           color="#4c72b0")
+    ax.set_xticks(x, [str(i) for i in med.index], rotation=15, ha="right", fontsize=8)
+    for xi, v in zip(x, med.values, strict=True):
+        ax.annotate(f"{v:,.0f}", (xi, v), ha="center", va="bottom", fontsize=8,
+                    xytext=(0, 2), textcoords="offset points")
+
+
+def plot_scaling(records: Records) -> bytes | None:
+    w = records.measured("workers")
+    if w.empty:
+        return None
+    fig, ax = _figure()
+    g = w.groupby("workers")["events_per_second"]
+    med = g.median()
+    ax.errorbar(med.index, med.values, yerr=[med - g.min(), g.max() - med], marker="o",
+                capsize=4, label="measured (median, min-max)")
+    ideal = med.iloc[0] / med.index[0] * np.array(med.index)
+    ax.plot(med.index, ideal, "--", color="grey", label="ideal (linear from the first point)")
+    ax.set_xlabel("workers")
+    ax.set_ylabel("events / s")
+    ax.set_xticks(list(med.index))
+    ax.set_ylim(0, None)
+    ax.legend(fontsize=8)
+    ax.set_title("Throughput vs workers")
+    return _png(fig)
+
+
+def plot_phases(records: Records, scenario: str = "latency") -> bytes | None:
+    ph = records.phases
+    if ph.empty or scenario not in set(ph["scenario"]):
+        return None
+    ph = ph[(ph["scenario"] == scenario) & ~ph["warmup"].astype(bool)]
+    table = ph.pivot_table(index="point", columns="phase", values="seconds", aggfunc="median")
+    order = [p for p in PHASES if p in table.columns and p != "write"]
+    table = table[order]
+    fig, ax = _figure()
+    y = np.arange(len(table.index))
+    height = 0.8 / len(order)
+    for i, phase in enumerate(order):
+        ax.barh(y + i * height, table[phase].values, height, label=phase)
+    ax.set_yticks(y + 0.4 - height / 2, table.index, fontsize=8)
+    ax.set_xlabel("seconds (median)")
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("Latency phases")
+    return _png(fig)
+
+
+def plot_bars(records: Records, scenario: str, title: str,
+              value: str = "events_per_second", ylabel: str = "events / s") -> bytes | None:
+    df = records.measured(scenario)
+    if df.empty or value not in df:
+        return None
+    fig, ax = _figure()
+    _median_bars(ax, df, value)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return _png(fig)
+
+
+def plot_chunksize(records: Records) -> bytes | None:
+    df = records.measured("chunksize")
+    if df.empty:
+        return None
+    fig, ax = _figure()
+    g = df.groupby("chunksize")["events_per_second"]
+    med = g.median()
+    ax.errorbar(med.index, med.values, yerr=[med - g.min(), g.max() - med], marker="o",
+                capsize=4)
+    ax.set_xscale("log")
+    ax.set_xlabel("chunk size (events)")
+    ax.set_ylabel("events / s")
+    ax.set_ylim(0, None)
+    ax.set_title("Throughput vs chunk size")
+    return _png(fig)
+
+
+def plot_cache(records: Records) -> bytes | None:
+    df = records.measured("cache")
+    if df.empty:
+        return None
+    return plot_bars(records, "cache", "Step-level cache: wall time per run", "wall_seconds",
+                     "wall time (s)")
+
+
+# ---------------------------------------------------------------- page
+
+CSS = """
+body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222;padding:0 1em}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;font-size:.85em;margin:.6em 0}
+td,th{border:1px solid #ccc;padding:.25em .5em;text-align:right}th{background:#f2f2f2}
+td:first-child,th:first-child{text-align:left}
+.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.5em 1em}
+img{max-width:100%;border:1px solid #eee}
+"""
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float | np.floating):
+        if not np.isfinite(v):
+            return "—"
+        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+    return str(v)
+
+
+def _table_html(df: pd.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
+                   for row in df.itertuples(index=False))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _table_md(df: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |",
+             "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |"
+              for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _environment(records: Records) -> pd.DataFrame:
+    cols = [c for c in records.runs.columns
+            if c.startswith(("machine_", "version_")) or c == "git_commit"]
+    env = records.runs[cols].drop_duplicates()
+    return pd.DataFrame({"item": cols, "value": [
+        ", ".join(sorted({str(v) for v in env[c]})) for c in cols]})
+
+
+#: (file name, heading, plot function) of the scenarios with a plot of their own; any other
+#: scenario gets a bar chart of events/s per point.
+PLOTS = (
+    ("scaling", "Throughput vs workers", plot_scaling),
+    ("io", "I/O ceiling vs full pipeline",
+     lambda r: plot_bars(r, "io", "I/O-only vs full pipeline (same files, same session)")),
+    ("before_after", "Before / after the optimisations",
+     lambda r: plot_bars(r, "before-after", "Baseline vs current code")),
+    ("chunksize", "Chunk-size curve", plot_chunksize),
+    ("latency", "Latency phases", plot_phases),
+    ("engines", "Engines", lambda r: plot_bars(r, "engines", "Execution engines")),
+    ("backends", "Backends", lambda r: plot_bars(r, "backends", "Backends")),
+    ("cache", "Cache gains", plot_cache),
+)
+
+
+def build_report(results_dir: str | os.PathLike, title: str | None = None,
+                 asv_results: str | os.PathLike | None = None) -> Path:
+    """Write ``index.html``, ``README.md``, ``summary.csv`` and ``plots/`` into ``results_dir``.
+
+    With ``asv_results`` (asv's ``results_dir``) the page gains the asv micro-benchmarks, and
+    ``asv.csv`` holds them.
+    """
+    results_dir = Path(results_dir)
+    records = load_records(results_dir)
+    title = title or f"AGC benchmark report: {results_dir.name}"
+    summary = summarize(records)
+    goal = targets(records)
+    env = _environment(records) if not records.runs.empty else pd.DataFrame()
+    summary.to_csv(results_dir / "summary.csv", index=False)
+    plots_dir = results_dir / "plots"
+    plots_dir.mkdir(exist_ok=True)
+
+    figures = []
+    shown = {"workers", "io", "before-after", "chunksize", "latency", "engines", "backends",
+             "cache"}
+    generic = [(name, f"Scenario {name}",
+                lambda r, name=name: plot_bars(r, name, f"Scenario {name}"))
+               for name in records.meta if name not in shown]
+    for key, heading, make in (*PLOTS, *generic):
+        png = make(records)
+        if png is not None:
+            (plots_dir / f"{key}.png").write_bytes(png)
+            figures.append((key, heading, png))
+
+    intro = (f"{len(records.runs)} runs recorded in {len(records.meta)} scenario(s); warm-up runs "
+             "(flagged in the records) are left out of every median and spread. Spread = min-max "
+             "over the repeats.")
+    machine = _machine_note(records)
+    h = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+         f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+         f"<p>{html.escape(intro)}</p><p class='note'>{html.escape(machine)}</p>",
+         "<h2>Targets</h2>", _table_html(goal)]
+    md = [f"# {title}", "", intro, "", f"> {machine}", "", "## Targets", "", _table_md(goal), ""]
+    for key, heading, png in figures:
+        data = base64.b64encode(png).decode()
+        h.append(f"<h2>{html.escape(heading)}</h2><img alt='{key}' "
+                 f"src='data:image/png;base64,{data}'>")
+        md += [f"## {heading}", "", f"![{key}](plots/{key}.png)", ""]
+    split = time_split(records)
+    if not split.empty:
+        text = ("Task time summed over a run's chunks (median over runs): opening input files "
+                "(metadata of every branch), reading and decompressing the columns, the "
+                "analysis; cpu_s is the tasks' CPU time. Wall time above cpu_s is waiting "
+                "(for the disk, or for a core on a busy machine).")
+        h += ["<h2>Where the time goes</h2>", f"<p>{html.escape(text)}</p>", _table_html(split)]
+        md += ["## Where the time goes", "", text, "", _table_md(split), ""]
+    h += ["<h2>Scenarios</h2>"]
+    md += ["## Scenarios", ""]
+    for name, meta in records.meta.items():
+        part = summary[summary["scenario"] == name].drop(columns="scenario")
+        text = (f"{meta.get('description', '')} Dataset {meta.get('dataset')} "
+                f"({meta.get('dataset_events', 0):,} events), {meta.get('repeats')} repeats after "
+                f"{meta.get('warmup')} warm-up(s), finished {meta.get('finished_utc')}.")
+        h += [f"<h3>{html.escape(name)}</h3><p>{html.escape(text)}</p>", _table_html(part)]
+        md += [f"### {name}", "", text, "", _table_md(part), ""]
+    if asv_results is not None:
+        micro = asv_table(asv_results)
+        micro.to_csv(results_dir / "asv.csv", index=False)
+        text = ("asv micro-benchmarks of the hot functions (asv's own statistics over its "
+                "repeats; --quick runs once).")
+        h += ["<h2>asv micro-benchmarks</h2>", f"<p>{html.escape(text)}</p>",
+              _table_html(_asv_readable(micro))]
+        md += ["## asv micro-benchmarks", "", text, "", _table_md(_asv_readable(micro)), ""]
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in NOT_MEASURED)
+    h += [f"<h2>Not measured</h2><ul>{notes}</ul>", "<h2>Machine, versions, commit</h2>",
+          _table_html(env), "<p>Raw records: <code>raw/*.csv</code>; per-point statistics: "
+          "<code>summary.csv</code>.</p></body></html>"]
+    md += ["## Not measured", ""] + [f"- {n}" for n in NOT_MEASURED] + [
+        "", "## Machine, versions, commit", "", _table_md(env), "",
+        "Raw records: `raw/*.csv`; per-point statistics: `summary.csv`; the same page with "
+        "embedded plots: `index.html`.", ""]
+    page = results_dir / "index.html"
+    page.write_text("\n".join(h))
+    (results_dir / "README.md").write_text("\n".join(md))
+    return page
+
+
+def asv_table(asv_results: str | os.PathLike) -> pd.DataFrame:
+    """One row per asv benchmark (and parameter) result in an asv ``results_dir``.
+
+    Reads asv's own JSON (``<machine>/<commit>-<env>.json`` and ``benchmarks.json``), so the
+    micro-benchmarks appear on the offline report page instead of asv's CDN-based site.
+    """
+    import itertools
+
+    root = Path(asv_results)
+    units: dict[str, str] = {}
+    if (root / "benchmarks.json").exists():
+        units = {k: v.get("unit", "") for k, v in json.loads(
+            (root / "benchmarks.json").read_text()).items() if isinstance(v, dict)}
+    rows = []
+    for path in sorted(root.glob("*/*.json")):
+        if path.name == "machine.json":
+            continue
+        data = json.loads(path.read_text())
+        columns = data.get("result_columns", [])
+        for name, values in data.get("results", {}).items():
+            entry = dict(zip(columns, values, strict=False))
+            result, params = entry.get("result"), entry.get("params") or []
+            if result is None:
+                continue
+            combos = [", ".join(c) for c in itertools.product(*params)] if params else [""]
+            values = result if params else [result[0] if isinstance(result, list) else result]
+            for combo, value in zip(combos, values, strict=False):
+                rows.append({"benchmark": name, "params": combo, "value": value,
+                             "unit": units.get(name, ""),
+                             "commit": data.get("commit_hash", "")[:12],
+                             "machine": data.get("params", {}).get("machine", ""),
+                             "cpus": data.get("params", {}).get("num_cpu", "")})
+    return pd.DataFrame(rows, columns=["benchmark", "params", "value", "unit", "commit",
+                                       "machine", "cpus"])
+
+
+def _asv_readable(df: pd.DataFrame) -> pd.DataFrame:
+    """Values with their unit in words (seconds as ms, bytes as MB)."""
+    def show(row):
+        v = row["value"]
+        if v is None or (isinstance(v, float) and not np.isfinite(v)):
+            return "failed"
+        if row["unit"] == "seconds":
+            return f"{v * 1e3:.3g} ms"
+        if row["unit"] == "bytes":
+            return f"{v / 1e6:.0f} MB"
+        return f"{v:,.0f} {row['unit']}"
+
+    out = df.copy()
+    out["value"] = [show(r) for _, r in df.iterrows()]
+    return out.drop(columns="unit")
+
+
+def _machine_note(records: Records) -> str:
+    runs = records.runs
+    if runs.empty or "machine_cpu_count" not in runs:
+        return "No runs recorded."
+    cores = sorted({int(c) for c in runs["machine_cpu_count"].dropna()})
+    cpu = ", ".join(sorted({str(c) for c in runs["machine_cpu_model"].dropna()}))
+    mem = ", ".join(sorted({f"{m:g}" for m in runs["machine_memory_gb"].dropna()}))
+    load = ""
+    if "load_average_1min" in runs and runs["load_average_1min"].notna().any():
+        la = runs["load_average_1min"]
+        load = (f" The 1-minute load average at the end of the runs was {la.median():.1f} "
+                f"(median; {la.min():.1f} to {la.max():.1f}) on {max(cores)} cores.")
+    return (f"Machine: {cpu}, {'/'.join(map(str, cores))} logical core(s), {mem} GB memory. "
+            "A small shared machine: other jobs ran at the same time, so rates are noisy; read "
+            f"the spreads, not only the medians.{load}")

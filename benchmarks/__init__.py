@@ -1,0 +1,1 @@
+"""Benchmarks: scenario definitions (scenarios.yaml), cache scenarios and the asv suite."""

@@ -1,0 +1,123 @@
+"""``agc report``: the numbers on the page are those of the records; the page is self-contained
+and renders in a real headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from agc.report import build_report, fixed_cost_per_chunk, load_records, summarize, targets
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def report(quick_results):
+    """A report built from the records of the 'quick' scenario (see test_bench)."""
+    return build_report(quick_results, title="test report")
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory):
+    from test_bench import SCENARIOS
+
+    from agc.bench import run_scenario
+
+    root = tmp_path_factory.mktemp("report")
+    (root / "s.yaml").write_text(SCENARIOS)
+    out = root / "results"
+    run_scenario("quick", out, scenarios_file=root / "s.yaml", data_root=root / "data",
+                 repeats=2, warmup=1, progress=False)
+    return out
+
+
+def _images(page: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r"src='data:image/png;base64,([^']+)'", page)]
+
+
+def test_summary_is_median_and_spread_without_warmups(quick_results):
+    records = load_records(quick_results)
+    summary = summarize(records).set_index("point")
+    runs = records.runs[~records.runs["warmup"]]
+    for point, g in runs.groupby("point"):
+        assert summary.loc[point, "runs"] == 2
+        assert summary.loc[point, "events_per_s_median"] == pytest.approx(
+            g["events_per_second"].median())
+        assert summary.loc[point, "events_per_s_max"] == g["events_per_second"].max()
+    # the warm-up run's rate is not part of any statistic
+    warm = records.runs[records.runs["warmup"]]
+    assert len(warm) == 2
+
+
+def test_page_is_self_contained_and_shows_the_records(report, quick_results):
+    page = report.read_text()
+    summary = pd.read_csv(quick_results / "summary.csv")
+    assert not re.search(r"""(src|href)=['"]?(https?:)?//""", page)  # nothing from the network
+    assert "<link" not in page and "<script" not in page
+    for _, row in summary.iterrows():
+        assert f"<td>{row['point']}</td>" in page
+        assert f"{row['events_per_s_median']:,.0f}" in page
+    images = _images(page)
+    assert images and all(png.startswith(PNG_MAGIC) and len(png) > 5000 for png in images)
+    markdown = (quick_results / "README.md").read_text()
+    assert "| point |" in markdown and "![quick](plots/quick.png)" in markdown
+    assert (quick_results / "plots" / "quick.png").read_bytes().startswith(PNG_MAGIC)
+    assert "Not measured" in page and "git_commit" in page
+
+
+def test_targets_report_what_was_not_measured(quick_results):
+    goal = targets(load_records(quick_results))
+    goals = goal[goal["met"] != "for information"]
+    assert len(goals) == 5 and set(goals["met"]) == {"not measured"}  # no such scenarios run
+    opening = goal[goal["target"].str.startswith("opening one input file")]["measured"]
+    assert len(opening) == 1 and opening.iloc[0] > 0  # from the quick runs' task records
+
+
+def test_fixed_cost_per_chunk_is_the_intercept_of_task_time():
+    n = np.array([1000, 2000, 4000, 8000])
+    tasks = pd.DataFrame({"entry_start": 0, "entry_stop": n, "started": 0.0,
+                          "finished": 0.15 + 2e-6 * n})
+    intercept, slope = fixed_cost_per_chunk(tasks)
+    assert intercept == pytest.approx(0.15) and slope == pytest.approx(2e-6)
+
+
+def test_report_of_a_folder_without_records_is_a_user_error(tmp_path):
+    from agc.errors import UserError
+
+    with pytest.raises(UserError, match="agc bench SCENARIO"):
+        build_report(tmp_path)
+
+
+def _chromium(tmp_path, *args) -> subprocess.CompletedProcess:
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", *args],
+        capture_output=True, text=True, timeout=120)
+
+
+def test_page_renders_in_headless_chromium(report, quick_results, tmp_path):
+    dom = _chromium(tmp_path, "--dump-dom", report.as_uri()).stdout
+    summary = pd.read_csv(quick_results / "summary.csv")
+    assert dom.count("<tr>") >= len(summary) + 5
+    for _, row in summary.iterrows():
+        assert f"{row['events_per_s_median']:,.0f}" in dom
+    images = _images(dom.replace('"', "'"))
+    assert images and all(png.startswith(PNG_MAGIC) and len(png) > 5000 for png in images)
+
+    shot = tmp_path / "page.png"
+    _chromium(tmp_path, "--window-size=1000,1400", f"--screenshot={shot}", report.as_uri())
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.std() > 10  # not a blank page: text, tables and plots
