@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from backends.standins.localjobs import alive
+
 #: The two samples the backend end-to-end runs process (enough chunks for two workers).
 BACKEND_SAMPLES = ("ttbar__nominal", "wjets__nominal")
 #: Events per chunk in the backend end-to-end runs: 5 chunks on the small dataset.
@@ -72,15 +74,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    status = Path(f"/proc/{pid}/status")
-    return not (status.exists() and "\nState:\tZ" in status.read_text())
+_alive = alive  # one liveness check for stand-in jobs and daemons
 
 
 class LocalSlurm:
