@@ -287,6 +287,18 @@ def _cache_scenario(catalog: Path, scenario: Mapping, repeats: int) -> dict:
                                                  chunksize=int(base.get("chunksize", 100_000))):
             rows.append({**row, "point": row["scenario"], "repeat": repeat, "warmup": False,
                          "code": "current"})
+    # input caching: direct reads vs a real XRootD origin + XCache on loopback
+    from agc import xcache
+
+    missing = xcache.missing_tools()
+    if missing:
+        log.warning("scenario 'cache': XCache rows not measured (%s)", missing)
+    else:
+        for repeat in range(repeats):
+            for row in module.xcache_scenarios(str(catalog), backend_options=options,
+                                               chunksize=int(base.get("chunksize", 100_000))):
+                rows.append({**row, "point": row["scenario"], "repeat": repeat,
+                             "warmup": False, "code": "current"})
     df = pd.DataFrame(rows).rename(columns={"scenario": "cache_scenario"})
     from agc.metrics import environment
 
