@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from agc.engines import ENGINES
+
 log = logging.getLogger("agc")
 
 SYNTHETIC = "synthetic"
@@ -80,6 +82,10 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="site profile (YAML) for the backend; see backends/profiles/")
     g.add_argument("--mode", default=None, help="local backend: inprocess, processes or dask")
     g.add_argument("--workers", type=_positive_int, default=None, help="workers (default: cores)")
+    g.add_argument("--engine", choices=tuple(ENGINES), default="chunked",
+                   help="chunked (one read+analyse task per chunk, any backend) or dask-awkward "
+                        "(an uproot.dask collection and analysis tasks in one Dask graph; needs "
+                        "--mode dask or a batch backend)")
     g.add_argument("--chunksize", type=_positive_int, default=100_000,
                    help="events per chunk (default %(default)s)")
     g.add_argument("--io-only", action="store_true",
@@ -121,8 +127,8 @@ def _config_from_args(args: argparse.Namespace):
         seed=DEFAULT_SEED if args.seed is None else args.seed,
         eos=args.eos, xcache=args.xcache, mirror=args.mirror,
         io_only=args.io_only, io_branches=args.io_branches,
-        backend=args.backend, backend_options=backend_options, chunksize=args.chunksize,
-        cache=args.cache, data_lake=args.data_lake, fit=not args.no_fit, output_dir=args.output,
+        backend=args.backend, backend_options=backend_options, engine=args.engine,
+        chunksize=args.chunksize, cache=args.cache, data_lake=args.data_lake, fit=not args.no_fit, output_dir=args.output,
     )
 
 
@@ -287,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # cabinetry warns once per empty template bin; keep the summary readable
         logging.getLogger("cabinetry").setLevel(logging.ERROR)
+        # Dask logs every scheduler and worker event at INFO; read when dask is first imported
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     if args.command is None:
         parser.print_help()
         return 2

@@ -22,7 +22,7 @@ from pathlib import Path
 import awkward as ak
 import hist
 
-from agc import __version__
+from agc import __version__, engines
 from agc.analysis import ANALYSIS_BRANCHES, DEFAULT_SEED, IO_BRANCH_SETS, process_events
 from agc.cache import ChunkCache, NoWorkExecutor, lake_store, save_run, staging_dir
 from agc.catalog import Chunk, build_fileset, is_synthetic, load_catalog, make_chunks
@@ -63,6 +63,7 @@ class RunConfig:
     # execution
     backend: str = "local"
     backend_options: Mapping[str, object] = field(default_factory=dict)
+    engine: str = "chunked"  # see agc.engines.ENGINES
     chunksize: int = 100_000
     # step-level cache store URL (None: no caching)
     cache: str | None = None
@@ -200,6 +201,7 @@ def run(config: RunConfig, *, progress: bool = True, write: bool = True) -> RunR
                             eos=config.eos, xcache=config.xcache, mirror=config.mirror)
     chunks = make_chunks(fileset, config.chunksize)
     branches = config.branches()
+    engines.check(config.engine, cache=config.cache)
     tasks = [ChunkTask(c, branches, config.systematics, config.seed, config.io_only)
              for c in chunks]
     backend = get_backend(config.backend)(**dict(config.backend_options))
@@ -211,6 +213,12 @@ def run(config: RunConfig, *, progress: bool = True, write: bool = True) -> RunR
 
     clock.start("cluster_start")
     executor = backend.start() if todo or cache is None else NoWorkExecutor()
+    if todo or cache is None:
+        try:
+            executor = engines.wrap(config.engine, executor)
+        except BaseException:
+            executor.close()
+            raise
     if cache is not None:
         cache.attach(executor)
     clock.stop("cluster_start")
@@ -253,7 +261,7 @@ def run(config: RunConfig, *, progress: bool = True, write: bool = True) -> RunR
         worker_peaks[t.worker] = max(worker_peaks.get(t.worker, 0.0), t.peak_rss_mb)
     record = RunRecord(
         run_id=run_id, backend=config.backend,
-        engine=str(dict(config.backend_options).get("mode", "")) or config.backend,
+        engine=_engine_label(config),
         workers=executor.workers, cores_per_worker=getattr(executor, "cores_per_worker", 1),
         chunksize=config.chunksize, n_files=config.n_files, io_only=config.io_only,
         systematics=config.systematics, events=sum(events.values()), chunks=len(chunks),
@@ -288,6 +296,13 @@ def run(config: RunConfig, *, progress: bool = True, write: bool = True) -> RunR
         # the fit runs inside the write step (into the staging directory); count it once
         clock.durations["write"] -= clock.durations.get("fit", 0.0)
     return result
+
+
+def _engine_label(config: RunConfig) -> str:
+    """``dask-awkward``, or for the chunked engine the executor it ran on (e.g. ``processes``)."""
+    if config.engine != "chunked":
+        return config.engine
+    return str(dict(config.backend_options).get("mode", "")) or config.backend
 
 
 def _cpu_seconds(own: float, timings: list[TaskTiming]) -> float:
