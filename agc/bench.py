@@ -13,6 +13,7 @@ Records go to ``RESULTS_DIR/raw/<scenario>-{runs,phases,tasks}.csv``; nothing is
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -36,6 +37,11 @@ SCENARIOS_FILE = REPO_ROOT / "benchmarks" / "scenarios.yaml"
 CACHE_SCENARIOS_FILE = REPO_ROOT / "benchmarks" / "cache_scenarios.py"
 #: Options of a point that go into ``backend_options``; the others are RunConfig fields.
 BACKEND_OPTIONS = ("workers", "mode", "profile")
+#: Point options that say how and whether a point runs, not what it runs.
+#: ``requires``: a shell command that must succeed (e.g. ``sinfo`` answering) or the point is
+#: skipped and the report says why; ``standins``: run with the named stand-in batch commands
+#: of ``backends/standins`` first on PATH (their state in a scratch directory).
+POINT_CONTROLS = ("label", "requires", "standins")
 
 
 class BenchError(UserError, ValueError):
@@ -114,8 +120,8 @@ def run_config(catalog: Path, options: Mapping, label: str = ""):
 
     names = {f.name for f in dataclasses.fields(RunConfig)}
     backend_options = {k: options[k] for k in BACKEND_OPTIONS if k in options}
-    fields = {k: v for k, v in options.items() if k in names and k != "label"}
-    unknown = set(options) - names - set(BACKEND_OPTIONS) - {"label"}
+    fields = {k: v for k, v in options.items() if k in names and k not in POINT_CONTROLS}
+    unknown = set(options) - names - set(BACKEND_OPTIONS) - set(POINT_CONTROLS)
     if unknown:
         raise BenchError(f"scenario option(s) {', '.join(sorted(unknown))}: not a run option")
     if "fit" in names:
@@ -145,12 +151,13 @@ def run_scenario(name: str, results_dir: str | os.PathLike, *, scenarios_file=No
     kind = scenario.get("kind", "runs")
     raw = Path(results_dir) / "raw"
     raw.mkdir(parents=True, exist_ok=True)
+    skipped: dict[str, str] = {}
     if kind == "cache":
-        frames = _cache_scenario(catalog, scenario, repeats)
+        frames = _cache_scenario(catalog, scenario, repeats, skipped)
     elif kind == "before-after":
         frames = _before_after(catalog, scenario, repeats, warmup, progress)
     else:
-        frames = _runs(catalog, points(scenario), repeats, warmup, progress)
+        frames, skipped = _runs(catalog, points(scenario), repeats, warmup, progress)
     for table, df in frames.items():
         if df is not None and len(df):
             df.insert(0, "scenario", name)
@@ -160,13 +167,15 @@ def run_scenario(name: str, results_dir: str | os.PathLike, *, scenarios_file=No
                                                       .split()),
             "dataset": dataset, "dataset_spec": spec["datasets"][dataset],
             "dataset_events": sum(n * e for n, e in spec["datasets"][dataset]["events"].values()),
-            "repeats": repeats, "warmup": warmup,
+            "repeats": repeats, "warmup": warmup, "skipped": skipped,
             "finished_utc": datetime.now(UTC).isoformat(timespec="seconds")}
     (raw / f"{name}-meta.json").write_text(json.dumps(meta, indent=1))
     return raw
 
 
-def _runs(catalog: Path, pts: list[dict], repeats: int, warmup: int, progress: bool) -> dict:
+def _runs(catalog: Path, pts: list[dict], repeats: int, warmup: int,
+          progress: bool) -> tuple[dict, dict[str, str]]:
+    """The records of every point, and the points that could not run here (with why)."""
     import pandas as pd
 
     from agc.metrics import phases_frame, runs_frame, tasks_frame
@@ -174,7 +183,10 @@ def _runs(catalog: Path, pts: list[dict], repeats: int, warmup: int, progress: b
     from agc.run import run
 
     runs, phases, tasks = [], [], []
-    schedule = _schedule(pts, repeats, warmup)
+    skipped = {p["label"]: reason for p in pts if (reason := unavailable(p))}
+    for label, reason in skipped.items():
+        log.warning("point %r not measured: %s", label, reason)
+    schedule = _schedule([p for p in pts if p["label"] not in skipped], repeats, warmup)
     for n, (point, repeat, is_warmup) in enumerate(schedule, 1):
         if progress:
             print(f"[{n}/{len(schedule)}] {point['label']}"
@@ -182,15 +194,55 @@ def _runs(catalog: Path, pts: list[dict], repeats: int, warmup: int, progress: b
         # every run starts with no input file open in this process (forked workers would
         # inherit them and skip the open an in-process run before them has paid)
         close_open_files()
-        result = run(run_config(catalog, point, point["label"]), progress=False, write=False)
+        with _standins(bool(point.get("standins"))):
+            result = run(run_config(catalog, point, point["label"]), progress=False,
+                         write=False)
         extra = {"point": point["label"], "repeat": repeat, "warmup": is_warmup,
                  "code": "current"}
         runs.append(runs_frame([result.record]).assign(**extra))
         phases.append(phases_frame([result.record]).assign(**extra))
         tasks.append(tasks_frame(result.run_id, result.tasks).assign(**extra))
-    return {"runs": pd.concat(runs, ignore_index=True),
-            "phases": pd.concat(phases, ignore_index=True),
-            "tasks": pd.concat(tasks, ignore_index=True)}
+    frames = {"runs": pd.concat(runs, ignore_index=True) if runs else None,
+              "phases": pd.concat(phases, ignore_index=True) if phases else None,
+              "tasks": pd.concat(tasks, ignore_index=True) if tasks else None}
+    return frames, skipped
+
+
+def unavailable(point: Mapping) -> str | None:
+    """Why ``point`` cannot run here (its ``requires`` command fails), or None."""
+    command = point.get("requires")
+    if not command:
+        return None
+    try:
+        done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return f"'{command}' did not answer within 30 s"
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip().splitlines()
+        return f"'{command}' failed" + (f" ({detail[-1]})" if detail else "")
+    return None
+
+
+@contextlib.contextmanager
+def _standins(enabled: bool):
+    """The stand-in batch commands first on PATH, with their state in a scratch directory."""
+    if not enabled:
+        yield
+        return
+    from backends.standins import bin_dir
+
+    saved = {k: os.environ.get(k) for k in ("PATH", "AGC_STANDIN_STATE")}
+    with tempfile.TemporaryDirectory(prefix="agc-bench-standins-") as state:
+        os.environ["PATH"] = f"{bin_dir()}{os.pathsep}{saved['PATH'] or ''}"
+        os.environ["AGC_STANDIN_STATE"] = state
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 #: Runs one configuration in a fresh interpreter whose ``agc`` comes from PYTHONPATH; works
@@ -269,7 +321,8 @@ def _before_after(catalog: Path, scenario: Mapping, repeats: int, warmup: int,
     return {"runs": pd.DataFrame(rows), "phases": pd.DataFrame(phases)}
 
 
-def _cache_scenario(catalog: Path, scenario: Mapping, repeats: int) -> dict:
+def _cache_scenario(catalog: Path, scenario: Mapping, repeats: int,
+                    skipped: dict[str, str]) -> dict:
     """Cold / warm / partial / code-changed runs from benchmarks/cache_scenarios.py."""
     import pandas as pd
 
@@ -293,6 +346,7 @@ def _cache_scenario(catalog: Path, scenario: Mapping, repeats: int) -> dict:
     missing = xcache.missing_tools()
     if missing:
         log.warning("scenario 'cache': XCache rows not measured (%s)", missing)
+        skipped["xcache"] = missing
     else:
         for repeat in range(repeats):
             for row in module.xcache_scenarios(str(catalog), backend_options=options,

@@ -31,14 +31,36 @@ TARGETS = {
     "time_to_first_result_seconds": ("<=", 3.0, "time to first result, local backend (s)"),
 }
 
+#: Said of every report: what its numbers are not.
 NOT_MEASURED = (
-    "Batch backends (SLURM, HTCondor, DIRAC) and GPU: not measured in this report; the runs here "
-    "use the local backend only.",
+    "GPU path: no GPU machine was available; nothing GPU-related is measured.",
     "The dask-awkward engine's CPU time counts its analysis tasks only (Dask's task stream "
     "gives the read tasks' wall time, not their CPU time), so its CPU efficiency is understated.",
     "Inputs are synthetic NanoAOD (stand-in for the real AGC files) read from local disk; only "
     "the XCache rows of the cache scenario read over XRootD, on loopback (no network latency).",
 )
+BATCH_BACKENDS = ("slurm", "htcondor", "dirac")
+
+
+def not_measured(records: Records) -> list[str]:
+    """What the report's numbers are not: the fixed notes, plus what this run could not do."""
+    notes = []
+    ran = set(records.runs["backend"]) if "backend" in records.runs else set()
+    batch = [b for b in BATCH_BACKENDS if b in ran]
+    if not batch:
+        notes.append("Batch backends (SLURM, HTCondor, DIRAC): not measured in this report; "
+                     "the runs here use the local backend only.")
+    standins = sorted({str(p) for p in records.runs.get("point", pd.Series(dtype=str))
+                       if "stand-in" in str(p)})
+    if standins:
+        notes.append(f"{', '.join(standins)}: the production cluster classes and job "
+                     "descriptions, submitted through stand-in commands that start each job as a "
+                     "local process; their latencies are those of a local process start, not of "
+                     "a site's queue or matching.")
+    for scenario, meta in records.meta.items():
+        for point, reason in (meta.get("skipped") or {}).items():
+            notes.append(f"Scenario {scenario}, {point}: not measured ({reason}).")
+    return notes + list(NOT_MEASURED)
 
 
 @dataclass
@@ -240,7 +262,8 @@ def plot_scaling(records: Records) -> bytes | None:
     return _png(fig)
 
 
-def plot_phases(records: Records, scenario: str = "latency") -> bytes | None:
+def plot_phases(records: Records, scenario: str = "latency",
+                title: str = "Latency phases") -> bytes | None:
     ph = records.phases
     if ph.empty or scenario not in set(ph["scenario"]):
         return None
@@ -257,7 +280,7 @@ def plot_phases(records: Records, scenario: str = "latency") -> bytes | None:
     ax.set_xlabel("seconds (median)")
     ax.set_xscale("symlog", linthresh=0.01)
     ax.legend(fontsize=7, ncol=2)
-    ax.set_title("Latency phases")
+    ax.set_title(title)
     return _png(fig)
 
 
@@ -354,6 +377,8 @@ PLOTS = (
     ("latency", "Latency phases", plot_phases),
     ("engines", "Engines", lambda r: plot_bars(r, "engines", "Execution engines")),
     ("backends", "Backends", lambda r: plot_bars(r, "backends", "Backends")),
+    ("backends_latency", "Backend latency phases",
+     lambda r: plot_phases(r, "backends", "Latency phases per backend")),
     ("cache", "Cache gains", plot_cache),
 )
 
@@ -426,11 +451,12 @@ def build_report(results_dir: str | os.PathLike, title: str | None = None,
         h += ["<h2>asv micro-benchmarks</h2>", f"<p>{html.escape(text)}</p>",
               _table_html(_asv_readable(micro))]
         md += ["## asv micro-benchmarks", "", text, "", _table_md(_asv_readable(micro)), ""]
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in NOT_MEASURED)
+    caveats = not_measured(records)
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in caveats)
     h += [f"<h2>Not measured</h2><ul>{notes}</ul>", "<h2>Machine, versions, commit</h2>",
           _table_html(env), "<p>Raw records: <code>raw/*.csv</code>; per-point statistics: "
           "<code>summary.csv</code>.</p></body></html>"]
-    md += ["## Not measured", ""] + [f"- {n}" for n in NOT_MEASURED] + [
+    md += ["## Not measured", ""] + [f"- {n}" for n in caveats] + [
         "", "## Machine, versions, commit", "", _table_md(env), "",
         "Raw records: `raw/*.csv`; per-point statistics: `summary.csv`; the same page with "
         "embedded plots: `index.html`.", ""]

@@ -31,6 +31,15 @@ scenarios:
     dataset: tiny
     base: {mode: inprocess}
     vary: {chunksize: [500, 1500]}
+  batch:
+    dataset: tiny
+    base: {workers: 1, chunksize: 1500}
+    points:
+      - {label: local, mode: inprocess}
+      - {label: htcondor (stand-in), backend: htcondor, profile: htcondor-standin, standins: true}
+      - {label: nowhere, backend: slurm, profile: slurm-local, requires: "exit 3"}
+    repeats: 1
+    warmup: 0
 """
 
 
@@ -144,3 +153,27 @@ def test_the_shipped_scenario_file_is_valid():
     for scenario in spec["scenarios"].values():
         for point in points(scenario):
             bench.run_config("catalog.json", point)  # every option is a run option
+
+
+def test_points_that_cannot_run_are_skipped_and_stand_ins_are_selected(scenario_file, data_root,
+                                                                      tmp_path):
+    """A point whose ``requires`` fails is recorded as skipped; a ``standins`` point submits
+    through the stand-in condor_submit (its jobs leave records in the scratch state)."""
+    from agc.report import build_report, load_records, not_measured
+
+    path_before = os.environ["PATH"]
+    raw = run_scenario("batch", tmp_path, scenarios_file=scenario_file, data_root=data_root,
+                       progress=False)
+    assert os.environ["PATH"] == path_before
+    runs = pd.read_csv(raw / "batch-runs.csv")
+    assert runs.set_index("point")["backend"].to_dict() == {"local": "local",
+                                                            "htcondor (stand-in)": "htcondor"}
+    assert runs.set_index("point")["first_worker_seconds"].notna().all()
+    meta = load_records(tmp_path).meta["batch"]
+    assert list(meta["skipped"]) == ["nowhere"]
+    assert "'exit 3' failed" in meta["skipped"]["nowhere"]
+    notes = not_measured(load_records(tmp_path))
+    assert any(n.startswith("Scenario batch, nowhere: not measured") for n in notes)
+    assert any(n.startswith("htcondor (stand-in): the production cluster classes") for n in notes)
+    assert not any(n.startswith("Batch backends") for n in notes)
+    assert "Scenario batch, nowhere: not measured" in (build_report(tmp_path).read_text())
