@@ -2,12 +2,16 @@
 
 :class:`DiracJob` / :class:`DiracCluster` sit on dask-jobqueue's ``Job`` / ``JobQueueCluster``
 (the scheduler runs where ``agc run`` runs; each job starts one Dask worker that dials back).
-The JDL (:data:`JDL_TEMPLATE`) runs ``/bin/sh -c '<setup>; <python> -m distributed.cli.
+The JDL (:data:`JDL_TEMPLATE`) runs ``/bin/sh -c '<setup> && <python> -m distributed.cli.
 dask_worker <scheduler> ...'``; with ``worker.container`` the python is ``apptainer exec --bind
 /cvmfs IMAGE python3``. It carries JobName, OwnerGroup, CPUTime, NumberOfProcessors, MinRAM /
 MaxRAM (MB), Tags (``GPU`` for GPU stages), Platform and either a ``Site`` list (DIRAC picks
 one) or, with per-site counts (``dirac.sites: {SITE_A: 3, SITE_B: 4}``), one site per job so
 that exactly 3 workers go to SITE_A and 4 to SITE_B.
+
+DIRAC reads JDLs with its own ClassAd code, which does not carry every character of a quoted
+string (:data:`DIRAC_UNSAFE`): a worker command with such characters goes base64-encoded
+(:func:`jdl_arguments`), and other attribute values with them are refused.
 
 The scheduler address the workers dial is ``scheduler.contact_address`` from the profile (a
 grid worker cannot reach 127.0.0.1); it is never looked up on the internet.
@@ -27,6 +31,7 @@ Transports (how a JDL reaches DIRAC) are pluggable (:data:`TRANSPORTS`):
 
 from __future__ import annotations
 
+import base64
 import logging
 import math
 import re
@@ -77,6 +82,27 @@ def jdl_value(value: Any) -> str:
     raise TypeError(f"no JDL form for {value!r}")
 
 
+#: Characters DIRAC does not pass through a quoted JDL string intact. Its ClassAd reader (in
+#: the JobManager, the JobDB and the JobAgent) ends a value at the first ``;`` wherever it is
+#: and takes a ``[`` before it for a nested ClassAd; every ``"`` is dropped before the command
+#: reaches the worker, ``\\`` escapes are not undone, newlines are removed, and the JobAgent
+#: quotes ``{`` and ``}``.
+DIRAC_UNSAFE = re.compile(r'["\\;\[\]{}\n]')
+
+
+def jdl_arguments(command: str) -> str:
+    """The ``Arguments`` of ``/bin/sh`` running the shell ``command`` on a DIRAC worker node.
+
+    ``-c '<command>'`` where DIRAC passes that through intact, else the command base64-encoded
+    and decoded by the job: ``-c 'echo <base64> | base64 -d | /bin/sh'``.
+    """
+    arguments = "-c " + shlex.quote(command)
+    if DIRAC_UNSAFE.search(arguments):
+        encoded = base64.b64encode(command.encode()).decode()
+        arguments = f"-c 'echo {encoded} | base64 -d | /bin/sh'"
+    return arguments
+
+
 class DiracCLITransport:
     """Submit / kill / status with the DIRAC client commands (or stand-ins of them)."""
 
@@ -121,9 +147,9 @@ class DiracJob(RecordsSubmitError, Job):
                  jdl_extra: Mapping[str, Any] | None = None,
                  transport: DiracCLITransport | None = None, **kwargs):
         super().__init__(scheduler=scheduler, name=name, **kwargs)
-        # like HTCondor: the setup lines and the worker are one /bin/sh -c command
-        self._command_template = "; ".join([*(self._job_script_prologue or []),
-                                            self._command_template])
+        # the setup lines and the worker are one /bin/sh -c command ('&&': DIRAC cuts at ';')
+        self._command_template = " && ".join([*(self._job_script_prologue or []),
+                                              self._command_template])
         self.site = site
         self.sites = list(sites)
         self.banned_sites = list(banned_sites)
@@ -134,6 +160,15 @@ class DiracJob(RecordsSubmitError, Job):
         self.platform = platform
         self.jdl_extra = dict(jdl_extra or {})
         self.transport = transport or DiracCLITransport()
+        self._check_jdl_strings()
+
+    def _check_jdl_strings(self) -> None:
+        """Refuse attribute values that DIRAC would read differently (:data:`DIRAC_UNSAFE`)."""
+        for key, value in [("JobName", self.dirac_job_name), *self.jdl_attributes().items()]:
+            for v in value if isinstance(value, list | tuple) else [value]:
+                if isinstance(v, str) and DIRAC_UNSAFE.search(v):
+                    raise ValueError(f"JDL attribute {key} = {v!r}: DIRAC's JDL reader alters "
+                                     "the characters \" ; \\ [ ] { } and newlines")
 
     def jdl_attributes(self) -> dict[str, Any]:
         """The requirement attributes of the JDL, in order."""
@@ -164,7 +199,7 @@ class DiracJob(RecordsSubmitError, Job):
                                  for k, v in self.jdl_attributes().items())
         return JDL_TEMPLATE.format(
             job_name=jdl_value(self.dirac_job_name),
-            arguments=jdl_value("-c " + shlex.quote(self._command_template)),
+            arguments=jdl_value(jdl_arguments(self._command_template)),
             requirements=requirements)
 
     @contextmanager

@@ -1,6 +1,7 @@
-"""The dirac backend: JDLs read with a ClassAd parser (classad2 from the htcondor wheel, since
-the DIRAC client does not pip-install as is), per-site worker counts, job-id parsing, and an
-AGC run through the STAND-IN dirac-wms-job-submit / -kill / -status (backends/standins/bin),
+"""The dirac backend: JDLs read with a ClassAd parser (classad2 from the htcondor wheel;
+DIRAC's own reader, which needs a workaround to install, is tested in
+test_backend_dirac_native.py by ``nox -s dirac``), per-site worker counts, job-id parsing, and
+an AGC run through the STAND-IN dirac-wms-job-submit / -kill / -status (backends/standins/bin),
 which run each JDL as a local process. The backend code path is the production one up to the
 commands it calls.
 """
@@ -8,7 +9,11 @@ commands it calls.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
+import re
+import shlex
+import subprocess
 from collections import Counter
 
 import pytest
@@ -65,9 +70,28 @@ def test_standin_reads_the_jdl_like_classad():
         "dirac": {"sites": ["A", "B"], "jdl": {"Priority": 3}}}).job_script()
     ours, theirs = parse_jdl(text), classad2.parseOne(text)
     assert ours["Arguments"] == theirs["Arguments"]
-    assert 'export A="quoted \\\\ text"' in theirs["Arguments"]
+    # quotes and backslashes, which DIRAC does not pass on, go base64-encoded
+    encoded = re.fullmatch(r"-c 'echo (\S+) \| base64 -d \| /bin/sh'", theirs["Arguments"])
+    assert encoded
+    assert base64.b64decode(encoded[1]).decode().startswith('export A="quoted \\\\ text" && ')
     assert ours["Site"] == list(theirs["Site"]) == ["A", "B"]
     assert ours["Priority"] == theirs["Priority"] == 3
+
+
+def test_a_failing_setup_line_stops_the_job(tmp_path):
+    jdl = parse_jdl(DiracBackend(profile={
+        "backend": "dirac",
+        "worker": {"cores": 1, "memory": "1GB", "python": "echo", "setup": ["true", "false"]},
+        "scheduler": {"contact_address": "tcp://scheduler.example.org:8786"}}).job_script())
+    run = subprocess.run([jdl["Executable"], *shlex.split(jdl["Arguments"])], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert (run.returncode, run.stdout) == (1, "")  # the worker (echo here) never ran
+
+
+def test_attributes_dirac_cannot_read_are_refused():
+    with pytest.raises(ValueError, match="JobName"):
+        DiracBackend(profile={"backend": "dirac", "worker": {"cores": 1, "memory": "1GB"},
+                              "dirac": {"job_name": "agc; worker"}}).job_script()
 
 
 def test_jdl_values():

@@ -1,0 +1,192 @@
+"""The dirac backend's JDLs read by DIRAC's own code, along the path a job takes through DIRAC:
+
+- the JobManager service reads the JDL with its ClassAd reader (``ClassAdLight``) and validates
+  it as a job description model (``jdlToBaseJobDescriptionModel``, ``JobDescriptionModel``);
+- the JobDB loads it as a job manifest (``checkAndAddOwner``: ``JobManifest`` and DIRAC's other
+  JDL reader, ``loadJDLAsCFG``, with the group limits on CPU time, priority and job type),
+  reads the manifest's JDL back with ``ClassAd`` and derives the job's attributes from it
+  (``createJDLWithInitialStatus``, which also gives the JDL the job is stored with);
+- on the worker node the JobAgent passes the stored JDL's values to the JobWrapper, which runs
+  ``Executable + " " + Arguments`` with a shell.
+
+No DIRAC service is contacted: the configuration these steps look up (the sites, the group's
+VO) is merged into DIRAC's local configuration, as a ``dirac.cfg`` would be. DIRAC does not
+pip-install as is; ``nox -s dirac`` installs it (.ci/install-dirac.py) and runs this file.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from backends.dirac import DiracBackend
+from backends.standins.dirac import parse_jdl
+
+pytest.importorskip("DIRAC", reason="DIRAC not installed: run `nox -s dirac`")
+
+# imported once DIRAC is known to be there
+from DIRAC.ConfigurationSystem.Client.ConfigurationData import gConfigurationData  # noqa: E402
+from DIRAC.ConfigurationSystem.Client.Helpers.Registry import getVOForGroup  # noqa: E402
+from DIRAC.Core.Utilities.ClassAd.ClassAdLight import ClassAd  # noqa: E402
+from DIRAC.Core.Utilities.JDL import jdlToBaseJobDescriptionModel  # noqa: E402
+from DIRAC.WorkloadManagementSystem.DB.JobDBUtils import (  # noqa: E402
+    checkAndAddOwner,
+    createJDLWithInitialStatus,
+)
+from DIRAC.WorkloadManagementSystem.Utilities.JobModel import JobDescriptionModel  # noqa: E402
+from diraccfg import CFG  # noqa: E402
+
+IC, RAL = "LCG.UKI-LT2-IC-HEP.uk", "LCG.RAL-LCG2.uk"
+SITES = [IC, RAL, "LCG.SITE-A.uk", "LCG.SITE-B.uk"]
+OWNER, GROUP, VO = "agc-user", "gridpp_user", "gridpp"
+IMAGE = "/cvmfs/unpacked.cern.ch/registry.hub.docker.com/coffeateam/coffea-dask-almalinux8:latest"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _local_configuration():
+    """The sites the JDLs name and the group's VO, where DIRAC's configuration has them."""
+    gConfigurationData.mergeWithLocal(CFG().loadFromDict({
+        "Registry": {"Groups": {GROUP: {"VO": VO}}},
+        "Resources": {"Sites": {"LCG": {site: {} for site in SITES}}},
+    }))
+
+
+def submit(jdl: str) -> tuple[Any, dict[str, Any], ClassAd]:
+    """What DIRAC's JobManager and JobDB do with a JDL that ``GROUP`` submits (as job 1).
+
+    Returns the validated job description, the job's attributes in the JobDB and the stored
+    JDL as the JobAgent reads it.
+    """
+    assert ClassAd(jdl).isOK()
+    result = jdlToBaseJobDescriptionModel(ClassAd(jdl))
+    assert result["OK"], result["Message"]
+    description = result["Value"]
+    JobDescriptionModel(**description.model_dump(exclude_none=True), owner=OWNER,
+                        ownerGroup=GROUP, vo=getVOForGroup(GROUP))
+
+    result = checkAndAddOwner(jdl, OWNER, GROUP)
+    assert result["OK"], result["Message"]
+    job = ClassAd(result["Value"].dumpAsJDL())
+    assert job.isOK()
+    job.insertAttributeInt("JobID", 1)
+    # (the JobDB's checkAndPrepareJob, left out, maps Platform through the VO's
+    # OSCompatibility table, which only the configuration of a DIRAC instance has)
+    attributes: dict[str, Any] = {}
+    stored = createJDLWithInitialStatus(job, ClassAd("[]"), ["JobName", "JobType", "JobGroup"],
+                                        attributes, "Received", "Job accepted")
+    return description, attributes, ClassAd(stored)
+
+
+def worker_command(ad: ClassAd) -> str:
+    """The command line DIRAC's JobWrapper runs (with a shell) for the job ``ad``."""
+
+    def value(name: str) -> str:  # as JobAgent._getJDLParameters hands it on
+        return ad.get_expression(name).replace('"', "").replace("{", '"{').replace("}", '}"')
+
+    return f"{value('Executable')} {value('Arguments')}"
+
+
+def assert_dirac_reads_as_written(jdl: str) -> None:
+    """DIRAC's ClassAd reader finds exactly the attributes and values the JDL has."""
+    ad, written = ClassAd(jdl), parse_jdl(jdl)
+    assert ad.isOK()
+    assert set(ad.getAttributes()) == set(written)
+    for name, value in written.items():
+        if isinstance(value, list):
+            assert ad.isAttributeList(name)
+            assert ad.getListFromExpression(name) == [str(v) for v in value], name
+        else:
+            assert ad.getAttributeString(name) == str(value), name
+
+
+def test_multi_site_jdls_through_dirac():
+    jdls = DiracBackend(profile="dirac-gridpp").jdls()
+    for jdl in jdls:
+        assert_dirac_reads_as_written(jdl)
+    ad = ClassAd(jdls[0])
+    assert ad.getAttributeString("OwnerGroup") == GROUP
+    assert ad.getAttributeInt("CPUTime") == 86400
+    assert ad.getAttributeInt("MinRAM") == ad.getAttributeInt("MaxRAM") == 3815  # 4GB in MiB
+
+    submitted = [submit(jdl) for jdl in jdls]
+    # one site per job, and as many jobs per site as the profile asks for
+    assert Counter(attributes["Site"] for _, attributes, _ in submitted) == {IC: 3, RAL: 4}
+    for i, (description, attributes, stored) in enumerate(submitted):
+        assert description.sites == {attributes["Site"]}
+        assert stored.getListFromExpression("Site") == [attributes["Site"]]
+        assert attributes["JobName"] == description.jobName == "agc-dask-worker"
+        assert description.executable == "/bin/sh"
+        assert description.cpuTime == 86400
+        assert description.priority == 1
+        assert description.jobType == "User"
+        assert description.platform == "AnyPlatform"
+        assert description.minNumberOfProcessors == description.maxNumberOfProcessors == 1
+        assert description.outputSandbox == {"std.out", "std.err"}
+        assert (description.stdout, description.stderr) == ("std.out", "std.err")
+        assert "GPU" not in description.tags
+        # every other attribute DIRAC found: nothing of Arguments spilled into attributes
+        assert description.extraFields == {"MinRAM": 3815, "MaxRAM": 3815}
+
+        executable, flag, script = shlex.split(worker_command(stored))
+        assert (executable, flag) == ("/bin/sh", "-c")
+        assert script.startswith(
+            "export X509_CERT_DIR=/cvmfs/grid.cern.ch/etc/grid-security/certificates && "
+            f"apptainer exec --bind /cvmfs {IMAGE} python3 -m distributed.cli.dask_worker "
+            "tcp://agc-scheduler.example.ac.uk:8786 ")
+        assert f"--name DiracCluster-{i} " in script
+        assert script.endswith("--worker-port 40000:40100 --nanny-port 40000:40100")
+
+
+def test_gpu_stage_jdl_through_dirac():
+    jdl = DiracBackend(profile="dirac-gridpp-gpu").job_script()
+    assert_dirac_reads_as_written(jdl)
+    description, attributes, stored = submit(jdl)
+    assert stored.getListFromExpression("Tags") == ["GPU"]
+    assert stored.getListFromExpression("Site") == [IC, RAL]
+    assert attributes["Site"] == "Multiple"  # DIRAC picks one of them
+    assert description.sites == {IC, RAL}
+    assert description.minNumberOfProcessors == description.maxNumberOfProcessors == 4
+    assert {"GPU", "MultiProcessor"} <= description.tags  # DIRAC adds MultiProcessor for 4
+    assert description.extraFields == {"MinRAM": 15259, "MaxRAM": 15259}  # 16GB in MiB
+    assert f"apptainer exec --nv --bind /cvmfs {IMAGE} python3 " in worker_command(stored)
+
+
+def test_site_unknown_to_dirac_is_refused():
+    jdl = DiracBackend(profile={"backend": "dirac", "worker": {"cores": 1, "memory": "1GB"},
+                                "dirac": {"sites": [IC, "LCG.NOWHERE.xx"]}}).job_script()
+    result = jdlToBaseJobDescriptionModel(ClassAd(jdl))
+    assert not result["OK"]
+    assert "Invalid sites: LCG.NOWHERE.xx" in result["Message"]
+
+
+@pytest.mark.parametrize("greeting, plain", [
+    ("hello", True),
+    ('"semi; colons, [brackets] {braces} \\\\ and a backslash"', False),
+], ids=["plain", "characters-dirac-alters"])
+def test_worker_command_runs_on_the_node_as_written(tmp_path, greeting, plain):
+    """The setup lines and the worker command reach the node's shell intact: the worker's
+    python is ``echo`` here, so the job prints the variable the setup sets and the worker's
+    arguments."""
+    setup = [f"export GREETING={greeting}", "env | grep ^GREETING="]
+    jdl = DiracBackend(profile={
+        "backend": "dirac",
+        "worker": {"cores": 2, "memory": "2GB", "python": "echo", "setup": setup},
+        "scheduler": {"contact_address": "tcp://scheduler.example.org:8786"},
+        "dirac": {"owner_group": GROUP, "sites": ["LCG.SITE-A.uk", "LCG.SITE-B.uk"]},
+    }).job_script()
+    assert_dirac_reads_as_written(jdl)
+    _, _, stored = submit(jdl)
+    command = worker_command(stored)
+    assert (setup[0] in command) is plain  # readable in the JDL unless DIRAC would alter it
+
+    run = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=60, check=True)
+    printed_greeting, worker_args = run.stdout.splitlines()
+    assert printed_greeting == "GREETING=" + shlex.split(greeting)[0]
+    assert worker_args.startswith("-m distributed.cli.dask_worker tcp://scheduler.example.org:8786 "
+                                  "--name worker-0 --nthreads 2 ")
+
