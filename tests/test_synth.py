@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+import zlib
 from pathlib import Path
 
 import awkward as ak
@@ -12,7 +13,7 @@ import pytest
 import uproot
 
 from agc import synth
-from agc.synth import schema
+from agc.synth import physics, schema, writer
 
 REAL_FILE = "nanoAOD_2015_CMS_Open_Data_ttbar.root"
 REAL_FRACTION = 0.0508  # analysis 15 core + 3 counters, spec §2
@@ -188,6 +189,57 @@ def test_determinism_and_workers(tmp_path):
     # files of one sample differ from each other
     t0, t1 = (_tree(p)["Jet_pt"].array() for p in fa["ttbar__nominal"])
     assert not np.allclose(ak.flatten(t0)[:100], ak.flatten(t1)[:100])
+
+
+# ------------------------------------------------------------------------ writer internals
+
+
+def _tree_metadata(path) -> bytes:
+    """Uncompressed payload of the ``Events`` TTree key (everything but the baskets)."""
+    chunk, _ = uproot.open(path).key("Events").get_uncompressed_chunk_cursor()
+    return bytes(chunk.raw_data)
+
+
+def test_reused_tree_metadata_is_byte_identical(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer, "_EMPTY_TREE_METADATA", {})
+    tasks = [synth.file_tasks(tmp_path / d, {"wjets__nominal": (1, 2_500)}, layout="minimal")[0]
+             for d in ("a", "b")]  # fmt: skip
+    for t in tasks:
+        Path(t.path).parent.mkdir(parents=True)
+        writer.write_file(t)
+    assert len(writer._EMPTY_TREE_METADATA) == 1  # the second file reused the first's
+    # same path length, same content: the files differ at most in their timestamps
+    assert _tree_metadata(tasks[0].path) == _tree_metadata(tasks[1].path)
+    a, b = (_all_arrays(t.path) for t in tasks)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_zlib_level1_encoder():
+    c = writer.parse_compression("ZLIB:1")
+    assert c.code_pair == uproot.ZLIB(1).code_pair  # the file says ZLIB level 1
+    data = np.linspace(0, 1, 50_000, dtype=">f4").tobytes()
+    assert zlib.decompress(c.compress(data)) == data
+    assert type(writer.parse_compression("ZLIB:4")) is uproot.ZLIB
+
+
+def test_filler_values_come_from_pool_without_repeats():
+    rng = np.random.default_rng(5)
+    v = schema.filler_values("GenPart_pt", 200_000, rng)
+    assert v.dtype == np.float32 and np.isin(v, schema.filler_pool("GenPart_pt")).all()
+    windows = np.lib.stride_tricks.sliding_window_view(v.view(np.uint32), 16)
+    assert len(np.unique(windows, axis=0)) == len(windows)  # no run of 16 values repeats
+    again = schema.filler_values("GenPart_pt", 200_000, np.random.default_rng(5))
+    assert np.array_equal(v, again)
+
+
+def test_sort_in_events():
+    row = np.array([1, 0, 1, 0, 1, 2])
+    key = np.array([5.0, 1.0, 9.0, 3.0, 7.0, 2.0])
+    stored = np.array([True, True, True, True, False, False])
+    counts, idx, pos = physics._sort_in_events(row, key, stored, 4)
+    assert counts.tolist() == [2, 2, 0, 0]
+    assert idx.tolist() == [3, 1, 2, 0]  # event 0 by descending key, then event 1
+    assert pos.tolist() == [1, 1, 0, 0, -1, -1]
 
 
 # -------------------------------------------------------------------------------- layout

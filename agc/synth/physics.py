@@ -159,21 +159,42 @@ def pareto(rng, n, xmin, alpha):
 
 
 class Objects:
-    """Column-wise accumulator of per-event candidate objects (jets or leptons)."""
+    """Candidate objects (jets or leptons) of a block of events, stored sparsely.
+
+    Each ``add`` appends one object slot; only the events in which the object exists are
+    kept, so the detector simulation works on flat arrays of existing objects.  An object
+    is identified by its *entry* (index into the concatenation of all slots in order).
+    """
 
     def __init__(self, n):
         self.n = n
-        self.cols: list[dict[str, np.ndarray]] = []
+        self.rows: list[np.ndarray] = []
+        self.fields: list[dict[str, np.ndarray]] = []
 
-    def add(self, valid, **fields):
-        valid = np.broadcast_to(valid, (self.n,))
-        self.cols.append({"valid": valid, **{k: np.broadcast_to(v, (self.n,)) for k, v in fields.items()}})
-        return len(self.cols) - 1
+    def add(self, valid, **fields) -> int:
+        """Add a slot from per-event arrays (or scalars); ``valid`` says where it exists."""
+        rows = np.flatnonzero(np.broadcast_to(valid, (self.n,)))
+        return self.add_rows(rows, **{k: (v[rows] if np.ndim(v) else v) for k, v in fields.items()})
 
-    def matrix(self, name, default=0.0, dtype=float):
-        out = np.empty((self.n, len(self.cols)), dtype=dtype)
-        for j, c in enumerate(self.cols):
-            out[:, j] = c.get(name, default)
+    def add_rows(self, rows, **fields) -> int:
+        """Add a slot existing in events ``rows``; fields are per-object arrays or scalars."""
+        self.rows.append(rows)
+        self.fields.append({k: np.broadcast_to(v, rows.shape) for k, v in fields.items()})
+        return len(self.rows) - 1
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.rows)
+
+    def row(self) -> np.ndarray:
+        return np.concatenate(self.rows) if self.rows else np.zeros(0, dtype=np.intp)
+
+    def column(self, name, default=0.0, dtype=float) -> np.ndarray:
+        """One field of all entries (``default`` for slots that did not set it)."""
+        out = np.empty(len(self), dtype=dtype)
+        start = 0
+        for rows, fields in zip(self.rows, self.fields, strict=True):
+            out[start : start + len(rows)] = fields.get(name, default)
+            start += len(rows)
         return out
 
 
@@ -369,28 +390,19 @@ PROCESSES = {
 # detector simulation
 
 
-def _truncate_mantissa(x, bits):
-    """Round float32 values to ``bits`` mantissa bits, like NanoAOD's reduced precision."""
-    x = np.asarray(x, dtype=np.float32)
-    if bits >= 23:
-        return x
-    shift = 23 - bits
-    u = x.view(np.uint32)
-    u = (u + np.uint32(1 << (shift - 1))) & np.uint32((0xFFFFFFFF << shift) & 0xFFFFFFFF)
-    return u.view(np.float32)
+def _sort_in_events(row, key, stored, n):
+    """Order the stored entries by event, then by descending ``key`` (ties: entry order).
 
-
-def _sorted_flat(mat_key, valid, fields):
-    """Sort each row by descending key among valid entries; return counts, flat fields, perm."""
-    key = np.where(valid, mat_key, -np.inf)
-    order = np.argsort(-key, axis=1, kind="stable")
-    svalid = np.take_along_axis(valid, order, axis=1)
-    counts = svalid.sum(axis=1)
-    out = {k: np.take_along_axis(v, order, axis=1)[svalid] for k, v in fields.items()}
-    # position of each original column in the stored (sorted) list
-    inv = np.empty_like(order)
-    np.put_along_axis(inv, order, np.arange(order.shape[1])[None, :].repeat(len(order), 0), axis=1)
-    return counts, out, order, svalid, inv
+    Returns (counts per event, stored entries in output order, position of every entry
+    in its event's stored list or -1).
+    """
+    idx = np.flatnonzero(stored)
+    idx = idx[np.lexsort((-key[idx], row[idx]))]
+    counts = np.bincount(row[idx], minlength=n)
+    starts = np.cumsum(counts) - counts
+    pos = np.full(len(row), -1, dtype=np.int64)
+    pos[idx] = np.arange(len(idx)) - np.repeat(starts, counts)
+    return counts, idx, pos
 
 
 def _btag(rng, flav, pt, eta, tune, kind):
@@ -398,15 +410,27 @@ def _btag(rng, flav, pt, eta, tune, kind):
     eff = np.where(flav == 5, tune.eff_b, np.where(flav == 4, tune.eff_c, tune.eff_l))
     eff = np.where(kind == 2, 0.05, eff)  # pile-up jets
     eff = eff * np.where(np.abs(eta) > 1.5, 0.88, 1.0) * np.where(pt < 40, 0.93, 1.0)
-    u = rng.uniform(0, 1, n)
-    tagged = u < eff
+    tagged = rng.uniform(0, 1, n) < eff
     # tagged: peaked towards 1 for b, flatter for c/light;  untagged: low values
-    hi_b = 1.0 - 0.5 * rng.beta(0.45, 3.0, n)
-    hi_o = 0.5 + 0.5 * rng.beta(1.0, 1.3, n)
-    lo = 0.5 * rng.beta(np.where(flav == 5, 2.5, 1.1), np.where(flav == 5, 1.2, 2.4), n)
-    val = np.where(tagged, np.where(flav == 5, hi_b, hi_o), lo)
+    is_b = flav == 5
+    val = np.empty(n)
+    for sel, draw in (
+        (tagged & is_b, lambda k: 1.0 - 0.5 * rng.beta(0.45, 3.0, k)),
+        (tagged & ~is_b, lambda k: 0.5 + 0.5 * rng.beta(1.0, 1.3, k)),
+        (~tagged & is_b, lambda k: 0.5 * rng.beta(2.5, 1.2, k)),
+        (~tagged & ~is_b, lambda k: 0.5 * rng.beta(1.1, 2.4, k)),
+    ):
+        val[sel] = draw(int(np.count_nonzero(sel)))
     notracks = (np.abs(eta) > 2.4) | (~tagged & (rng.uniform(0, 1, n) < 0.03))
     return np.where(notracks, -10.0, np.clip(val, 0.0, 1.0))
+
+
+def _qgl(rng, pflav, eta, kind):
+    gluon = (pflav == 21) | (pflav == 0)
+    qgl = np.empty(pflav.shape)
+    qgl[gluon] = rng.beta(1.2, 2.2, int(np.count_nonzero(gluon)))
+    qgl[~gluon] = rng.beta(3.0, 1.3, int(np.count_nonzero(~gluon)))
+    return np.where((np.abs(eta) > 2.5) | (kind == 3), -1.0, qgl)
 
 
 def _jet_id(rng, eta, kind):
@@ -456,76 +480,71 @@ def simulate(rng, process: str, tune: Tune, n: int) -> dict:
     # pile-up-like soft jets
     npu = np.minimum(rng.poisson(tune.pu_mean, n), 4)
     for k in range(4):
-        jets.add(
-            npu > k,
-            pt=15.0 + rng.exponential(7.0, n) * (1 + 0.5 * (rng.uniform(0, 1, n) < 0.1)),
-            eta=rng.uniform(-4.7, 4.7, n),
-            phi=rng.uniform(-np.pi, np.pi, n),
+        rows = np.flatnonzero(npu > k)
+        m = len(rows)
+        jets.add_rows(
+            rows,
+            pt=15.0 + rng.exponential(7.0, m) * (1 + 0.5 * (rng.uniform(0, 1, m) < 0.1)),
+            eta=rng.uniform(-4.7, 4.7, m),
+            phi=rng.uniform(-np.pi, np.pi, m),
             flav=0,
             pflav=0,
             kind=2,
         )
 
     # non-prompt leptons from heavy-flavour jets, light-jet fakes (before the lepton-jets)
-    nhard = len(jets.cols)
-    for j in range(nhard):
-        c = jets.cols[j]
-        f = c["flav"]
-        r = rng.uniform(0, 1, n)
-        p_e = np.where(f == 5, 0.19, np.where(f == 4, 0.09, 0.004))
-        p_m = np.where(f == 5, 0.19, np.where(f == 4, 0.09, 0.004))
-        is_e = r < p_e
-        is_m = (r >= p_e) & (r < p_e + p_m)
-        x = rng.beta(1.4, 4.0, n)
-        origin = np.where(f > 0, 2, 3)
-        leps.add(
-            c["valid"] & (is_e | is_m),
-            pt=x * c["pt"],
-            eta=c["eta"] + rng.normal(0, 0.08, n),
-            phi=c["phi"] + rng.normal(0, 0.08, n),
-            flav=np.where(is_e, 11, 13),
-            charge=np.where(rng.uniform(0, 1, n) < 0.5, 1, -1),
-            origin=origin,
-            jet=j,
-        )
+    jrow, f = jets.row(), jets.column("flav", 0, int)
+    r = rng.uniform(0, 1, len(jrow))
+    p_e = np.where(f == 5, 0.19, np.where(f == 4, 0.09, 0.004))  # the same for muons
+    src = np.flatnonzero(r < 2 * p_e)
+    m = len(src)
+    leps.add_rows(
+        jrow[src],
+        pt=rng.beta(1.4, 4.0, m) * jets.column("pt")[src],
+        eta=jets.column("eta")[src] + rng.normal(0, 0.08, m),
+        phi=jets.column("phi")[src] + rng.normal(0, 0.08, m),
+        flav=np.where(r[src] < p_e[src], 11, 13),
+        charge=np.where(rng.uniform(0, 1, m) < 0.5, 1, -1),
+        origin=np.where(f[src] > 0, 2, 3),
+        jet=src,
+    )
 
     # ---- leptons: smear, acceptance, properties
-    lflav = leps.matrix("flav", 11, int)
-    lpt = leps.matrix("pt") * rng.normal(1.0, np.where(lflav == 11, 0.025, 0.015), lflav.shape)
-    leta = leps.matrix("eta")
-    lphi = leps.matrix("phi")
-    lphi = (lphi + np.pi) % (2 * np.pi) - np.pi
-    lorig = leps.matrix("origin", 0, int)
-    lvalid = leps.matrix("valid", False, bool)
+    lrow = leps.row()
+    nl = len(lrow)
+    lflav = leps.column("flav", 11, int)
+    is_e = lflav == 11
+    lpt = leps.column("pt") * rng.normal(1.0, np.where(is_e, 0.025, 0.015), nl)
+    leta = leps.column("eta")
+    lphi = (leps.column("phi") + np.pi) % (2 * np.pi) - np.pi
+    lorig = leps.column("origin", 0, int)
 
     # isolated prompt leptons are also clustered into jets (jetId 2), as in real NanoAOD
-    lepjet_col = np.full(lflav.shape, -1)
-    for i in range(lflav.shape[1]):
-        isolated = lvalid[:, i] & (lorig[:, i] <= 1)
-        has_jet = isolated & (rng.uniform(0, 1, n) < np.where(lflav[:, i] == 11, 0.7, 0.5))
-        lepjet_col[:, i] = jets.add(
-            has_jet,
-            pt=lpt[:, i] * rng.normal(1.02, 0.04, n) + rng.exponential(2.0, n),
-            eta=leta[:, i],
-            phi=lphi[:, i],
-            flav=0,
-            pflav=0,
-            kind=3,
-            lep=i,
-        )
-    lepjet_col = np.where(lvalid & (lorig <= 1), lepjet_col, -1)
-    ljet = leps.matrix("jet", -1, int)
-    ljet = np.where(lorig <= 1, lepjet_col, ljet)
+    has_jet = np.flatnonzero((lorig <= 1) & (rng.uniform(0, 1, nl) < np.where(is_e, 0.7, 0.5)))
+    m = len(has_jet)
+    first = len(jets)
+    jets.add_rows(
+        lrow[has_jet],
+        pt=lpt[has_jet] * rng.normal(1.02, 0.04, m) + rng.exponential(2.0, m),
+        eta=leta[has_jet],
+        phi=lphi[has_jet],
+        flav=0,
+        pflav=0,
+        kind=3,
+        lep=has_jet,
+    )
+    ljet = np.where(lorig <= 1, -1, leps.column("jet", -1, np.int64))
+    ljet[has_jet] = first + np.arange(m)
 
     # ---- jets: detector response
-    kind = jets.matrix("kind", 0, int)
-    flav = jets.matrix("flav", 0, int)
-    pflav = jets.matrix("pflav", 0, int)
-    jvalid = jets.matrix("valid", False, bool)
-    ppt = jets.matrix("pt")
-    eta = jets.matrix("eta")
-    phi = jets.matrix("phi")
-    shape = ppt.shape
+    jrow = jets.row()
+    shape = jrow.shape
+    kind = jets.column("kind", 0, int)
+    flav = jets.column("flav", 0, int)
+    pflav = jets.column("pflav", 0, int)
+    ppt = jets.column("pt")
+    eta = jets.column("eta")
+    phi = jets.column("phi")
     pt_safe = np.maximum(ppt, 1.0)
     reso = np.sqrt((3.5 / pt_safe) ** 2 + 1.0 / pt_safe + 0.05**2) * np.where(np.abs(eta) > 2.5, 1.3, 1.0)
     mean = np.where(flav == 5, tune.b_response, np.where(kind == 3, 1.0, 0.975))
@@ -537,55 +556,33 @@ def simulate(rng, process: str, tune: Tune, n: int) -> dict:
     phi = (phi + np.pi) % (2 * np.pi) - np.pi
     mfrac = rng.lognormal(np.log(np.where(pflav == 21, 0.14, np.where(flav == 5, 0.15, 0.12))), 0.35, shape)
     mass = np.where(kind == 3, rng.uniform(0.0, 2.0, shape), np.minimum(pt * mfrac, 0.6 * pt))
-    stored = jvalid & (pt > 15.0) & (np.abs(eta) < 4.7)
+    stored = (pt > 15.0) & (np.abs(eta) < 4.7)
     btag = _btag(rng, flav, pt, eta, tune, kind)
-    qgl_q = rng.beta(3.0, 1.3, shape)
-    qgl_g = rng.beta(1.2, 2.2, shape)
-    qgl = np.where(np.isin(pflav, (21, 0)), qgl_g, qgl_q)
-    qgl = np.where((np.abs(eta) > 2.5) | (kind == 3), -1.0, qgl)
+    qgl = _qgl(rng, pflav, eta, kind)
     jet_id = _jet_id(rng, eta, kind)
-    hadron_flav = np.where(kind == 2, 0, flav)
-
-    jcounts, jf, jorder, jsvalid, jinv = _sorted_flat(
-        pt, stored, {"pt": pt, "eta": eta, "phi": phi, "mass": mass, "btagCSVV2": btag, "qgl": qgl,
-                     "jetId": jet_id, "hadronFlavour": hadron_flav,
-                     "partonFlavour": np.where(kind == 2, 0, pflav), "kind": kind,
-                     "lep": jets.matrix("lep", -1, int)},
-    )
+    jcounts, jidx, jpos = _sort_in_events(jrow, pt, stored, n)
+    jf = {
+        "pt": pt, "eta": eta, "phi": phi, "mass": mass, "btagCSVV2": btag, "qgl": qgl,
+        "jetId": jet_id, "hadronFlavour": np.where(kind == 2, 0, flav),
+        "partonFlavour": np.where(kind == 2, 0, pflav), "kind": kind,
+        "lep": jets.column("lep", -1, np.int64),
+    }  # fmt: skip
+    jf = {k: v[jidx] for k, v in jf.items()}
 
     # leptons: acceptance and storage thresholds
-    stored_l = lvalid & np.where(lflav == 11, (lpt > 5) & (np.abs(leta) < 2.5), (lpt > 3) & (np.abs(leta) < 2.4))
+    stored_l = np.where(is_e, (lpt > 5) & (np.abs(leta) < 2.5), (lpt > 3) & (np.abs(leta) < 2.4))
     sip, iso, cut, mtight = _lepton_props(rng, lflav, lorig, lpt, leta, tune)
-    lcharge = leps.matrix("charge", 1, int)
-    # map the lepton's jet column to its stored jet index
-    jet_idx = np.where(ljet >= 0, np.take_along_axis(jinv, np.maximum(ljet, 0), axis=1), -1)
-    jet_ok = np.where(ljet >= 0, np.take_along_axis(stored, np.maximum(ljet, 0), axis=1), False)
-    jet_idx = np.where(jet_ok, jet_idx, -1)
+    lfields = {
+        "pt": lpt, "eta": leta, "phi": lphi, "charge": leps.column("charge", 1, int), "sip3d": sip,
+        "iso": iso, "cut": cut, "tight": mtight, "origin": lorig,
+        "jetIdx": np.where(ljet >= 0, jpos[np.maximum(ljet, 0)], -1),
+    }  # fmt: skip
 
-    out = {}
-    lepfields = {}
+    out = {"Jet": (jcounts, jf)}
+    lep = jf["lep"]
     for name, fl in (("Electron", 11), ("Muon", 13)):
-        sel = stored_l & (lflav == fl)
-        counts, lf, lorder, lsvalid, linv = _sorted_flat(
-            lpt, sel, {"pt": lpt, "eta": leta, "phi": lphi, "charge": lcharge, "sip3d": sip,
-                       "iso": iso, "cut": cut, "tight": mtight, "jetIdx": jet_idx, "origin": lorig},
-        )
-        lepfields[name] = (counts, lf, linv, sel)
-    jet_ele = np.full(len(jf["pt"]), -1)
-    jet_mu = np.full(len(jf["pt"]), -1)
-    # jet -> lepton cross references (only for the isolated-lepton jets)
-    lep_col = jf["lep"]
-    row = np.repeat(np.arange(n), jcounts)
-    has = lep_col >= 0
-    for name, arr in (("Electron", jet_ele), ("Muon", jet_mu)):
-        counts, lf, linv, sel = lepfields[name]
-        ok = has & sel[row, np.maximum(lep_col, 0)]
-        arr[ok] = linv[row[ok], lep_col[ok]]
-
-    jf["electronIdx1"] = jet_ele
-    jf["muonIdx1"] = jet_mu
-    out["Jet"] = (jcounts, jf)
-    for name in ("Electron", "Muon"):
-        counts, lf, _, _ = lepfields[name]
-        out[name] = (counts, lf)
+        counts, lidx, lpos = _sort_in_events(lrow, lpt, stored_l & (lflav == fl), n)
+        out[name] = (counts, {k: v[lidx] for k, v in lfields.items()})
+        # jet -> lepton cross references (only for the isolated-lepton jets)
+        jf[f"{name.lower()}Idx1"] = np.where(lep >= 0, lpos[np.maximum(lep, 0)], -1)
     return out

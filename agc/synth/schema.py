@@ -75,11 +75,25 @@ def truncate_mantissa(x, bits: int) -> np.ndarray:
 # filler content: per-branch pools of values drawn from the real files' summary statistics
 
 POOL_SIZE = 12289  # > 32 KiB of float32, so zlib's window never sees an exact repeat
-PIECE = 2048
+SEGMENT = 16384  # values per randomly placed segment of a filler array
+
+
+@cache
+def _walk() -> np.ndarray:
+    """Pool indices: 11 random permutations of the pool, one after the other.
+
+    Filler arrays are segments of this table at random offsets, each reading the pool with
+    its own random cyclic shift, so producing them is a single gather.  As the table is
+    random (not arithmetic), two segments never produce the same run of values, whatever
+    their offsets and shifts.
+    """
+    rng = np.random.default_rng(zlib.crc32(b"filler walk"))
+    return np.concatenate([rng.permutation(POOL_SIZE) for _ in range(11)])
 
 
 @cache
 def filler_pool(name: str) -> np.ndarray:
+    """Values drawn from the branch's summary statistics, twice in a row (see filler_values)."""
     spec = BRANCHES[name]
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     dt = numpy_dtype(spec)
@@ -93,23 +107,26 @@ def filler_pool(name: str) -> np.ndarray:
         if dt.kind in "iu":
             pool = np.round(pool)
     if dt.kind == "f":
-        return truncate_mantissa(pool, int(spec.get("mbits", 23)))
-    if dt.kind == "b":
-        return pool.astype(bool)
-    return pool.astype(dt)
+        pool = truncate_mantissa(pool, int(spec.get("mbits", 23)))
+    else:
+        pool = pool.astype(bool if dt.kind == "b" else dt)
+    return np.concatenate([pool, pool])  # pool[s : s + POOL_SIZE] is the pool shifted by s
 
 
 def filler_values(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` filler values: pieces of the branch's pool walked with random strides."""
+    """``n`` filler values of a branch: random walks through its pool (see ``_walk``)."""
     pool = filler_pool(name)
-    if n == 0:
-        return pool[:0].copy()
-    npiece = -(-n // PIECE)
-    start = rng.integers(0, POOL_SIZE, npiece)
-    stride = rng.integers(1, POOL_SIZE, npiece)
-    k = np.arange(PIECE)
-    idx = (start[:, None] + k[None, :] * stride[:, None]) % POOL_SIZE
-    return pool[idx.ravel()[:n]]
+    walk = _walk()
+    out = np.empty(n, dtype=pool.dtype)
+    nseg = -(-n // SEGMENT)
+    offset = rng.integers(0, len(walk) - SEGMENT + 1, nseg)
+    shift = rng.integers(0, POOL_SIZE, nseg)
+    for i in range(nseg):
+        lo = i * SEGMENT
+        m = min(SEGMENT, n - lo)
+        shifted = pool[shift[i] : shift[i] + POOL_SIZE]
+        np.take(shifted, walk[offset[i] : offset[i] + m], out=out[lo : lo + m])
+    return out
 
 
 def filler_counts(counter: str, n: int, rng: np.random.Generator) -> np.ndarray:
