@@ -97,7 +97,7 @@ class DaskAwkwardExecutor:
         events = uproot.dask(files, filter_name=branches, open_files=False)
         parts = events.to_delayed()
         analyse = dask.delayed(_analyse, pure=True)
-        graph = [analyse(part, task, nbytes[i], dask_key_name=f"agc-analysis-{i}")
+        graph = [analyse(part, task, nbytes[i], dask_key_name=f"agc-{events.name}-analysis-{i}")
                  for i, (part, task) in enumerate(zip(parts, partition_tasks, strict=True))]
         with get_task_stream(self.client) as stream:
             futures = self.client.compute(graph)

@@ -170,7 +170,8 @@ def targets(records: Records) -> pd.DataFrame:
         info["full pipeline, events per CPU second (all processes; what a core gives when it "
              "is not shared)"] = (pipeline["events"] / pipeline["cpu_seconds"]).median()
     if not tasks.empty and "open_seconds" in tasks:
-        opened = tasks[(tasks["open_seconds"] > 0) & ~tasks["warmup"].astype(bool)]
+        # tasks that opened their file (records before the open flag show microseconds else)
+        opened = tasks[(tasks["open_seconds"] > 1e-3) & ~tasks["warmup"].astype(bool)]
         info["opening one input file (s, median; metadata of every branch)"] = (
             opened["open_seconds"].median() if len(opened) else float("nan"))
     rows = []
@@ -225,7 +226,7 @@ def _png(fig) -> bytes:
 
     buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
 
@@ -238,7 +239,7 @@ def _median_bars(ax, df: pd.DataFrame, value: str, label_col: str = "point") -> 
            color="#4c72b0")
     ax.set_xticks(x, [str(i) for i in med.index], rotation=15, ha="right", fontsize=8)
     for xi, v in zip(x, med.values, strict=True):
-        ax.annotate(f"{v:,.0f}", (xi, v), ha="center", va="bottom", fontsize=8,
+        ax.annotate(f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}", (xi, v), ha="center", va="bottom", fontsize=8,
                     xytext=(0, 2), textcoords="offset points")
 
 
@@ -279,7 +280,7 @@ def plot_phases(records: Records, scenario: str = "latency",
     ax.set_yticks(y + 0.4 - height / 2, table.index, fontsize=8)
     ax.set_xlabel("seconds (median)")
     ax.set_xscale("symlog", linthresh=0.01)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     ax.set_title(title)
     return _png(fig)
 
@@ -317,8 +318,8 @@ def plot_cache(records: Records) -> bytes | None:
     df = records.measured("cache")
     if df.empty:
         return None
-    return plot_bars(records, "cache", "Step-level cache: wall time per run", "wall_seconds",
-                     "wall time (s)")
+    return plot_bars(records, "cache", "Result cache and XCache: wall time per run",
+                     "wall_seconds", "wall time (s)")
 
 
 # ---------------------------------------------------------------- page

@@ -105,8 +105,8 @@ def process_chunk(task: ChunkTask) -> ChunkResult:
     """Read one chunk and run the analysis on it (runs on a worker)."""
     started, cpu0 = time.time(), time.process_time()
     c = task.chunk
-    open_tree(c.path, c.tree)  # kept open per worker; timed apart from reading the columns
-    opened = time.time()
+    fresh = open_tree(c.path, c.tree)[2]  # kept open per worker; timed apart from reading
+    opened = time.time() if fresh else started
     events, nbytes = read_chunk(c.path, task.branches, c.entry_start, c.entry_stop, c.tree)
     if task.io_only:
         ak.materialize(events)  # the I/O ceiling: columns decompressed and deserialised only
