@@ -18,8 +18,6 @@ and measures them the same way: histograms are identical whichever engine ran.
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -149,27 +147,15 @@ def _compressed_bytes(tasks) -> list[int]:
 
 
 def _analyse(events, task, nbytes: int):
-    """The analysis task of one partition (runs on a worker)."""
+    """The analysis task of one partition (runs on a worker; its read was another task)."""
     import awkward as ak
 
-    from agc.analysis import process_events
-    from agc.metrics import TaskTiming, peak_rss_mb
-    from agc.run import ChunkResult
+    from agc.run import analyse
 
     started, cpu0 = time.time(), time.process_time()
-    c = task.chunk
     if task.io_only:
         ak.materialize(events)
-        histograms = {}
-    else:
-        histograms = process_events(events, process=c.process, variation=c.variation,
-                                    weight=c.weight, dataset=c.sample, seed=task.seed,
-                                    systematics=task.systematics)
-    finished = time.time()
-    timing = TaskTiming(c.sample, c.path, c.entry_start, c.entry_stop, started, finished,
-                        time.process_time() - cpu0, nbytes, f"{socket.gethostname()}:{os.getpid()}",
-                        peak_rss_mb(), analysis_seconds=finished - started)
-    return ChunkResult(len(events), histograms, timing)
+    return analyse(events, task, nbytes, started=started, cpu0=cpu0)
 
 
 def _add_read_times(results: dict, stream: list[dict], read_name: str) -> None:

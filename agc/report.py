@@ -239,8 +239,9 @@ def _median_bars(ax, df: pd.DataFrame, value: str, label_col: str = "point") -> 
            color="#4c72b0")
     ax.set_xticks(x, [str(i) for i in med.index], rotation=15, ha="right", fontsize=8)
     for xi, v in zip(x, med.values, strict=True):
-        ax.annotate(f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}", (xi, v), ha="center", va="bottom", fontsize=8,
-                    xytext=(0, 2), textcoords="offset points")
+        text = f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+        ax.annotate(text, (xi, v), ha="center", va="bottom", fontsize=8, xytext=(0, 2),
+                    textcoords="offset points")
 
 
 def plot_scaling(records: Records) -> bytes | None:

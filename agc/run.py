@@ -110,7 +110,18 @@ def process_chunk(task: ChunkTask) -> ChunkResult:
     events, nbytes = read_chunk(c.path, task.branches, c.entry_start, c.entry_stop, c.tree)
     if task.io_only:
         ak.materialize(events)  # the I/O ceiling: columns decompressed and deserialised only
-    read_done = time.time()
+    return analyse(events, task, nbytes, started=started, cpu0=cpu0,
+                   read_seconds=time.time() - started, open_seconds=opened - started)
+
+
+def analyse(events: ak.Array, task: ChunkTask, nbytes: int, *, started: float, cpu0: float,
+            read_seconds: float = float("nan"), open_seconds: float = float("nan")) -> ChunkResult:
+    """Run the analysis on the events of one chunk (nothing in I/O-only mode) and time it.
+
+    ``started`` / ``cpu0``: wall and process CPU time when the task began (reading included).
+    """
+    c = task.chunk
+    analysis_started = time.time()
     if task.io_only:
         histograms = {}
     else:
@@ -120,8 +131,8 @@ def process_chunk(task: ChunkTask) -> ChunkResult:
     finished = time.time()
     timing = TaskTiming(c.sample, c.path, c.entry_start, c.entry_stop, started, finished,
                         time.process_time() - cpu0, nbytes, f"{socket.gethostname()}:{os.getpid()}",
-                        peak_rss_mb(), read_seconds=read_done - started,
-                        analysis_seconds=finished - read_done, open_seconds=opened - started)
+                        peak_rss_mb(), read_seconds=read_seconds,
+                        analysis_seconds=finished - analysis_started, open_seconds=open_seconds)
     return ChunkResult(len(events), histograms, timing)
 
 

@@ -36,7 +36,7 @@ def _files(catalog_path: Path) -> dict[str, list[Path]]:
 
 def _all_arrays(path) -> dict[str, np.ndarray]:
     t = _tree(path)
-    return {k: ak.to_numpy(ak.flatten(v, axis=None)) for k, v in zip(t.keys(), t.arrays(how=tuple))}
+    return {k: ak.to_numpy(ak.flatten(v, axis=None)) for k, v in zip(t.keys(), t.arrays(how=tuple), strict=True)}
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +178,7 @@ def test_determinism_and_workers(tmp_path):
     fa, fb, fc = _files(a), _files(b), _files(c)
     assert [p.name for v in fa.values() for p in v] == [p.name for v in fb.values() for p in v]
     for sample in fa:
-        for pa, pb, pc in zip(fa[sample], fb[sample], fc[sample]):
+        for pa, pb, pc in zip(fa[sample], fb[sample], fc[sample], strict=True):
             xa, xb, xc = _all_arrays(pa), _all_arrays(pb), _all_arrays(pc)
             assert xa.keys() == xb.keys()
             for k in xa:
