@@ -123,7 +123,8 @@ def test_multi_site_jdls_through_dirac():
         assert description.cpuTime == 86400
         assert description.priority == 1
         assert description.jobType == "User"
-        assert description.platform == "AnyPlatform"
+        assert description.platform == ""  # no Platform in the profile: DIRAC's "any"
+        assert "Platform" not in jdls[i]
         assert description.minNumberOfProcessors == description.maxNumberOfProcessors == 1
         assert description.outputSandbox == {"std.out", "std.err"}
         assert (description.stdout, description.stderr) == ("std.out", "std.err")
