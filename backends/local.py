@@ -130,8 +130,26 @@ class LocalBackend:
             return InProcessExecutor()
         if self.mode == "processes":
             return ProcessPoolTaskExecutor(workers)
+        import dask
         from distributed import Client, LocalCluster
 
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environment()}):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
         return DaskExecutor(Client(cluster), cluster, workers)
+
+
+def worker_environment() -> dict:
+    """Dask's environment for new worker processes, without ``MALLOC_TRIM_THRESHOLD_``.
+
+    distributed sets ``MALLOC_TRIM_THRESHOLD_=65536`` in its workers to return memory to the
+    OS sooner. Setting it switches off glibc's dynamic mmap threshold, so every large buffer
+    uproot allocates while opening and reading files is mmap-ed and unmapped again: the same
+    tasks took 2-3x the CPU time in a Dask worker as in a process-pool worker (opening a
+    realistic NanoAOD file: ~0.8 s instead of ~0.3 s). Other settings are kept.
+    """
+    import dask
+
+    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return env
