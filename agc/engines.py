@@ -125,24 +125,27 @@ def _compressed_bytes(tasks) -> list[int]:
     its inputs), which also turns a missing file, tree or branch into a clear error before any
     task is submitted.
     """
+    import numpy as np
+
     from agc.reader import InputFileError, open_tree
 
+    baskets: dict[str, np.ndarray] = {}  # path -> (entry start, entry stop, bytes) per basket
     out = []
     for task in tasks:
         c = task.chunk
-        _, tree, _ = open_tree(c.path, c.tree)
-        missing = [b for b in task.branches if b not in tree]
-        if missing:
-            raise InputFileError(f"{c.path}: tree {c.tree!r} lacks branch(es) "
-                                 f"{', '.join(missing)} that the analysis reads; is this NanoAOD?")
-        total = 0
-        for name in task.branches:
-            branch = tree[name]
-            for i in range(branch.num_baskets):
-                start, stop = branch.basket_entry_start_stop(i)
-                if start < c.entry_stop and stop > c.entry_start:
-                    total += branch.basket_compressed_bytes(i)
-        out.append(total)
+        if c.path not in baskets:
+            _, tree, _ = open_tree(c.path, c.tree)
+            missing = [b for b in task.branches if b not in tree]
+            if missing:
+                raise InputFileError(f"{c.path}: tree {c.tree!r} lacks branch(es) "
+                                     f"{', '.join(missing)} that the analysis reads; is this "
+                                     "NanoAOD?")
+            rows = [(*branch.basket_entry_start_stop(i), branch.basket_compressed_bytes(i))
+                    for branch in (tree[name] for name in task.branches)
+                    for i in range(branch.num_baskets)]
+            baskets[c.path] = np.array(rows, dtype=np.int64).reshape(-1, 3).T
+        start, stop, size = baskets[c.path]
+        out.append(int(size[(start < c.entry_stop) & (stop > c.entry_start)].sum()))
     return out
 
 
