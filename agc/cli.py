@@ -128,7 +128,8 @@ def _config_from_args(args: argparse.Namespace):
         eos=args.eos, xcache=args.xcache, mirror=args.mirror,
         io_only=args.io_only, io_branches=args.io_branches,
         backend=args.backend, backend_options=backend_options, engine=args.engine,
-        chunksize=args.chunksize, cache=args.cache, data_lake=args.data_lake, fit=not args.no_fit, output_dir=args.output,
+        chunksize=args.chunksize, cache=args.cache, data_lake=args.data_lake,
+        fit=not args.no_fit, output_dir=args.output,
     )
 
 

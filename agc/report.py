@@ -46,8 +46,7 @@ def not_measured(records: Records) -> list[str]:
     """What the report's numbers are not: the fixed notes, plus what this run could not do."""
     notes = []
     ran = set(records.runs["backend"]) if "backend" in records.runs else set()
-    batch = [b for b in BATCH_BACKENDS if b in ran]
-    if not batch:
+    if not ran & set(BATCH_BACKENDS):
         notes.append("Batch backends (SLURM, HTCondor, DIRAC): not measured in this report; "
                      "the runs here use the local backend only.")
     standins = sorted({str(p) for p in records.runs.get("point", pd.Series(dtype=str))
