@@ -61,8 +61,9 @@ def bench(session: nox.Session) -> None:
     """
     commit = session.run("git", "rev-parse", "HEAD", silent=True, external=True).strip()
     session.run("asv", "machine", "--yes", external=True)
-    session.run("asv", "run", "--python=same", "--quick", "--set-commit-hash", commit,
-                external=True)
+    session.run(
+        "asv", "run", "--python=same", "--quick", "--set-commit-hash", commit, external=True
+    )
     results = session.posargs[0] if session.posargs else "results/asv-latest"
     session.run("agc", "bench", "quick", "--results", results, external=True)
     session.run("agc", "report", results, "--asv-results", ".asv/results", external=True)

@@ -60,15 +60,19 @@ def load_scenarios(path: str | os.PathLike | None = None) -> dict:
 
     path = Path(path or SCENARIOS_FILE)
     if not path.is_file():
-        raise BenchError(f"--scenarios {path}: no such file; the default lives in "
-                         "benchmarks/scenarios.yaml of the source tree")
+        raise BenchError(
+            f"--scenarios {path}: no such file; the default lives in "
+            "benchmarks/scenarios.yaml of the source tree"
+        )
     spec = yaml.safe_load(path.read_text())
     if not isinstance(spec, dict) or not {"datasets", "scenarios"} <= set(spec):
         raise BenchError(f"{path}: needs top-level 'datasets' and 'scenarios' mappings")
     for name, sc in spec["scenarios"].items():
         if sc.get("dataset") not in spec["datasets"]:
-            raise BenchError(f"{path}: scenario {name!r} names dataset {sc.get('dataset')!r}, "
-                             f"which is not one of {', '.join(spec['datasets'])}")
+            raise BenchError(
+                f"{path}: scenario {name!r} names dataset {sc.get('dataset')!r}, "
+                f"which is not one of {', '.join(spec['datasets'])}"
+            )
     return spec
 
 
@@ -100,8 +104,9 @@ def dataset_key(spec: Mapping) -> str:
     return hashlib.sha256((payload + _synth_source_hash()).encode()).hexdigest()[:12]
 
 
-def ensure_dataset(name: str, spec: Mapping, root: Path | None = None,
-                   progress: bool = False) -> Path:
+def ensure_dataset(
+    name: str, spec: Mapping, root: Path | None = None, progress: bool = False
+) -> Path:
     """The catalog of a benchmark dataset, generated once per content key."""
     from agc import synth
 
@@ -109,8 +114,13 @@ def ensure_dataset(name: str, spec: Mapping, root: Path | None = None,
     catalog = directory / synth.CATALOG_NAME
     if not catalog.exists():
         log.info("generating benchmark dataset %s into %s", name, directory)
-        synth.generate(directory, events={k: tuple(v) for k, v in spec["events"].items()},
-                       layout=spec["layout"], seed=int(spec["seed"]), progress=progress)
+        synth.generate(
+            directory,
+            events={k: tuple(v) for k, v in spec["events"].items()},
+            layout=spec["layout"],
+            seed=int(spec["seed"]),
+            progress=progress,
+        )
     return catalog
 
 
@@ -135,14 +145,22 @@ def _schedule(pts: list[dict], repeats: int, warmup: int) -> list[tuple[dict, in
     return order + [(p, i, False) for i in range(repeats) for p in pts]
 
 
-def run_scenario(name: str, results_dir: str | os.PathLike, *, scenarios_file=None,
-                 repeats: int | None = None, warmup: int | None = None,
-                 data_root: Path | None = None, progress: bool = True) -> Path:
+def run_scenario(
+    name: str,
+    results_dir: str | os.PathLike,
+    *,
+    scenarios_file=None,
+    repeats: int | None = None,
+    warmup: int | None = None,
+    data_root: Path | None = None,
+    progress: bool = True,
+) -> Path:
     """Run one scenario and write its records into ``results_dir/raw``; return that folder."""
     spec = load_scenarios(scenarios_file)
     if name not in spec["scenarios"]:
-        raise BenchError(f"scenario {name!r}: unknown; choose one of "
-                         f"{', '.join(spec['scenarios'])}")
+        raise BenchError(
+            f"scenario {name!r}: unknown; choose one of {', '.join(spec['scenarios'])}"
+        )
     scenario = spec["scenarios"][name]
     dataset = scenario["dataset"]
     catalog = ensure_dataset(dataset, spec["datasets"][dataset], data_root, progress)
@@ -163,18 +181,24 @@ def run_scenario(name: str, results_dir: str | os.PathLike, *, scenarios_file=No
             df.insert(0, "scenario", name)
             df["dataset"] = f"{dataset}-{dataset_key(spec['datasets'][dataset])}"
             df.to_csv(raw / f"{name}-{table}.csv", index=False)
-    meta = {"scenario": name, "description": " ".join(str(scenario.get("description", ""))
-                                                      .split()),
-            "dataset": dataset, "dataset_spec": spec["datasets"][dataset],
-            "dataset_events": sum(n * e for n, e in spec["datasets"][dataset]["events"].values()),
-            "repeats": repeats, "warmup": warmup, "skipped": skipped,
-            "finished_utc": datetime.now(UTC).isoformat(timespec="seconds")}
+    meta = {
+        "scenario": name,
+        "description": " ".join(str(scenario.get("description", "")).split()),
+        "dataset": dataset,
+        "dataset_spec": spec["datasets"][dataset],
+        "dataset_events": sum(n * e for n, e in spec["datasets"][dataset]["events"].values()),
+        "repeats": repeats,
+        "warmup": warmup,
+        "skipped": skipped,
+        "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     (raw / f"{name}-meta.json").write_text(json.dumps(meta, indent=1))
     return raw
 
 
-def _runs(catalog: Path, pts: list[dict], repeats: int, warmup: int,
-          progress: bool) -> tuple[dict, dict[str, str]]:
+def _runs(
+    catalog: Path, pts: list[dict], repeats: int, warmup: int, progress: bool
+) -> tuple[dict, dict[str, str]]:
     """The records of every point, and the points that could not run here (with why)."""
     import pandas as pd
 
@@ -189,22 +213,24 @@ def _runs(catalog: Path, pts: list[dict], repeats: int, warmup: int,
     schedule = _schedule([p for p in pts if p["label"] not in skipped], repeats, warmup)
     for n, (point, repeat, is_warmup) in enumerate(schedule, 1):
         if progress:
-            print(f"[{n}/{len(schedule)}] {point['label']}"
-                  f"{' (warm-up)' if is_warmup else ''}", file=sys.stderr)
+            print(
+                f"[{n}/{len(schedule)}] {point['label']}{' (warm-up)' if is_warmup else ''}",
+                file=sys.stderr,
+            )
         # every run starts with no input file open in this process (forked workers would
         # inherit them and skip the open an in-process run before them has paid)
         close_open_files()
         with _standins(bool(point.get("standins"))):
-            result = run(run_config(catalog, point, point["label"]), progress=False,
-                         write=False)
-        extra = {"point": point["label"], "repeat": repeat, "warmup": is_warmup,
-                 "code": "current"}
+            result = run(run_config(catalog, point, point["label"]), progress=False, write=False)
+        extra = {"point": point["label"], "repeat": repeat, "warmup": is_warmup, "code": "current"}
         runs.append(runs_frame([result.record]).assign(**extra))
         phases.append(phases_frame([result.record]).assign(**extra))
         tasks.append(tasks_frame(result.run_id, result.tasks).assign(**extra))
-    frames = {"runs": pd.concat(runs, ignore_index=True) if runs else None,
-              "phases": pd.concat(phases, ignore_index=True) if phases else None,
-              "tasks": pd.concat(tasks, ignore_index=True) if tasks else None}
+    frames = {
+        "runs": pd.concat(runs, ignore_index=True) if runs else None,
+        "phases": pd.concat(phases, ignore_index=True) if phases else None,
+        "tasks": pd.concat(tasks, ignore_index=True) if tasks else None,
+    }
     return frames, skipped
 
 
@@ -263,16 +289,23 @@ print("AGC-BENCH-ROW " + json.dumps(row, default=str))
 def source_tree(ref: str, root: Path | None = None) -> Path:
     """``agc/`` and ``backends/`` of git ``ref`` extracted into a folder (once per commit)."""
     try:
-        commit = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", ref], check=True,
-                                capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", ref],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError) as err:
         raise BenchError(f"baseline {ref!r}: not a commit of {REPO_ROOT} ({err})") from err
     target = Path(root or default_data_root()) / f"src-{commit[:12]}"
     if not (target / "agc" / "run.py").exists():
         target.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile() as tar:
-            subprocess.run(["git", "-C", str(REPO_ROOT), "archive", commit, "agc", "backends"],
-                           stdout=tar, check=True)
+            subprocess.run(
+                ["git", "-C", str(REPO_ROOT), "archive", commit, "agc", "backends"],
+                stdout=tar,
+                check=True,
+            )
             tar.seek(0)
             with tarfile.open(fileobj=tar) as t:
                 t.extractall(target, filter="data")
@@ -282,19 +315,26 @@ def source_tree(ref: str, root: Path | None = None) -> Path:
 def run_in_subprocess(tree: Path, catalog: Path, options: Mapping) -> dict:
     """One run with the source tree ``tree``, in a fresh interpreter; its runs-table row."""
     config = run_config(catalog, options, options.get("label", ""))
-    opts = {k: (dict(v) if isinstance(v, Mapping) else v)
-            for k, v in dataclasses.asdict(config).items()}
+    opts = {
+        k: (dict(v) if isinstance(v, Mapping) else v) for k, v in dataclasses.asdict(config).items()
+    }
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    out = subprocess.run([sys.executable, "-c", _SUBPROCESS_RUN, json.dumps(opts)], env=env,
-                         capture_output=True, text=True, cwd=tempfile.gettempdir())
+    out = subprocess.run(
+        [sys.executable, "-c", _SUBPROCESS_RUN, json.dumps(opts)],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tempfile.gettempdir(),
+    )
     for line in out.stdout.splitlines():
         if line.startswith("AGC-BENCH-ROW "):
-            return json.loads(line[len("AGC-BENCH-ROW "):])
+            return json.loads(line[len("AGC-BENCH-ROW ") :])
     raise BenchError(f"run with the source tree {tree} failed:\n{out.stderr[-2000:]}")
 
 
-def _before_after(catalog: Path, scenario: Mapping, repeats: int, warmup: int,
-                  progress: bool) -> dict:
+def _before_after(
+    catalog: Path, scenario: Mapping, repeats: int, warmup: int, progress: bool
+) -> dict:
     import pandas as pd
 
     from agc.metrics import PHASES, git_commit
@@ -309,26 +349,40 @@ def _before_after(catalog: Path, scenario: Mapping, repeats: int, warmup: int,
     schedule += [(code, i, False) for i in range(repeats) for code in trees]
     for n, (code, repeat, is_warmup) in enumerate(schedule, 1):
         if progress:
-            print(f"[{n}/{len(schedule)}] {code}{' (warm-up)' if is_warmup else ''}",
-                  file=sys.stderr)
+            print(
+                f"[{n}/{len(schedule)}] {code}{' (warm-up)' if is_warmup else ''}", file=sys.stderr
+            )
         row = run_in_subprocess(trees[code], catalog, {**point, "label": code})
         measured = row.pop("phases")
         extra = {"point": code, "repeat": repeat, "warmup": is_warmup, "code": code}
         rows.append({**row, **extra})
-        phases += [{"run_id": row["run_id"], "label": code, "backend": row["backend"],
-                    "workers": row["workers"], "phase": p, "seconds": measured[p], **extra}
-                   for p in PHASES if p in measured]
+        phases += [
+            {
+                "run_id": row["run_id"],
+                "label": code,
+                "backend": row["backend"],
+                "workers": row["workers"],
+                "phase": p,
+                "seconds": measured[p],
+                **extra,
+            }
+            for p in PHASES
+            if p in measured
+        ]
     return {"runs": pd.DataFrame(rows), "phases": pd.DataFrame(phases)}
 
 
-def _cache_scenario(catalog: Path, scenario: Mapping, repeats: int,
-                    skipped: dict[str, str]) -> dict:
+def _cache_scenario(
+    catalog: Path, scenario: Mapping, repeats: int, skipped: dict[str, str]
+) -> dict:
     """Cold / warm / partial / code-changed runs from benchmarks/cache_scenarios.py."""
     import pandas as pd
 
     if not CACHE_SCENARIOS_FILE.exists():
-        raise BenchError(f"scenario 'cache': {CACHE_SCENARIOS_FILE} is not there yet, so the "
-                         "cache cannot be measured; run the other scenarios")
+        raise BenchError(
+            f"scenario 'cache': {CACHE_SCENARIOS_FILE} is not there yet, so the "
+            "cache cannot be measured; run the other scenarios"
+        )
     spec = importlib.util.spec_from_file_location("agc_cache_scenarios", CACHE_SCENARIOS_FILE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -336,10 +390,18 @@ def _cache_scenario(catalog: Path, scenario: Mapping, repeats: int,
     options = {k: base.pop(k) for k in BACKEND_OPTIONS if k in base}
     rows = []
     for repeat in range(repeats):
-        for row in module.result_cache_scenarios(str(catalog), backend_options=options,
-                                                 chunksize=int(base.get("chunksize", 100_000))):
-            rows.append({**row, "point": row["scenario"], "repeat": repeat, "warmup": False,
-                         "code": "current"})
+        for row in module.result_cache_scenarios(
+            str(catalog), backend_options=options, chunksize=int(base.get("chunksize", 100_000))
+        ):
+            rows.append(
+                {
+                    **row,
+                    "point": row["scenario"],
+                    "repeat": repeat,
+                    "warmup": False,
+                    "code": "current",
+                }
+            )
     # input caching: direct reads vs a real XRootD origin + XCache on loopback
     from agc import xcache
 
@@ -349,10 +411,18 @@ def _cache_scenario(catalog: Path, scenario: Mapping, repeats: int,
         skipped["xcache"] = missing
     else:
         for repeat in range(repeats):
-            for row in module.xcache_scenarios(str(catalog), backend_options=options,
-                                               chunksize=int(base.get("chunksize", 100_000))):
-                rows.append({**row, "point": row["scenario"], "repeat": repeat,
-                             "warmup": False, "code": "current"})
+            for row in module.xcache_scenarios(
+                str(catalog), backend_options=options, chunksize=int(base.get("chunksize", 100_000))
+            ):
+                rows.append(
+                    {
+                        **row,
+                        "point": row["scenario"],
+                        "repeat": repeat,
+                        "warmup": False,
+                        "code": "current",
+                    }
+                )
     df = pd.DataFrame(rows).rename(columns={"scenario": "cache_scenario"})
     from agc.metrics import environment
 
@@ -367,8 +437,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"{name:14s} {' '.join(str(sc.get('description', '')).split())}")
         return 0
     for name in names:
-        raw = run_scenario(name, args.results, scenarios_file=args.scenarios,
-                           repeats=args.repeats, warmup=args.warmup, progress=not args.quiet)
+        raw = run_scenario(
+            name,
+            args.results,
+            scenarios_file=args.scenarios,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            progress=not args.quiet,
+        )
         print(f"{name}: records in {raw}")
     if args.report:
         from agc.report import build_report
@@ -390,10 +466,18 @@ def register(subparsers) -> None:
     """Add ``agc bench`` and ``agc report`` to the ``agc`` command."""
     p = subparsers.add_parser("bench", help="run benchmark scenarios (see 'agc bench list')")
     p.add_argument("scenario", nargs="+", help="scenario name(s) of the scenario file, or 'list'")
-    p.add_argument("--results", default="results/latest", metavar="DIR",
-                   help="report folder the records go to (default %(default)s)")
-    p.add_argument("--scenarios", default=None, metavar="FILE",
-                   help="scenario file (default benchmarks/scenarios.yaml)")
+    p.add_argument(
+        "--results",
+        default="results/latest",
+        metavar="DIR",
+        help="report folder the records go to (default %(default)s)",
+    )
+    p.add_argument(
+        "--scenarios",
+        default=None,
+        metavar="FILE",
+        help="scenario file (default benchmarks/scenarios.yaml)",
+    )
     p.add_argument("--repeats", type=int, default=None, help="override the scenario's repeats")
     p.add_argument("--warmup", type=int, default=None, help="override the scenario's warm-ups")
     p.add_argument("--report", action="store_true", help="rebuild the report afterwards")
@@ -403,6 +487,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("report", help="build the HTML/markdown report of a results folder")
     p.add_argument("results_dir", metavar="RESULTS_DIR", help="folder with raw/*-runs.csv")
     p.add_argument("--title", default=None, help="page title (default: the folder name)")
-    p.add_argument("--asv-results", default=None, metavar="DIR",
-                   help="also show asv results (asv's results_dir, e.g. .asv/results)")
+    p.add_argument(
+        "--asv-results",
+        default=None,
+        metavar="DIR",
+        help="also show asv results (asv's results_dir, e.g. .asv/results)",
+    )
     p.set_defaults(func=cmd_report)

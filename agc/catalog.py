@@ -91,8 +91,10 @@ def load_catalog(source: str | os.PathLike = REAL_CATALOG) -> tuple[dict, Path |
     if path.is_dir():
         path = path / "catalog.json"
     if not path.exists():
-        raise CatalogError(f"catalog {path}: no such file. Give 'agc' for the real AGC inputs or "
-                           "the catalog.json written by 'agc generate'.")
+        raise CatalogError(
+            f"catalog {path}: no such file. Give 'agc' for the real AGC inputs or "
+            "the catalog.json written by 'agc generate'."
+        )
     try:
         catalog = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -112,12 +114,20 @@ def _check_structure(catalog: object, where: Path) -> None:
             if not isinstance(files, list) or not all(
                 isinstance(f, dict) and "path" in f and "nevts" in f for f in files
             ):
-                raise CatalogError(f"catalog {where}: {process}/{variation} needs "
-                                   "'files': [{'path': ..., 'nevts': ...}]")
+                raise CatalogError(
+                    f"catalog {where}: {process}/{variation} needs "
+                    "'files': [{'path': ..., 'nevts': ...}]"
+                )
 
 
-def rewrite_url(path: str, *, base_dir: Path | None = None, eos: bool = False,
-                xcache: str | None = None, mirror: str | os.PathLike | None = None) -> str:
+def rewrite_url(
+    path: str,
+    *,
+    base_dir: Path | None = None,
+    eos: bool = False,
+    xcache: str | None = None,
+    mirror: str | os.PathLike | None = None,
+) -> str:
     """Where to read one catalog path from.
 
     Args:
@@ -133,9 +143,9 @@ def rewrite_url(path: str, *, base_dir: Path | None = None, eos: bool = False,
     if base_dir is not None and "://" not in url and not os.path.isabs(url):
         url = str((base_dir / url).resolve())
     if eos and url.startswith(CANONICAL_PREFIX):
-        url = EOS_PREFIX + url[len(CANONICAL_PREFIX):].lstrip("/")
+        url = EOS_PREFIX + url[len(CANONICAL_PREFIX) :].lstrip("/")
     if mirror is not None and "/store/" in url:
-        url = str(Path(mirror) / url[url.index("/store/") + 1:])
+        url = str(Path(mirror) / url[url.index("/store/") + 1 :])
     if xcache:
         if "://" in url:
             # keep the host-less path: root://cache//store/... or root://cache//eos/...
@@ -147,32 +157,46 @@ def rewrite_url(path: str, *, base_dir: Path | None = None, eos: bool = False,
     return url
 
 
-def build_fileset(catalog: Mapping, base_dir: Path | None = None, *, n_files: int = -1,
-                  samples: tuple[str, ...] | None = None, eos: bool = False,
-                  xcache: str | None = None, mirror: str | None = None) -> dict[str, Sample]:
+def build_fileset(
+    catalog: Mapping,
+    base_dir: Path | None = None,
+    *,
+    n_files: int = -1,
+    samples: tuple[str, ...] | None = None,
+    eos: bool = False,
+    xcache: str | None = None,
+    mirror: str | None = None,
+) -> dict[str, Sample]:
     """The fileset of a run: the first ``n_files`` files (listing order; -1 = all) per entry.
 
     ``data`` entries are skipped, as in the reference. ``samples`` restricts the entries by
     fileset key (``ttbar__nominal``...).
     """
     if n_files == 0 or n_files < -1:
-        raise CatalogError(f"--n-files {n_files}: give a positive number of files per sample, "
-                           "or -1 for all")
+        raise CatalogError(
+            f"--n-files {n_files}: give a positive number of files per sample, or -1 for all"
+        )
     fileset: dict[str, Sample] = {}
     for process, variations in catalog.items():
         if process == "data":
             continue
         if process not in CROSS_SECTIONS_PB:
-            raise CatalogError(f"catalog process {process!r} has no cross section; known: "
-                               f"{', '.join(CROSS_SECTIONS_PB)}")
+            raise CatalogError(
+                f"catalog process {process!r} has no cross section; known: "
+                f"{', '.join(CROSS_SECTIONS_PB)}"
+            )
         for variation, entry in variations.items():
             key = f"{process}__{variation}"
             if samples is not None and key not in samples:
                 continue
             chosen = entry["files"] if n_files == -1 else entry["files"][:n_files]
             files = tuple(
-                InputFile(rewrite_url(f["path"], base_dir=base_dir, eos=eos, xcache=xcache,
-                                      mirror=mirror), int(f["nevts"]))
+                InputFile(
+                    rewrite_url(
+                        f["path"], base_dir=base_dir, eos=eos, xcache=xcache, mirror=mirror
+                    ),
+                    int(f["nevts"]),
+                )
                 for f in chosen
             )
             if files:
@@ -180,8 +204,10 @@ def build_fileset(catalog: Mapping, base_dir: Path | None = None, *, n_files: in
     if samples is not None:
         unknown = sorted(set(samples) - set(fileset))
         if unknown:
-            raise CatalogError(f"--samples: {', '.join(unknown)} not in the catalog; known: "
-                               f"{', '.join(sorted(fileset))}")
+            raise CatalogError(
+                f"--samples: {', '.join(unknown)} not in the catalog; known: "
+                f"{', '.join(sorted(fileset))}"
+            )
     if not fileset:
         raise CatalogError("the catalog selects no input files")
     return fileset
@@ -189,8 +215,9 @@ def build_fileset(catalog: Mapping, base_dir: Path | None = None, *, n_files: in
 
 def is_synthetic(fileset: Mapping[str, Sample]) -> bool:
     """True when every input is a file written by ``agc generate`` (named ``synth_*.root``)."""
-    return all(os.path.basename(f.path).startswith("synth_")
-               for s in fileset.values() for f in s.files)
+    return all(
+        os.path.basename(f.path).startswith("synth_") for s in fileset.values() for f in s.files
+    )
 
 
 def chunk_ranges(nevts: int, chunksize: int) -> list[tuple[int, int]]:
@@ -211,6 +238,9 @@ def make_chunks(fileset: Mapping[str, Sample], chunksize: int) -> list[Chunk]:
         weight = sample.weight
         for f in sample.files:
             for start, stop in chunk_ranges(f.nevts, chunksize):
-                chunks.append(Chunk(sample.name, sample.process, sample.variation, f.path,
-                                    start, stop, weight))
+                chunks.append(
+                    Chunk(
+                        sample.name, sample.process, sample.variation, f.path, start, stop, weight
+                    )
+                )
     return chunks

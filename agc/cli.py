@@ -63,45 +63,87 @@ def _positive_int(text: str) -> int:
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("inputs")
-    g.add_argument("--catalog", default=SYNTHETIC,
-                   help="'synthetic' (default: generated once, then reused), 'agc' (the real AGC "
-                        "inputs), or a catalog.json path")
-    g.add_argument("--n-files", type=int, default=-1, metavar="N",
-                   help="first N files per sample (-1 = all; default %(default)s)")
-    g.add_argument("--samples", nargs="+", metavar="KEY",
-                   help="only these fileset keys, e.g. ttbar__nominal wjets__nominal")
+    g.add_argument(
+        "--catalog",
+        default=SYNTHETIC,
+        help="'synthetic' (default: generated once, then reused), 'agc' (the real AGC "
+        "inputs), or a catalog.json path",
+    )
+    g.add_argument(
+        "--n-files",
+        type=int,
+        default=-1,
+        metavar="N",
+        help="first N files per sample (-1 = all; default %(default)s)",
+    )
+    g.add_argument(
+        "--samples",
+        nargs="+",
+        metavar="KEY",
+        help="only these fileset keys, e.g. ttbar__nominal wjets__nominal",
+    )
     g.add_argument("--eos", action="store_true", help="read the real inputs from CERN EOS")
-    g.add_argument("--xcache", metavar="PREFIX", help="read through an XCache, e.g. root://host:1094")
+    g.add_argument(
+        "--xcache", metavar="PREFIX", help="read through an XCache, e.g. root://host:1094"
+    )
     g.add_argument("--mirror", metavar="DIR", help="local directory mirroring /store/... paths")
     g = p.add_argument_group("analysis")
     g.add_argument("--no-systematics", action="store_true", help="nominal selection only")
     g.add_argument("--seed", type=int, default=None, help="seed of the pt_res_up smear")
     g = p.add_argument_group("execution")
     g.add_argument("--backend", default="local", help="backend name (see 'agc backends')")
-    g.add_argument("--profile", default=None, metavar="FILE_OR_NAME",
-                   help="site profile (YAML) for the backend; see backends/profiles/")
+    g.add_argument(
+        "--profile",
+        default=None,
+        metavar="FILE_OR_NAME",
+        help="site profile (YAML) for the backend; see backends/profiles/",
+    )
     g.add_argument("--mode", default=None, help="local backend: inprocess, processes or dask")
     g.add_argument("--workers", type=_positive_int, default=None, help="workers (default: cores)")
-    g.add_argument("--engine", choices=tuple(ENGINES), default="chunked",
-                   help="chunked (one read+analyse task per chunk, any backend) or dask-awkward "
-                        "(an uproot.dask collection and analysis tasks in one Dask graph; needs "
-                        "--mode dask or a batch backend)")
-    g.add_argument("--chunksize", type=_positive_int, default=100_000,
-                   help="events per chunk (default %(default)s)")
-    g.add_argument("--io-only", action="store_true",
-                   help="I/O-only mode: read the branches and do nothing else (the I/O ceiling)")
-    g.add_argument("--io-branches", default="analysis", metavar="SET",
-                   help="with --io-only: 'analysis' (default) or a reference IO_FILE_PERCENT set "
-                        "(4.1, 15, 25)")
+    g.add_argument(
+        "--engine",
+        choices=tuple(ENGINES),
+        default="chunked",
+        help="chunked (one read+analyse task per chunk, any backend) or dask-awkward "
+        "(an uproot.dask collection and analysis tasks in one Dask graph; needs "
+        "--mode dask or a batch backend)",
+    )
+    g.add_argument(
+        "--chunksize",
+        type=_positive_int,
+        default=100_000,
+        help="events per chunk (default %(default)s)",
+    )
+    g.add_argument(
+        "--io-only",
+        action="store_true",
+        help="I/O-only mode: read the branches and do nothing else (the I/O ceiling)",
+    )
+    g.add_argument(
+        "--io-branches",
+        default="analysis",
+        metavar="SET",
+        help="with --io-only: 'analysis' (default) or a reference IO_FILE_PERCENT set "
+        "(4.1, 15, 25)",
+    )
     g = p.add_argument_group("caching")
-    g.add_argument("--cache", default=None, metavar="URL",
-                   help="step-level cache store (directory, root:// or s3:// URL)")
-    g.add_argument("--data-lake", choices=("copy", "only", "off"), default="copy",
-                   help="keep run outputs in the cache store too (copy), only there (only; "
-                        "fetch with 'agc fetch RUN_ID'), or not (off)")
+    g.add_argument(
+        "--cache",
+        default=None,
+        metavar="URL",
+        help="step-level cache store (directory, root:// or s3:// URL)",
+    )
+    g.add_argument(
+        "--data-lake",
+        choices=("copy", "only", "off"),
+        default="copy",
+        help="keep run outputs in the cache store too (copy), only there (only; "
+        "fetch with 'agc fetch RUN_ID'), or not (off)",
+    )
     g = p.add_argument_group("outputs")
-    g.add_argument("--no-fit", action="store_true",
-                   help="skip the cabinetry/pyhf fit and the plots at the end")
+    g.add_argument(
+        "--no-fit", action="store_true", help="skip the cabinetry/pyhf fit and the plots at the end"
+    )
     g.add_argument("--output", metavar="DIR", help="run directory (default agc-output/<run-id>)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -121,15 +163,24 @@ def _config_from_args(args: argparse.Namespace):
     if args.profile is not None:
         backend_options["profile"] = args.profile
     return RunConfig(
-        catalog=catalog, n_files=args.n_files,
+        catalog=catalog,
+        n_files=args.n_files,
         samples=tuple(args.samples) if args.samples else None,
         systematics=not args.no_systematics,
         seed=DEFAULT_SEED if args.seed is None else args.seed,
-        eos=args.eos, xcache=args.xcache, mirror=args.mirror,
-        io_only=args.io_only, io_branches=args.io_branches,
-        backend=args.backend, backend_options=backend_options, engine=args.engine,
-        chunksize=args.chunksize, cache=args.cache, data_lake=args.data_lake,
-        fit=not args.no_fit, output_dir=args.output,
+        eos=args.eos,
+        xcache=args.xcache,
+        mirror=args.mirror,
+        io_only=args.io_only,
+        io_branches=args.io_branches,
+        backend=args.backend,
+        backend_options=backend_options,
+        engine=args.engine,
+        chunksize=args.chunksize,
+        cache=args.cache,
+        data_lake=args.data_lake,
+        fit=not args.no_fit,
+        output_dir=args.output,
     )
 
 
@@ -141,9 +192,17 @@ def summary_table(result) -> str:
     for sample, n in result.events_per_sample.items():
         w = result.weights[sample]
         y = result.yields[sample]
-        rows.append({"sample": sample, "events": n, "weight": w,
-                     "4j1b yield": y["4j1b"], "4j1b raw": round(y["4j1b"] / w),
-                     "4j2b yield": y["4j2b"], "4j2b raw": round(y["4j2b"] / w)})
+        rows.append(
+            {
+                "sample": sample,
+                "events": n,
+                "weight": w,
+                "4j1b yield": y["4j1b"],
+                "4j1b raw": round(y["4j1b"] / w),
+                "4j2b yield": y["4j2b"],
+                "4j2b raw": round(y["4j2b"] / w),
+            }
+        )
     df = pd.DataFrame(rows).set_index("sample")
     return df.to_string(float_format=lambda v: f"{v:,.3f}" if abs(v) < 1e4 else f"{v:,.1f}")
 
@@ -153,20 +212,26 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     result = run(_config_from_args(args), progress=not args.quiet)
     print(summary_table(result))
-    print(f"\n{result.events:,} events in {result.chunks} chunks on {result.workers} worker(s): "
-          f"{result.wall_seconds:.1f} s, {result.events_per_second:,.0f} events/s "
-          f"({result.events_per_second / result.workers:,.0f} per worker), "
-          f"{result.bytes_read / 1e6:,.1f} MB read")
+    print(
+        f"\n{result.events:,} events in {result.chunks} chunks on {result.workers} worker(s): "
+        f"{result.wall_seconds:.1f} s, {result.events_per_second:,.0f} events/s "
+        f"({result.events_per_second / result.workers:,.0f} per worker), "
+        f"{result.bytes_read / 1e6:,.1f} MB read"
+    )
     fit = result.summary.get("fit")
     if fit and "bestfit" in fit:
-        print(f"Fit to pseudodata: {fit['poi']} = {fit['bestfit']:.3f} ± {fit['uncertainty']:.3f}"
-              + (f" (minimiser strategy {fit['strategy']})" if fit.get("strategy") else ""))
+        print(
+            f"Fit to pseudodata: {fit['poi']} = {fit['bestfit']:.3f} ± {fit['uncertainty']:.3f}"
+            + (f" (minimiser strategy {fit['strategy']})" if fit.get("strategy") else "")
+        )
     elif fit:
         print(f"No fit: {fit['error']}")
     if result.run_dir is not None:
-        print(f"Outputs: {result.run_dir}/ (histograms.root/.json, summary.json, metrics/"
-              + (", workspace.json, fit_result.json, plots" if fit and "bestfit" in fit else "")
-              + ")")
+        print(
+            f"Outputs: {result.run_dir}/ (histograms.root/.json, summary.json, metrics/"
+            + (", workspace.json, fit_result.json, plots" if fit and "bestfit" in fit else "")
+            + ")"
+        )
     return 0
 
 
@@ -174,14 +239,24 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from agc import inference, plots
 
     result = inference.fit_run(args.path, output_dir=args.output)
-    print(f"{result.poi} = {result.bestfit:.3f} ± {result.uncertainty:.3f}"
-          + (f" (minimiser strategy {result.strategy})" if result.strategy else ""))
+    print(
+        f"{result.poi} = {result.bestfit:.3f} ± {result.uncertainty:.3f}"
+        + (f" (minimiser strategy {result.strategy})" if result.strategy else "")
+    )
     if not args.no_plots:
-        out = Path(args.output) if args.output else inference.load_fit_input(args.path).source.parent
+        out = (
+            Path(args.output) if args.output else inference.load_fit_input(args.path).source.parent
+        )
         if args.output:
             histograms = inference.load_fit_input(args.path).histograms
-            plots.make_plots(histograms, out, result, (result.model, result.data),
-                             label=args.label, experiment=args.experiment)
+            plots.make_plots(
+                histograms,
+                out,
+                result,
+                (result.model, result.data),
+                label=args.label,
+                experiment=args.experiment,
+            )
         else:
             plots.plot_run(out, label=args.label, experiment=args.experiment)
         print(f"Plots and fit_result.json in {out}/")
@@ -194,9 +269,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     events = None
     if args.events is not None:
         events = {s: (args.files, max(args.events // args.files, 1)) for s in synth.SAMPLES}
-    catalog = synth.generate(Path(args.output), events=events, layout=args.layout,
-                             compression=args.compression, seed=args.seed, workers=args.workers,
-                             progress=not args.quiet)
+    catalog = synth.generate(
+        Path(args.output),
+        events=events,
+        layout=args.layout,
+        compression=args.compression,
+        seed=args.seed,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
     print(f"Catalog: {catalog}")
     return 0
 
@@ -222,9 +303,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for line in report.errors:
         print(f"ERROR: {line}")
     status = "OK" if report.ok else "FAILED"
-    print(f"{status}: {report.checked} reference histograms checked, {len(report.errors)} "
-          f"error(s), {len(report.migrations)} tolerated bin migration(s), "
-          f"{len(report.skipped_content)} compared by edges only (pt_res_up)")
+    print(
+        f"{status}: {report.checked} reference histograms checked, {len(report.errors)} "
+        f"error(s), {len(report.migrations)} tolerated bin migration(s), "
+        f"{len(report.skipped_content)} compared by edges only (pt_res_up)"
+    )
     return 0 if report.ok else 1
 
 
@@ -242,7 +325,8 @@ def cmd_backends(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="agc", description="AGC CMS ttbar analysis benchmarking harness")
+        prog="agc", description="AGC CMS ttbar analysis benchmarking harness"
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -252,8 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="write synthetic NanoAOD files and their catalog")
     p.add_argument("--output", required=True, metavar="DIR")
-    p.add_argument("--events", type=_positive_int, default=None,
-                   help="events per sample (default: the default dataset)")
+    p.add_argument(
+        "--events",
+        type=_positive_int,
+        default=None,
+        help="events per sample (default: the default dataset)",
+    )
     p.add_argument("--files", type=_positive_int, default=1, help="files per sample")
     p.add_argument("--layout", choices=("realistic", "minimal"), default="realistic")
     p.add_argument("--compression", default="ZLIB:1", help="e.g. ZLIB:1, LZ4:4, ZSTD:5, none")
@@ -264,7 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="compare histograms with a reference JSON (spec §7.2)")
     p.add_argument("output", help="histograms.root (or a run directory)")
-    p.add_argument("--reference", required=True, help="reference JSON, e.g. histos_1_file_per_process.json")
+    p.add_argument(
+        "--reference", required=True, help="reference JSON, e.g. histos_1_file_per_process.json"
+    )
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=cmd_validate)
 
@@ -290,8 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         argv = ["run"]  # the main job: `agc` alone runs the default analysis
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING - 10 * args.verbose,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING - 10 * args.verbose, format="%(levelname)s %(name)s: %(message)s"
+    )
     if not args.verbose:  # cabinetry warns once per empty template bin; keep the summary readable
         logging.getLogger("cabinetry").setLevel(logging.ERROR)
         # Dask logs every scheduler and worker event at INFO; read when dask is first imported

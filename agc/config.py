@@ -35,7 +35,7 @@ REGIONS: tuple[str, ...] = ("4j1b", "4j2b")
 
 
 def sample_weight(process: str, nevts_processed: int) -> float:
-    """Per-event weight w = sigma * L / N (spec §1.3); N counts the events of the files processed."""
+    """Per-event weight w = sigma * L / N (spec §1.3); N: the events of the files processed."""
     if nevts_processed <= 0:
         raise ValueError(f"sample {process!r}: number of processed events must be > 0")
     return CROSS_SECTIONS_PB[process] * LUMINOSITY_PB / nevts_processed

@@ -27,7 +27,7 @@ from agc.errors import UserError
 ENGINES = {
     "chunked": "one task per chunk (read + analyse) on any backend's executor",
     "dask-awkward": "uproot.dask collection (a partition per chunk) + analysis tasks in one Dask "
-                    "graph; needs a Dask executor",
+    "graph; needs a Dask executor",
 }
 
 
@@ -40,8 +40,10 @@ def check(engine: str, *, cache: str | None = None) -> None:
     if engine not in ENGINES:
         raise EngineError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
     if engine == "dask-awkward" and cache:
-        raise EngineError("--engine dask-awkward does not use the result cache; drop --cache "
-                          "or use --engine chunked")
+        raise EngineError(
+            "--engine dask-awkward does not use the result cache; drop --cache "
+            "or use --engine chunked"
+        )
 
 
 def wrap(engine: str, executor):
@@ -50,8 +52,10 @@ def wrap(engine: str, executor):
     if engine == "chunked":
         return executor
     if getattr(executor, "client", None) is None:
-        raise EngineError("--engine dask-awkward needs a Dask executor: use --mode dask with the "
-                          "local backend, or a batch backend (slurm, htcondor, dirac)")
+        raise EngineError(
+            "--engine dask-awkward needs a Dask executor: use --mode dask with the "
+            "local backend, or a batch backend (slurm, htcondor, dirac)"
+        )
     return DaskAwkwardExecutor(executor)
 
 
@@ -80,8 +84,10 @@ class DaskAwkwardExecutor:
         from agc.run import process_chunk
 
         if fn is not process_chunk:
-            raise EngineError("--engine dask-awkward runs the analysis task only; drop --cache "
-                              "or use --engine chunked")
+            raise EngineError(
+                "--engine dask-awkward runs the analysis task only; drop --cache "
+                "or use --engine chunked"
+            )
         branches = list(tasks[0].branches)
         files: dict[str, dict] = {}
         for task in tasks:
@@ -89,14 +95,17 @@ class DaskAwkwardExecutor:
             entry = files.setdefault(c.path, {"object_path": c.tree, "steps": []})
             entry["steps"].append([c.entry_start, c.entry_stop])
         order = {(t.chunk.path, t.chunk.entry_start): t for t in tasks}
-        partition_tasks = [order[(path, start)] for path, spec in files.items()
-                           for start, _ in spec["steps"]]
+        partition_tasks = [
+            order[(path, start)] for path, spec in files.items() for start, _ in spec["steps"]
+        ]
         nbytes = _compressed_bytes(partition_tasks)  # also checks every file and branch first
         events = uproot.dask(files, filter_name=branches, open_files=False)
         parts = events.to_delayed()
         analyse = dask.delayed(_analyse, pure=True)
-        graph = [analyse(part, task, nbytes[i], dask_key_name=f"agc-{events.name}-analysis-{i}")
-                 for i, (part, task) in enumerate(zip(parts, partition_tasks, strict=True))]
+        graph = [
+            analyse(part, task, nbytes[i], dask_key_name=f"agc-{events.name}-analysis-{i}")
+            for i, (part, task) in enumerate(zip(parts, partition_tasks, strict=True))
+        ]
         with get_task_stream(self.client) as stream:
             futures = self.client.compute(graph)
             index = {f.key: i for i, f in enumerate(futures)}
@@ -108,9 +117,11 @@ class DaskAwkwardExecutor:
                         result = future.result()
                     except Exception as err:
                         c = partition_tasks[i].chunk
-                        raise EngineError(f"{c.path}: reading or analysing entries "
-                                          f"{c.entry_start}-{c.entry_stop} failed "
-                                          f"({type(err).__name__}: {err})") from err
+                        raise EngineError(
+                            f"{c.path}: reading or analysing entries "
+                            f"{c.entry_start}-{c.entry_stop} failed "
+                            f"({type(err).__name__}: {err})"
+                        ) from err
                     results[i] = result
                     yield result
             finally:
@@ -137,12 +148,16 @@ def _compressed_bytes(tasks) -> list[int]:
             _, tree, _ = open_tree(c.path, c.tree)
             missing = [b for b in task.branches if b not in tree]
             if missing:
-                raise InputFileError(f"{c.path}: tree {c.tree!r} lacks branch(es) "
-                                     f"{', '.join(missing)} that the analysis reads; is this "
-                                     "NanoAOD?")
-            rows = [(*branch.basket_entry_start_stop(i), branch.basket_compressed_bytes(i))
-                    for branch in (tree[name] for name in task.branches)
-                    for i in range(branch.num_baskets)]
+                raise InputFileError(
+                    f"{c.path}: tree {c.tree!r} lacks branch(es) "
+                    f"{', '.join(missing)} that the analysis reads; is this "
+                    "NanoAOD?"
+                )
+            rows = [
+                (*branch.basket_entry_start_stop(i), branch.basket_compressed_bytes(i))
+                for branch in (tree[name] for name in task.branches)
+                for i in range(branch.num_baskets)
+            ]
             baskets[c.path] = np.array(rows, dtype=np.int64).reshape(-1, 3).T
         start, stop, size = baskets[c.path]
         out.append(int(size[(start < c.entry_stop) & (stop > c.entry_start)].sum()))

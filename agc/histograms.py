@@ -1,4 +1,4 @@
-"""Histogram definitions, naming, merging, pseudodata, ROOT/JSON I/O and validation (spec §3, §6, §7).
+"""Histogram definitions, merging, pseudodata, ROOT/JSON I/O and validation (spec §3, §6, §7).
 
 A run's histograms are a flat ``dict[name, hist.Hist]`` of one-dimensional histograms with the
 observable axis ``Reg(25, 50, 550)`` and ``Weight()`` storage, keyed by the cabinetry names of
@@ -34,8 +34,10 @@ Histograms = dict[str, hist.Hist]
 def new_histogram(region: str = "") -> hist.Hist:
     """An empty observable histogram: 25 bins of 20 GeV in [50, 550], with flow, Weight storage."""
     label = OBSERVABLE_LABELS.get(region, "observable [GeV]")
-    return hist.Hist(hist.axis.Regular(N_BINS, LOW, HIGH, name="observable", label=label),
-                     storage=hist.storage.Weight())
+    return hist.Hist(
+        hist.axis.Regular(N_BINS, LOW, HIGH, name="observable", label=label),
+        storage=hist.storage.Weight(),
+    )
 
 
 def histogram_name(region: str, process: str, variation: str = "nominal") -> str:
@@ -149,13 +151,16 @@ def read_histograms(path: str | os.PathLike) -> Histograms:
                 contents = np.asarray(entry["contents"], dtype=float)
             except (TypeError, KeyError) as err:
                 raise HistogramFileError(
-                    f"{path}: histogram {name!r} needs 'edges' and 'contents'") from err
+                    f"{path}: histogram {name!r} needs 'edges' and 'contents'"
+                ) from err
             if len(contents) != len(edges) + 1:
                 raise HistogramFileError(
                     f"{path}: histogram {name!r} has {len(contents)} contents for "
-                    f"{len(edges) - 1} bins; expected bins + 2 flow entries")
-            h = hist.Hist(hist.axis.Variable(edges, name="observable"),
-                          storage=hist.storage.Weight())
+                    f"{len(edges) - 1} bins; expected bins + 2 flow entries"
+                )
+            h = hist.Hist(
+                hist.axis.Variable(edges, name="observable"), storage=hist.storage.Weight()
+            )
             view = h.view(flow=True)
             view.value = contents
             view.variance = np.abs(contents)
@@ -171,7 +176,9 @@ def read_histograms(path: str | os.PathLike) -> Histograms:
         raise HistogramFileError(f"{path}: cannot read histograms ({err})") from err
 
 
-def to_hist_dict(histograms: Mapping[str, hist.Hist], processes: Iterable[str]) -> dict[str, hist.Hist]:
+def to_hist_dict(
+    histograms: Mapping[str, hist.Hist], processes: Iterable[str]
+) -> dict[str, hist.Hist]:
     """The reference's per-region 3D view: observable x process (StrCat) x variation (StrCat)."""
     processes = sorted(processes, key=len, reverse=True)  # longest prefix first
     out = {}
@@ -180,16 +187,18 @@ def to_hist_dict(histograms: Mapping[str, hist.Hist], processes: Iterable[str]) 
         for name, h in histograms.items():
             if not name.startswith(region + "_"):
                 continue
-            rest = name[len(region) + 1:]
+            rest = name[len(region) + 1 :]
             process = next((p for p in processes if rest == p or rest.startswith(p + "_")), None)
             if process is None:
                 continue
-            variation = rest[len(process) + 1:] or "nominal"
+            variation = rest[len(process) + 1 :] or "nominal"
             entries.append((process, variation, h))
         process_axis = sorted({p for p, _, _ in entries})
         variation_axis = sorted({v for _, v, _ in entries}, key=lambda v: (v != "nominal", v))
         h3 = hist.Hist(
-            hist.axis.Regular(N_BINS, LOW, HIGH, name="observable", label=OBSERVABLE_LABELS[region]),
+            hist.axis.Regular(
+                N_BINS, LOW, HIGH, name="observable", label=OBSERVABLE_LABELS[region]
+            ),
             hist.axis.StrCategory(process_axis, name="process", growth=True),
             hist.axis.StrCategory(variation_axis, name="variation", growth=True),
             storage=hist.storage.Weight(),
@@ -272,5 +281,6 @@ def validate(output: Mapping[str, hist.Hist], reference: Mapping[str, Mapping]) 
             else:
                 report.errors.append(
                     f"{name}: bins {start}-{stop - 1} differ: got {np.round(g, 3).tolist()}, "
-                    f"reference {np.round(w, 3).tolist()}")
+                    f"reference {np.round(w, 3).tolist()}"
+                )
     return report

@@ -110,8 +110,11 @@ def _systematic(name: str, up: str, down: str | None, samples: str | None = None
     return entry
 
 
-def cabinetry_config(histogram_path: str | os.PathLike = "histograms.root", *,
-                     histogram_folder: str | os.PathLike = "histograms/") -> dict[str, Any]:
+def cabinetry_config(
+    histogram_path: str | os.PathLike = "histograms.root",
+    *,
+    histogram_folder: str | os.PathLike = "histograms/",
+) -> dict[str, Any]:
     """The cabinetry configuration of the AGC ttbar fit (the reference ``cabinetry_config.yml``).
 
     Args:
@@ -133,10 +136,18 @@ def cabinetry_config(histogram_path: str | os.PathLike = "histograms.root", *,
             "VariationPath": "",
         },
         "Regions": [
-            {"Name": "4j1b CR", "RegionPath": "4j1b", "Variable": "$H_T$ [GeV]",
-             "Binning": FIT_BINNING},
-            {"Name": "4j2b SR", "RegionPath": "4j2b", "Variable": "$m_{bjj}$ [GeV]",
-             "Binning": FIT_BINNING},
+            {
+                "Name": "4j1b CR",
+                "RegionPath": "4j1b",
+                "Variable": "$H_T$ [GeV]",
+                "Binning": FIT_BINNING,
+            },
+            {
+                "Name": "4j2b SR",
+                "RegionPath": "4j2b",
+                "Variable": "$m_{bjj}$ [GeV]",
+                "Binning": FIT_BINNING,
+            },
         ],
         "Samples": [
             {"Name": name, "SamplePath": path, **({"Data": True} if name == "Pseudodata" else {})}
@@ -148,11 +159,17 @@ def cabinetry_config(histogram_path: str | os.PathLike = "histograms.root", *,
             _systematic("ttbar scale variations", "_scaleup", "_scaledown", "ttbar"),
             _systematic("Jet energy scale", "_pt_scale_up", None),
             _systematic("Jet energy resolution", "_pt_res_up", None),
-            *(_systematic(f"b-tag NP {i + 1}", f"_btag_var_{i}_up", f"_btag_var_{i}_down")
-              for i in range(4)),
+            *(
+                _systematic(f"b-tag NP {i + 1}", f"_btag_var_{i}_up", f"_btag_var_{i}_down")
+                for i in range(4)
+            ),
             _systematic("W+jets scale variations", "_scale_var_up", "_scale_var_down", "W+jets"),
-            {"Name": "Luminosity", "Type": "Normalization",
-             "Up": {"Normalization": 0.03}, "Down": {"Normalization": -0.03}},
+            {
+                "Name": "Luminosity",
+                "Type": "Normalization",
+                "Up": {"Normalization": 0.03},
+                "Down": {"Normalization": -0.03},
+            },
         ],
         "NormFactors": [
             {"Name": POI, "Samples": "ttbar", "Nominal": 1.0, "Bounds": [0, 10]},
@@ -162,8 +179,12 @@ def cabinetry_config(histogram_path: str | os.PathLike = "histograms.root", *,
     return config
 
 
-def template_name(region: Mapping[str, Any], sample: Mapping[str, Any],
-                  systematic: Mapping[str, Any], template: str | None) -> str:
+def template_name(
+    region: Mapping[str, Any],
+    sample: Mapping[str, Any],
+    systematic: Mapping[str, Any],
+    template: str | None,
+) -> str:
     """Histogram name of one cabinetry template: ``{RegionPath}_{SamplePath}{VariationPath}``."""
     variation = "" if template is None else systematic[template].get("VariationPath", "")
     return f"{region['RegionPath']}_{sample['SamplePath']}{variation}"
@@ -182,19 +203,22 @@ def required_templates(config: Mapping[str, Any]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def check_templates(histograms: Mapping[str, hist.Hist], config: Mapping[str, Any],
-                    source: str = "the histograms") -> None:
+def check_templates(
+    histograms: Mapping[str, hist.Hist], config: Mapping[str, Any], source: str = "the histograms"
+) -> None:
     """Raise :class:`MissingTemplateError` naming every template ``histograms`` lacks."""
     missing = [n for n in required_templates(config) if n not in histograms]
     if missing:
-        shown = ", ".join(missing[:12]) + (f" and {len(missing) - 12} more" if len(missing) > 12
-                                           else "")
+        shown = ", ".join(missing[:12]) + (
+            f" and {len(missing) - 12} more" if len(missing) > 12 else ""
+        )
         raise MissingTemplateError(
             f"{source}: {len(missing)} histogram(s) needed by the fit are missing: {shown}. "
             "The fit needs a complete run with systematics: all nine samples (ttbar nominal, "
             "scaleup, scaledown, ME_var, PS_var, single top s/t/tW, W+jets) and "
             "{region}_pseudodata. Re-run without --no-systematics / --samples restrictions, "
-            "or with more events if a sample selected none.")
+            "or with more events if a sample selected none."
+        )
 
 
 def rebinning_router(histograms: Mapping[str, hist.Hist]):
@@ -228,7 +252,7 @@ def _process_and_variation(name: str, processes: Sequence[str]) -> tuple[str, st
     rest = name.split("_", 1)[1] if "_" in name else ""
     for process in sorted(processes, key=len, reverse=True):
         if rest == process or rest.startswith(process + "_"):
-            return process, rest[len(process) + 1:] or "nominal"
+            return process, rest[len(process) + 1 :] or "nominal"
     return None
 
 
@@ -238,8 +262,9 @@ def _sample_key(process: str, variation: str) -> str:
     return f"{process}__{sample_variation}"
 
 
-def with_mc_stat_variances(histograms: Mapping[str, hist.Hist],
-                           weights: Mapping[str, float]) -> Histograms:
+def with_mc_stat_variances(
+    histograms: Mapping[str, hist.Hist], weights: Mapping[str, float]
+) -> Histograms:
     """Copies of ``histograms`` with variance = |content| * w of the sample that filled them.
 
     Args:
@@ -262,8 +287,9 @@ def with_mc_stat_variances(histograms: Mapping[str, hist.Hist],
     return out
 
 
-def reference_weights(histograms: Mapping[str, hist.Hist], *, atol: float = 1e-3
-                      ) -> tuple[int, dict[str, float]] | None:
+def reference_weights(
+    histograms: Mapping[str, hist.Hist], *, atol: float = 1e-3
+) -> tuple[int, dict[str, float]] | None:
     """Find the files-per-sample N of reference histograms from their contents.
 
     Reference histograms hold k * w per bin with integer k (spec §7.3); the N whose AGC
@@ -284,8 +310,9 @@ def reference_weights(histograms: Mapping[str, hist.Hist], *, atol: float = 1e-3
     return None
 
 
-def _contents_are_multiples(histograms: Mapping[str, hist.Hist], weights: Mapping[str, float],
-                            atol: float) -> bool:
+def _contents_are_multiples(
+    histograms: Mapping[str, hist.Hist], weights: Mapping[str, float], atol: float
+) -> bool:
     checked = 0
     for key, w in weights.items():
         process, variation = key.split("__")
@@ -315,8 +342,10 @@ def _resolve_input(path: Path) -> Path:
         for candidate in ("histograms.root", "histograms.json"):
             if (path / candidate).exists():
                 return path / candidate
-        raise HistogramFileError(f"{path}: no histograms.root in this directory; give a run "
-                                 "directory, a histograms.root or a reference JSON file")
+        raise HistogramFileError(
+            f"{path}: no histograms.root in this directory; give a run "
+            "directory, a histograms.root or a reference JSON file"
+        )
     return path
 
 
@@ -338,16 +367,25 @@ def load_fit_input(path: str | os.PathLike) -> FitInput:
         with contextlib.suppress(OSError, ValueError, AttributeError):
             weights = json.loads(summary.read_text()).get("weights")
             if weights:
-                return FitInput(with_mc_stat_variances(histograms, weights), source,
-                                "|content| * w, w from summary.json")
+                return FitInput(
+                    with_mc_stat_variances(histograms, weights),
+                    source,
+                    "|content| * w, w from summary.json",
+                )
     found = reference_weights(histograms)
     if found is not None:
         n_files, weights = found
-        return FitInput(with_mc_stat_variances(histograms, weights), source,
-                        f"|content| * w, w of the AGC inputs at N={n_files} files per sample",
-                        n_files)
-    log.warning("%s: cannot tell the per-event weights; using variance = |content| for the "
-                "MC statistical uncertainties", source)
+        return FitInput(
+            with_mc_stat_variances(histograms, weights),
+            source,
+            f"|content| * w, w of the AGC inputs at N={n_files} files per sample",
+            n_files,
+        )
+    log.warning(
+        "%s: cannot tell the per-event weights; using variance = |content| for the "
+        "MC statistical uncertainties",
+        source,
+    )
     return FitInput(histograms, source, "|content| (Poisson approximation)")
 
 
@@ -367,8 +405,10 @@ def _atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def build_workspace(histograms_or_path: Mapping[str, hist.Hist] | str | os.PathLike,
-                    workdir: str | os.PathLike | None = None) -> dict[str, Any]:
+def build_workspace(
+    histograms_or_path: Mapping[str, hist.Hist] | str | os.PathLike,
+    workdir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
     """Build the pyhf workspace: ``templates.build`` -> ``postprocess`` -> ``workspace.build``.
 
     Args:
@@ -428,9 +468,15 @@ def _repair_normsys(workspace: dict[str, Any]) -> list[str]:
                 else:
                     data["hi"] = data["lo"] = 1.0
                 where = f"{channel['name']} / {sample['name']} / {modifier['name']}"
-                log.warning("%s: normalisation effect hi=%.3g lo=%.3g is not positive (too few "
-                            "MC events?); using hi=%.3g lo=%.3g", where, old["hi"], old["lo"],
-                            data["hi"], data["lo"])
+                log.warning(
+                    "%s: normalisation effect hi=%.3g lo=%.3g is not positive (too few "
+                    "MC events?); using hi=%.3g lo=%.3g",
+                    where,
+                    old["hi"],
+                    old["lo"],
+                    data["hi"],
+                    data["lo"],
+                )
                 repaired.append(where)
     return repaired
 
@@ -471,12 +517,20 @@ class FitResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "poi": self.poi, "bestfit": self.bestfit, "uncertainty": self.uncertainty,
-            "converged": self.converged, "strategy": self.strategy, "attempts": self.attempts,
+            "poi": self.poi,
+            "bestfit": self.bestfit,
+            "uncertainty": self.uncertainty,
+            "converged": self.converged,
+            "strategy": self.strategy,
+            "attempts": self.attempts,
             "best_twice_nll": self.best_twice_nll,
-            "parameters": {k: {"value": v, "uncertainty": e}
-                           for k, v, e in zip(self.labels, self.values, self.errors, strict=True)},
-            "labels": self.labels, "correlation": self.correlation, "info": self.info,
+            "parameters": {
+                k: {"value": v, "uncertainty": e}
+                for k, v, e in zip(self.labels, self.values, self.errors, strict=True)
+            },
+            "labels": self.labels,
+            "correlation": self.correlation,
+            "info": self.info,
         }
 
     @classmethod
@@ -485,12 +539,18 @@ class FitResult:
         labels = list(payload["labels"])
         parameters = payload["parameters"]
         return cls(
-            poi=payload["poi"], bestfit=payload["bestfit"], uncertainty=payload["uncertainty"],
-            labels=labels, values=[parameters[k]["value"] for k in labels],
+            poi=payload["poi"],
+            bestfit=payload["bestfit"],
+            uncertainty=payload["uncertainty"],
+            labels=labels,
+            values=[parameters[k]["value"] for k in labels],
             errors=[parameters[k]["uncertainty"] for k in labels],
-            correlation=payload["correlation"], best_twice_nll=payload["best_twice_nll"],
-            strategy=payload["strategy"], attempts=payload["attempts"],
-            converged=payload.get("converged", True), info=payload.get("info", {}),
+            correlation=payload["correlation"],
+            best_twice_nll=payload["best_twice_nll"],
+            strategy=payload["strategy"],
+            attempts=payload["attempts"],
+            converged=payload.get("converged", True),
+            info=payload.get("info", {}),
         )
 
     def __str__(self) -> str:
@@ -498,8 +558,9 @@ class FitResult:
         return f"{self.poi} = {self.bestfit:.3f} +- {self.uncertainty:.3f} ({how})"
 
 
-def _try_strategies(run: Callable[[Strategy], Any], strategies: Sequence[Strategy]
-                    ) -> tuple[Any, Strategy, list[dict[str, Any]]]:
+def _try_strategies(
+    run: Callable[[Strategy], Any], strategies: Sequence[Strategy]
+) -> tuple[Any, Strategy, list[dict[str, Any]]]:
     import pyhf
 
     attempts: list[dict[str, Any]] = []
@@ -510,20 +571,27 @@ def _try_strategies(run: Callable[[Strategy], Any], strategies: Sequence[Strateg
             # pyhf's message embeds the whole Minuit printout; its first line is the summary
             summary = (str(err).strip().splitlines() or [""])[0]
             message = f"{type(err).__name__}: {summary}"
-            log.warning("fit with strategy=%s did not converge (%s); %s", strategy, message,
-                        "trying the next strategy" if strategy != strategies[-1] else "giving up")
+            log.warning(
+                "fit with strategy=%s did not converge (%s); %s",
+                strategy,
+                message,
+                "trying the next strategy" if strategy != strategies[-1] else "giving up",
+            )
             attempts.append({"strategy": strategy, "converged": False, "message": message})
             continue
         attempts.append({"strategy": strategy, "converged": True})
         return result, strategy, attempts
     tried = ", ".join("default" if s is None else str(s) for s in strategies)
-    raise FitError(f"the fit did not converge with Minuit strategies {tried}. Check the input "
-                   "histograms (empty or tiny samples, e.g. from a run with very few events, make "
-                   "the model ill-defined) and the log for the minimiser's message.")
+    raise FitError(
+        f"the fit did not converge with Minuit strategies {tried}. Check the input "
+        "histograms (empty or tiny samples, e.g. from a run with very few events, make "
+        "the model ill-defined) and the log for the minimiser's message."
+    )
 
 
-def fit(workspace: Mapping[str, Any], *,
-        strategies: Sequence[Strategy] = DEFAULT_STRATEGIES) -> FitResult:
+def fit(
+    workspace: Mapping[str, Any], *, strategies: Sequence[Strategy] = DEFAULT_STRATEGIES
+) -> FitResult:
     """Maximum-likelihood fit of the workspace's model to its (pseudo)data.
 
     The fit is tried with each Minuit strategy in ``strategies`` until one converges: pyhf's
@@ -536,21 +604,33 @@ def fit(workspace: Mapping[str, Any], *,
 
     model, data = cabinetry.model_utils.model_and_data(dict(workspace))
     result, strategy, attempts = _try_strategies(
-        lambda s: cabinetry.fit.fit(model, data, strategy=s), strategies)
+        lambda s: cabinetry.fit.fit(model, data, strategy=s), strategies
+    )
     labels = list(result.labels)
     i = labels.index(POI)
     return FitResult(
-        poi=POI, bestfit=float(result.bestfit[i]), uncertainty=float(result.uncertainty[i]),
-        labels=labels, values=[float(x) for x in result.bestfit],
+        poi=POI,
+        bestfit=float(result.bestfit[i]),
+        uncertainty=float(result.uncertainty[i]),
+        labels=labels,
+        values=[float(x) for x in result.bestfit],
         errors=[float(x) for x in result.uncertainty],
         correlation=np.asarray(result.corr_mat, dtype=float).round(6).tolist(),
-        best_twice_nll=float(result.best_twice_nll), strategy=strategy, attempts=attempts,
-        cabinetry_result=result, model=model, data=data,
+        best_twice_nll=float(result.best_twice_nll),
+        strategy=strategy,
+        attempts=attempts,
+        cabinetry_result=result,
+        model=model,
+        data=data,
     )
 
 
-def fit_run(path: str | os.PathLike, *, output_dir: str | os.PathLike | None = None,
-            strategies: Sequence[Strategy] = DEFAULT_STRATEGIES) -> FitResult:
+def fit_run(
+    path: str | os.PathLike,
+    *,
+    output_dir: str | os.PathLike | None = None,
+    strategies: Sequence[Strategy] = DEFAULT_STRATEGIES,
+) -> FitResult:
     """Fit one run: build the workspace and fit; write ``workspace.json``, ``fit_result.json``.
 
     Args:
@@ -567,12 +647,16 @@ def fit_run(path: str | os.PathLike, *, output_dir: str | os.PathLike | None = N
     check_templates(fit_input.histograms, cabinetry_config(), str(fit_input.source))
     workspace = build_workspace(fit_input.histograms, out)
     result = fit(workspace, strategies=strategies)
-    result.info.update({"input": str(fit_input.source), "variances": fit_input.variances,
-                        "n_files": fit_input.n_files})
+    result.info.update(
+        {
+            "input": str(fit_input.source),
+            "variances": fit_input.variances,
+            "n_files": fit_input.n_files,
+        }
+    )
     _atomic_write_text(out / "fit_result.json", json.dumps(result.to_dict(), indent=1))
     log.info("%s", result)
     return result
-
 
 
 def load_fit_result(path: str | os.PathLike) -> FitResult:
@@ -583,5 +667,6 @@ def load_fit_result(path: str | os.PathLike) -> FitResult:
     try:
         return FitResult.from_dict(json.loads(path.read_text()))
     except (OSError, ValueError, KeyError) as err:
-        raise HistogramFileError(f"{path}: not a readable fit result ({err}); run the fit "
-                                 "first") from err
+        raise HistogramFileError(
+            f"{path}: not a readable fit result ({err}); run the fit first"
+        ) from err

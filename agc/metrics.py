@@ -25,12 +25,34 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 #: Phases of a run, in order. ``first_result`` is measured from the start of processing.
-PHASES = ("cluster_start", "first_worker", "all_workers", "preprocessing", "first_result",
-          "processing", "merge", "write", "fit")
+PHASES = (
+    "cluster_start",
+    "first_worker",
+    "all_workers",
+    "preprocessing",
+    "first_result",
+    "processing",
+    "merge",
+    "write",
+    "fit",
+)
 
 #: Packages whose versions are attached to every record (and enter cache keys).
-TRACKED_PACKAGES = ("agc-harness", "numpy", "awkward", "uproot", "hist", "boost-histogram",
-                    "coffea", "dask", "distributed", "dask-awkward", "cabinetry", "pyhf", "pandas")
+TRACKED_PACKAGES = (
+    "agc-harness",
+    "numpy",
+    "awkward",
+    "uproot",
+    "hist",
+    "boost-histogram",
+    "coffea",
+    "dask",
+    "distributed",
+    "dask-awkward",
+    "cabinetry",
+    "pyhf",
+    "pandas",
+)
 
 
 class PhaseClock:
@@ -129,9 +151,11 @@ class RunRecord:
     def row(self) -> dict:
         """The flat runs-table row, with derived rates, machine, versions and commit."""
         row = {k: v for k, v in asdict(self).items() if k != "phases"}
-        row.update(events_per_second=self.events_per_second,
-                   events_per_second_per_core=self.events_per_second_per_core,
-                   cpu_efficiency=self.cpu_efficiency)
+        row.update(
+            events_per_second=self.events_per_second,
+            events_per_second_per_core=self.events_per_second_per_core,
+            cpu_efficiency=self.cpu_efficiency,
+        )
         row.update({f"{p}_seconds": self.phases.get(p, float("nan")) for p in PHASES})
         row["load_average_1min"] = load_average()
         row.update(environment())
@@ -141,11 +165,13 @@ class RunRecord:
 def task_totals(tasks: Iterable[TaskTiming]) -> dict:
     """Per-run sums over the executor's task timings: files, task, read and analysis seconds."""
     tasks = [t for t in tasks if not t.cached]
-    return {"files": len({t.path for t in tasks}),
-            "task_seconds": sum(t.finished - t.started for t in tasks),
-            "read_seconds": sum(t.read_seconds for t in tasks),
-            "open_seconds": sum(t.open_seconds for t in tasks),
-            "analysis_seconds": sum(t.analysis_seconds for t in tasks)}
+    return {
+        "files": len({t.path for t in tasks}),
+        "task_seconds": sum(t.finished - t.started for t in tasks),
+        "read_seconds": sum(t.read_seconds for t in tasks),
+        "open_seconds": sum(t.open_seconds for t in tasks),
+        "analysis_seconds": sum(t.analysis_seconds for t in tasks),
+    }
 
 
 def runs_frame(records: Iterable[RunRecord]):
@@ -158,8 +184,19 @@ def phases_frame(records: Iterable[RunRecord]):
     """Tidy: one row per run and measured phase."""
     import pandas as pd
 
-    rows = [{"run_id": r.run_id, "label": r.label, "backend": r.backend, "workers": r.workers,
-             "phase": p, "seconds": r.phases[p]} for r in records for p in PHASES if p in r.phases]
+    rows = [
+        {
+            "run_id": r.run_id,
+            "label": r.label,
+            "backend": r.backend,
+            "workers": r.workers,
+            "phase": p,
+            "seconds": r.phases[p],
+        }
+        for r in records
+        for p in PHASES
+        if p in r.phases
+    ]
     return pd.DataFrame(rows, columns=["run_id", "label", "backend", "workers", "phase", "seconds"])
 
 
@@ -201,9 +238,14 @@ def machine_info() -> dict:
         mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
     except (ValueError, OSError):
         mem_gb = float("nan")
-    return {"hostname": platform.node(), "cpu_model": cpu, "cpu_count": os.cpu_count(),
-            "memory_gb": round(mem_gb, 1), "platform": platform.platform(),
-            "python": platform.python_version()}
+    return {
+        "hostname": platform.node(),
+        "cpu_model": cpu,
+        "cpu_count": os.cpu_count(),
+        "memory_gb": round(mem_gb, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
 
 
 @functools.cache
@@ -222,11 +264,19 @@ def git_commit() -> str:
     """The commit of the harness source tree, with ``-dirty`` if it has local changes."""
     root = Path(__file__).resolve().parents[1]
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
-                                "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"

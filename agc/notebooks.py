@@ -29,8 +29,9 @@ def execute_notebook(path: str | os.PathLike, *, timeout: int = 600, workdir: st
         env_backup = os.environ.get("AGC_NOTEBOOK_SOURCE_DIR")
         os.environ["AGC_NOTEBOOK_SOURCE_DIR"] = str(path.parent)
         try:
-            NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                           resources={"metadata": {"path": cwd}}).execute()
+            NotebookClient(
+                nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": cwd}}
+            ).execute()
         finally:
             if env_backup is None:
                 os.environ.pop("AGC_NOTEBOOK_SOURCE_DIR", None)

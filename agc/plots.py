@@ -81,8 +81,17 @@ def _label(ax, label: str, experiment: str) -> None:
     # a long label (e.g. the synthetic one) is set smaller so it does not run into the lumi
     long_label = len(experiment) + len(label) > 16
     fontsize = mpl.rcParams["font.size"] * (0.78 if long_label else 1.0)
-    mplhep.label.exp_label(exp=experiment, text=label, data=True, lumi=LUMINOSITY_FB,
-                           lumi_format="{0:.1f}", com=13, ax=ax, loc=0, fontsize=fontsize)
+    mplhep.label.exp_label(
+        exp=experiment,
+        text=label,
+        data=True,
+        lumi=LUMINOSITY_FB,
+        lumi_format="{0:.1f}",
+        com=13,
+        ax=ax,
+        loc=0,
+        fontsize=fontsize,
+    )
 
 
 def _save(fig: Figure, output_dir: Path, name: str, formats: Sequence[str]) -> list[Path]:
@@ -96,7 +105,7 @@ def _save(fig: Figure, output_dir: Path, name: str, formats: Sequence[str]) -> l
 
 def _rebinned(h: hist.Hist, start: float | None, rebin: int) -> hist.Hist:
     h = hist.Hist(h)
-    return cast(hist.Hist, h[(start * 1j if start is not None else None)::hist.rebin(rebin)])
+    return cast(hist.Hist, h[(start * 1j if start is not None else None) :: hist.rebin(rebin)])
 
 
 def _per_bin_label(h: hist.Hist) -> str:
@@ -113,8 +122,15 @@ def _headroom(ax, top: float, factor: float = 1.6) -> None:
 # Histogram plots
 
 
-def stacked_region(histograms: Mapping[str, hist.Hist], region: str, *, start: float | None,
-                   rebin: int, label: str, experiment: str) -> Figure:
+def stacked_region(
+    histograms: Mapping[str, hist.Hist],
+    region: str,
+    *,
+    start: float | None,
+    rebin: int,
+    label: str,
+    experiment: str,
+) -> Figure:
     """Stacked nominal MC of ``region`` with the pseudodata as points."""
     names = [(p, f"{region}_{p}") for p in PROCESSES]
     present = [(p, histograms[n]) for p, n in names if n in histograms]
@@ -123,17 +139,33 @@ def stacked_region(histograms: Mapping[str, hist.Hist], region: str, *, start: f
     stack = [_rebinned(h, start, rebin) for _, h in present]
     fig = Figure(figsize=(10, 9))
     ax = fig.add_subplot()
-    mplhep.histplot([s.values() for s in stack], stack[0].axes[0].edges, ax=ax, stack=True,
-                    histtype="fill", label=[PROCESSES[p] for p, _ in present],
-                    color=[COLORS[p] for p, _ in present], edgecolor="black", linewidth=0.5,
-                    flow=None)
+    mplhep.histplot(
+        [s.values() for s in stack],
+        stack[0].axes[0].edges,
+        ax=ax,
+        stack=True,
+        histtype="fill",
+        label=[PROCESSES[p] for p, _ in present],
+        color=[COLORS[p] for p, _ in present],
+        edgecolor="black",
+        linewidth=0.5,
+        flow=None,
+    )
     top = float(np.sum([s.values() for s in stack], axis=0).max())
     data_name = f"{region}_pseudodata"
     if data_name in histograms:
         data = _rebinned(histograms[data_name], start, rebin)
         values = data.values()
-        mplhep.histplot(values, data.axes[0].edges, yerr=np.sqrt(np.abs(values)), ax=ax,
-                        histtype="errorbar", color="black", label="Pseudodata", flow=None)
+        mplhep.histplot(
+            values,
+            data.axes[0].edges,
+            yerr=np.sqrt(np.abs(values)),
+            ax=ax,
+            histtype="errorbar",
+            color="black",
+            label="Pseudodata",
+            flow=None,
+        )
         top = max(top, float(values.max()))
     _headroom(ax, top)
     ax.set_xlabel(OBSERVABLE_LABELS[region])
@@ -157,13 +189,29 @@ def _legend(ax, *, title: str, ncols: int = 1, fontsize: str = "small") -> None:
         return len(stack_rank) - stack_rank.get(text, -1)
 
     order = sorted(range(len(labels)), key=lambda i: rank(labels[i]))
-    ax.legend([handles[i] for i in order], [labels[i] for i in order], loc="upper right",
-              ncols=ncols, fontsize=fontsize, title=title, title_fontsize=fontsize)
+    ax.legend(
+        [handles[i] for i in order],
+        [labels[i] for i in order],
+        loc="upper right",
+        ncols=ncols,
+        fontsize=fontsize,
+        title=title,
+        title_fontsize=fontsize,
+    )
 
 
-def variations(histograms: Mapping[str, hist.Hist], region: str, process: str,
-               variation_labels: Mapping[str, str], *, start: float | None, rebin: int,
-               label: str, experiment: str, title: str) -> Figure:
+def variations(
+    histograms: Mapping[str, hist.Hist],
+    region: str,
+    process: str,
+    variation_labels: Mapping[str, str],
+    *,
+    start: float | None,
+    rebin: int,
+    label: str,
+    experiment: str,
+    title: str,
+) -> Figure:
     """Nominal vs variations of one process in one region, with a variation/nominal panel."""
     nominal_name = f"{region}_{process}"
     if nominal_name not in histograms:
@@ -182,15 +230,17 @@ def variations(histograms: Mapping[str, hist.Hist], region: str, process: str,
     top, spread = 0.0, 0.05
     for (key, (text, h)), color in zip(curves.items(), VARIATION_COLORS, strict=False):
         values = h.values()
-        style = {"linewidth": 2.5 if key == "nominal" else 1.8,
-                 "linestyle": "-" if key == "nominal" else "--"}
-        mplhep.histplot(values, edges, ax=ax, histtype="step", color=color, label=text,
-                        flow=None, **style)
+        style = {
+            "linewidth": 2.5 if key == "nominal" else 1.8,
+            "linestyle": "-" if key == "nominal" else "--",
+        }
+        mplhep.histplot(
+            values, edges, ax=ax, histtype="step", color=color, label=text, flow=None, **style
+        )
         if key != "nominal":
             with np.errstate(divide="ignore", invalid="ignore"):
                 ratio = np.where(nominal > 0, values / nominal, np.nan)
-            mplhep.histplot(ratio, edges, ax=rax, histtype="step", color=color, flow=None,
-                            **style)
+            mplhep.histplot(ratio, edges, ax=rax, histtype="step", color=color, flow=None, **style)
             spread = max(spread, float(np.nanmax(np.abs(ratio - 1.0), initial=0.0)))
         top = max(top, float(values.max()))
     rax.axhline(1.0, color="black", linewidth=1)
@@ -211,15 +261,25 @@ def variations(histograms: Mapping[str, hist.Hist], region: str, process: str,
 # Fit plots
 
 
-def pulls(labels: Sequence[str], values: Sequence[float], errors: Sequence[float], *,
-          exclude: Sequence[str] = ("ttbar_norm",), label: str, experiment: str) -> Figure:
+def pulls(
+    labels: Sequence[str],
+    values: Sequence[float],
+    errors: Sequence[float],
+    *,
+    exclude: Sequence[str] = ("ttbar_norm",),
+    label: str,
+    experiment: str,
+) -> Figure:
     """Post-fit pulls (theta_hat - theta_0) / Delta theta of the nuisance parameters.
 
     ``exclude`` parameters, MC-stat (``staterror_*``) and fixed parameters are left out, as in
     ``cabinetry.visualize.pulls``.
     """
-    keep = [i for i, name in enumerate(labels)
-            if name not in exclude and not name.startswith("staterror_") and errors[i] > 0]
+    keep = [
+        i
+        for i, name in enumerate(labels)
+        if name not in exclude and not name.startswith("staterror_") and errors[i] > 0
+    ]
     if not keep:
         raise ValueError("no nuisance parameters to show")
     names = [labels[i] for i in keep]
@@ -230,8 +290,16 @@ def pulls(labels: Sequence[str], values: Sequence[float], errors: Sequence[float
     ax.fill_betweenx(span, -2, 2, color="#f5e14b", linewidth=0, label=r"$\pm 2\sigma$")
     ax.fill_betweenx(span, -1, 1, color="#7bd389", linewidth=0, label=r"$\pm 1\sigma$")
     ax.axvline(0, color="black", linewidth=1, linestyle="--")
-    ax.errorbar([values[i] for i in keep], y, xerr=[errors[i] for i in keep], fmt="o",
-                color="black", markersize=7, capsize=0, label="Post-fit")
+    ax.errorbar(
+        [values[i] for i in keep],
+        y,
+        xerr=[errors[i] for i in keep],
+        fmt="o",
+        color="black",
+        markersize=7,
+        capsize=0,
+        label="Post-fit",
+    )
     ax.set_yticks(y)
     ax.set_yticklabels(names)
     ax.set_xlim(-3, 3)
@@ -243,8 +311,9 @@ def pulls(labels: Sequence[str], values: Sequence[float], errors: Sequence[float
     return fig
 
 
-def data_mc_prefit_postfit(prefit, postfit, data: Sequence[float], channel: str, *,
-                           label: str, experiment: str) -> Figure:
+def data_mc_prefit_postfit(
+    prefit, postfit, data: Sequence[float], channel: str, *, label: str, experiment: str
+) -> Figure:
     """2x2 grid for one channel: pre-fit | post-fit stacked model vs data, ratio panels below.
 
     Args:
@@ -266,28 +335,62 @@ def data_mc_prefit_postfit(prefit, postfit, data: Sequence[float], channel: str,
     fig = Figure(figsize=(18, 10))
     grid = fig.add_gridspec(2, 2, height_ratios=(3, 1), hspace=0.05, wspace=0.05)
     main = [fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])]
-    ratio_axes = [fig.add_subplot(grid[1, 0], sharex=main[0]),
-                  fig.add_subplot(grid[1, 1], sharex=main[1])]
+    ratio_axes = [
+        fig.add_subplot(grid[1, 0], sharex=main[0]),
+        fig.add_subplot(grid[1, 1], sharex=main[1]),
+    ]
     main[1].sharey(main[0])
     top = 0.0
     for ax, rax, prediction in zip(main, ratio_axes, (prefit, postfit), strict=True):
         yields = [np.asarray(prediction.model_yields[i_ch][i], dtype=float) for i in order]
         total = np.sum(yields, axis=0)
         unc = np.asarray(prediction.total_stdev_model_bins[i_ch][-1], dtype=float)
-        mplhep.histplot(yields, edges, ax=ax, stack=True, histtype="fill",
-                        label=[_sample_label(n) for n in samples],
-                        color=[COLORS.get(_sample_process(n), "#7a21dd") for n in samples],
-                        edgecolor="black", linewidth=0.5, flow=None)
-        ax.stairs(total + unc, edges, baseline=total - unc, fill=True, facecolor="none",
-                  edgecolor="#555555", hatch="///", linewidth=0, label="Uncertainty")
-        ax.errorbar(centers, observed, yerr=observed_err, fmt="o", color="black",
-                    markersize=6, label="Pseudodata")
+        mplhep.histplot(
+            yields,
+            edges,
+            ax=ax,
+            stack=True,
+            histtype="fill",
+            label=[_sample_label(n) for n in samples],
+            color=[COLORS.get(_sample_process(n), "#7a21dd") for n in samples],
+            edgecolor="black",
+            linewidth=0.5,
+            flow=None,
+        )
+        ax.stairs(
+            total + unc,
+            edges,
+            baseline=total - unc,
+            fill=True,
+            facecolor="none",
+            edgecolor="#555555",
+            hatch="///",
+            linewidth=0,
+            label="Uncertainty",
+        )
+        ax.errorbar(
+            centers,
+            observed,
+            yerr=observed_err,
+            fmt="o",
+            color="black",
+            markersize=6,
+            label="Pseudodata",
+        )
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = np.where(total > 0, unc / total, np.nan)
             ratio = np.where(total > 0, observed / total, np.nan)
             ratio_err = np.where(total > 0, observed_err / total, np.nan)
-        rax.stairs(1 + rel, edges, baseline=1 - rel, fill=True, facecolor="none",
-                   edgecolor="#555555", hatch="///", linewidth=0)
+        rax.stairs(
+            1 + rel,
+            edges,
+            baseline=1 - rel,
+            fill=True,
+            facecolor="none",
+            edgecolor="#555555",
+            hatch="///",
+            linewidth=0,
+        )
         rax.axhline(1.0, color="black", linestyle="--", linewidth=1)
         rax.errorbar(centers, ratio, yerr=ratio_err, fmt="o", color="black", markersize=6)
         rax.set_ylim(0.5, 1.5)
@@ -308,9 +411,13 @@ def data_mc_prefit_postfit(prefit, postfit, data: Sequence[float], channel: str,
     return fig
 
 
-_SAMPLE_PROCESSES = {"ttbar": "ttbar", "W+jets": "wjets", "single top, s-channel":
-                     "single_top_s_chan", "single top, t-channel": "single_top_t_chan",
-                     "tW": "single_top_tW"}
+_SAMPLE_PROCESSES = {
+    "ttbar": "ttbar",
+    "W+jets": "wjets",
+    "single top, s-channel": "single_top_s_chan",
+    "single top, t-channel": "single_top_t_chan",
+    "tW": "single_top_tW",
+}
 
 
 def _sample_process(sample: str) -> str:
@@ -333,18 +440,28 @@ def _cabinetry_fit_results(fit_result):
     if getattr(fit_result, "cabinetry_result", None) is not None:
         return fit_result.cabinetry_result
     return cabinetry.fit.FitResults(
-        np.asarray(fit_result.values), np.asarray(fit_result.errors), list(fit_result.labels),
-        np.asarray(fit_result.correlation), fit_result.best_twice_nll)
+        np.asarray(fit_result.values),
+        np.asarray(fit_result.errors),
+        list(fit_result.labels),
+        np.asarray(fit_result.correlation),
+        fit_result.best_twice_nll,
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Entry point
 
 
-def make_plots(histograms: Mapping[str, hist.Hist], output_dir: str | os.PathLike,
-               fit_result: Any = None, model_and_data: tuple[Any, Sequence[float]] | None = None,
-               *, label: str = OPEN_DATA_LABEL, experiment: str = "CMS",
-               formats: Sequence[str] = FORMATS) -> list[Path]:
+def make_plots(
+    histograms: Mapping[str, hist.Hist],
+    output_dir: str | os.PathLike,
+    fit_result: Any = None,
+    model_and_data: tuple[Any, Sequence[float]] | None = None,
+    *,
+    label: str = OPEN_DATA_LABEL,
+    experiment: str = "CMS",
+    formats: Sequence[str] = FORMATS,
+) -> list[Path]:
     """Draw the AGC plots into ``output_dir`` and return the files written.
 
     Args:
@@ -378,17 +495,38 @@ def make_plots(histograms: Mapping[str, hist.Hist], output_dir: str | os.PathLik
 
     draw("stack_4j1b", lambda: stacked_region(histograms, "4j1b", start=110, rebin=2, **common))
     draw("stack_4j2b", lambda: stacked_region(histograms, "4j2b", start=None, rebin=1, **common))
-    draw("ttbar_btag_variations", lambda: variations(
-        histograms, "4j1b", "ttbar", {f"btag_var_{i}_up": f"b-tag NP {i + 1} up" for i in range(4)},
-        start=110, rebin=2, title=r"$t\bar{t}$, " + REGION_TITLES["4j1b"], **common))
-    draw("ttbar_jet_variations", lambda: variations(
-        histograms, "4j2b", "ttbar", {"pt_scale_up": "Jet energy scale up",
-                                      "pt_res_up": "Jet energy resolution up"},
-        start=None, rebin=1, title=r"$t\bar{t}$, " + REGION_TITLES["4j2b"], **common))
+    draw(
+        "ttbar_btag_variations",
+        lambda: variations(
+            histograms,
+            "4j1b",
+            "ttbar",
+            {f"btag_var_{i}_up": f"b-tag NP {i + 1} up" for i in range(4)},
+            start=110,
+            rebin=2,
+            title=r"$t\bar{t}$, " + REGION_TITLES["4j1b"],
+            **common,
+        ),
+    )
+    draw(
+        "ttbar_jet_variations",
+        lambda: variations(
+            histograms,
+            "4j2b",
+            "ttbar",
+            {"pt_scale_up": "Jet energy scale up", "pt_res_up": "Jet energy resolution up"},
+            start=None,
+            rebin=1,
+            title=r"$t\bar{t}$, " + REGION_TITLES["4j2b"],
+            **common,
+        ),
+    )
 
     if fit_result is not None:
-        draw("pulls", lambda: pulls(fit_result.labels, fit_result.values, fit_result.errors,
-                                    **common))
+        draw(
+            "pulls",
+            lambda: pulls(fit_result.labels, fit_result.values, fit_result.errors, **common),
+        )
         if model_and_data is None and getattr(fit_result, "model", None) is not None:
             model_and_data = (fit_result.model, fit_result.data)
     if fit_result is not None and model_and_data is not None:
@@ -396,18 +534,28 @@ def make_plots(histograms: Mapping[str, hist.Hist], output_dir: str | os.PathLik
 
         model, data = model_and_data
         prefit = cabinetry.model_utils.prediction(model)
-        postfit = cabinetry.model_utils.prediction(model, fit_results=_cabinetry_fit_results(
-            fit_result))
+        postfit = cabinetry.model_utils.prediction(
+            model, fit_results=_cabinetry_fit_results(fit_result)
+        )
         for channel in model.config.channels:
             region = CHANNEL_REGIONS.get(channel, channel.replace(" ", "_"))
-            draw(f"data_mc_{region}", lambda channel=channel: data_mc_prefit_postfit(
-                prefit, postfit, data, channel, **common))
+            draw(
+                f"data_mc_{region}",
+                lambda channel=channel: data_mc_prefit_postfit(
+                    prefit, postfit, data, channel, **common
+                ),
+            )
     log.info("wrote %d plot files to %s", len(written), output_dir)
     return written
 
 
-def plot_run(run_dir: str | os.PathLike, *, label: str = OPEN_DATA_LABEL,
-             experiment: str = "CMS", formats: Sequence[str] = FORMATS) -> list[Path]:
+def plot_run(
+    run_dir: str | os.PathLike,
+    *,
+    label: str = OPEN_DATA_LABEL,
+    experiment: str = "CMS",
+    formats: Sequence[str] = FORMATS,
+) -> list[Path]:
     """Draw all plots of a run directory from its files.
 
     Uses ``histograms.root`` (or ``histograms.json``), and, when present, ``fit_result.json``
@@ -425,5 +573,12 @@ def plot_run(run_dir: str | os.PathLike, *, label: str = OPEN_DATA_LABEL,
         if (run_dir / "workspace.json").exists():
             workspace = json.loads((run_dir / "workspace.json").read_text())
             model_and_data = cabinetry.model_utils.model_and_data(workspace)
-    return make_plots(histograms, run_dir, fit_result, model_and_data, label=label,
-                      experiment=experiment, formats=formats)
+    return make_plots(
+        histograms,
+        run_dir,
+        fit_result,
+        model_and_data,
+        label=label,
+        experiment=experiment,
+        formats=formats,
+    )

@@ -55,8 +55,9 @@ def close_open_files() -> None:
     _bytes_reported.clear()
 
 
-def read_chunk(path: str, branches: Sequence[str], entry_start: int, entry_stop: int,
-               tree: str = "Events") -> tuple[ak.Array, int]:
+def read_chunk(
+    path: str, branches: Sequence[str], entry_start: int, entry_stop: int, tree: str = "Events"
+) -> tuple[ak.Array, int]:
     """Read ``branches`` for entries [entry_start, entry_stop) of ``tree`` in ``path``.
 
     Returns the events (flat branch fields, e.g. ``Jet_pt``) and the bytes requested from the
@@ -66,21 +67,26 @@ def read_chunk(path: str, branches: Sequence[str], entry_start: int, entry_stop:
     f, events_tree, _ = open_tree(path, tree)
     missing = [b for b in branches if b not in events_tree]
     if missing:
-        raise InputFileError(f"{path}: tree {tree!r} lacks branch(es) {', '.join(missing)} "
-                             "that the analysis reads; is this NanoAOD?")
+        raise InputFileError(
+            f"{path}: tree {tree!r} lacks branch(es) {', '.join(missing)} "
+            "that the analysis reads; is this NanoAOD?"
+        )
     if entry_stop > events_tree.num_entries:
-        raise InputFileError(f"{path}: the catalog asks for entries up to {entry_stop} but "
-                             f"the file has {events_tree.num_entries}; the catalog's 'nevts' "
-                             "does not match the file.")
+        raise InputFileError(
+            f"{path}: the catalog asks for entries up to {entry_stop} but "
+            f"the file has {events_tree.num_entries}; the catalog's 'nevts' "
+            "does not match the file."
+        )
     source = f.file.source
     before = _bytes_reported.get(id(source), 0)  # so the first chunk of a file pays its open
     try:
-        events = events_tree.arrays(list(branches), entry_start=entry_start,
-                                    entry_stop=entry_stop)
+        events = events_tree.arrays(list(branches), entry_start=entry_start, entry_stop=entry_stop)
     except Exception as err:
-        raise InputFileError(f"{path}: reading entries {entry_start}-{entry_stop} failed "
-                             f"({type(err).__name__}: {err}); the file is probably "
-                             "corrupt: re-generate or re-copy it.") from err
+        raise InputFileError(
+            f"{path}: reading entries {entry_start}-{entry_stop} failed "
+            f"({type(err).__name__}: {err}); the file is probably "
+            "corrupt: re-generate or re-copy it."
+        ) from err
     _bytes_reported[id(source)] = source.num_requested_bytes
     return events, source.num_requested_bytes - before
 
@@ -90,19 +96,25 @@ def _open_checked(path: str, tree: str):
     try:
         f = uproot.open(path)
     except FileNotFoundError as err:
-        raise InputFileError(f"{path}: no such file. Check the catalog paths, or re-run "
-                             "'agc generate' for synthetic inputs.") from err
+        raise InputFileError(
+            f"{path}: no such file. Check the catalog paths, or re-run "
+            "'agc generate' for synthetic inputs."
+        ) from err
     except Exception as err:
-        raise InputFileError(f"{path}: not a readable ROOT file ({type(err).__name__}: {err}). "
-                             "It may be truncated or corrupt: re-generate or re-copy it.") from err
+        raise InputFileError(
+            f"{path}: not a readable ROOT file ({type(err).__name__}: {err}). "
+            "It may be truncated or corrupt: re-generate or re-copy it."
+        ) from err
     try:
         events_tree = f[tree]
     except Exception as err:
         trees = sorted({k.split(";")[0] for k, c in f.classnames().items() if c == "TTree"})
         f.close()
-        raise InputFileError(f"{path}: no tree {tree!r} in the file (trees: "
-                             f"{', '.join(trees) or 'none'}). NanoAOD files keep events in "
-                             "'Events'.") from err
+        raise InputFileError(
+            f"{path}: no tree {tree!r} in the file (trees: "
+            f"{', '.join(trees) or 'none'}). NanoAOD files keep events in "
+            "'Events'."
+        ) from err
     if not isinstance(events_tree, uproot.behaviors.TTree.TTree):
         f.close()
         raise InputFileError(f"{path}: {tree!r} is a {type(events_tree).__name__}, not a TTree")

@@ -47,15 +47,20 @@ def not_measured(records: Records) -> list[str]:
     notes = []
     ran = set(records.runs["backend"]) if "backend" in records.runs else set()
     if not ran & set(BATCH_BACKENDS):
-        notes.append("Batch backends (SLURM, HTCondor, DIRAC): not measured in this report; "
-                     "the runs here use the local backend only.")
-    standins = sorted({str(p) for p in records.runs.get("point", pd.Series(dtype=str))
-                       if "stand-in" in str(p)})
+        notes.append(
+            "Batch backends (SLURM, HTCondor, DIRAC): not measured in this report; "
+            "the runs here use the local backend only."
+        )
+    standins = sorted(
+        {str(p) for p in records.runs.get("point", pd.Series(dtype=str)) if "stand-in" in str(p)}
+    )
     if standins:
-        notes.append(f"{', '.join(standins)}: the production cluster classes and job "
-                     "descriptions, submitted through stand-in commands that start each job as a "
-                     "local process; their latencies are those of a local process start, not of "
-                     "a site's queue or matching.")
+        notes.append(
+            f"{', '.join(standins)}: the production cluster classes and job "
+            "descriptions, submitted through stand-in commands that start each job as a "
+            "local process; their latencies are those of a local process start, not of "
+            "a site's queue or matching."
+        )
     for scenario, meta in records.meta.items():
         for point, reason in (meta.get("skipped") or {}).items():
             notes.append(f"Scenario {scenario}, {point}: not measured ({reason}).")
@@ -83,15 +88,19 @@ def load_records(results_dir: str | os.PathLike) -> Records:
     if not raw.is_dir():
         from agc.errors import UserError
 
-        raise UserError(f"{results_dir}: no raw/ folder with records; run 'agc bench SCENARIO "
-                        f"--results {results_dir}' first")
+        raise UserError(
+            f"{results_dir}: no raw/ folder with records; run 'agc bench SCENARIO "
+            f"--results {results_dir}' first"
+        )
 
     def concat(kind: str) -> pd.DataFrame:
         frames = [pd.read_csv(f) for f in sorted(raw.glob(f"*-{kind}.csv"))]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
-    meta = {f.name[:-len("-meta.json")]: json.loads(f.read_text())
-            for f in sorted(raw.glob("*-meta.json"))}
+    meta = {
+        f.name[: -len("-meta.json")]: json.loads(f.read_text())
+        for f in sorted(raw.glob("*-meta.json"))
+    }
     return Records(concat("runs"), concat("phases"), concat("tasks"), meta)
 
 
@@ -104,12 +113,17 @@ def summarize(records: Records) -> pd.DataFrame:
     rows = []
     for (scenario, point), g in runs.groupby(["scenario", "point"], sort=False):
         eps = g["events_per_second"]
-        row = {"scenario": scenario, "point": point, "runs": len(g),
-               "events": int(g["events"].median()),
-               "workers": int(g["workers"].median()) if "workers" in g else 1,
-               "wall_s_median": g["wall_seconds"].median(),
-               "events_per_s_median": eps.median(), "events_per_s_min": eps.min(),
-               "events_per_s_max": eps.max()}
+        row = {
+            "scenario": scenario,
+            "point": point,
+            "runs": len(g),
+            "events": int(g["events"].median()),
+            "workers": int(g["workers"].median()) if "workers" in g else 1,
+            "wall_s_median": g["wall_seconds"].median(),
+            "events_per_s_median": eps.median(),
+            "events_per_s_min": eps.min(),
+            "events_per_s_max": eps.max(),
+        }
         if "events_per_second_per_core" in g:
             row["events_per_s_per_core_median"] = g["events_per_second_per_core"].median()
         if "cpu_seconds" in g:
@@ -149,8 +163,9 @@ def targets(records: Records) -> pd.DataFrame:
         ceiling = full[full["io_only"].astype(bool) & (full["point"].str.contains("analysis"))]
         measured["events_per_second_per_core"] = pipeline["events_per_second_per_core"].median()
         if len(ceiling):
-            measured["fraction_of_io_ceiling"] = (pipeline["events_per_second"].median()
-                                                  / ceiling["events_per_second"].median())
+            measured["fraction_of_io_ceiling"] = (
+                pipeline["events_per_second"].median() / ceiling["events_per_second"].median()
+            )
     tasks = records.tasks
     if not tasks.empty and "chunksize" in records.meta:
         chunk_tasks = tasks[(tasks["scenario"] == "chunksize") & ~tasks["warmup"].astype(bool)]
@@ -166,21 +181,32 @@ def targets(records: Records) -> pd.DataFrame:
     info = {}
     if not full.empty:
         pipeline = full[~full["io_only"].astype(bool)]
-        info["full pipeline, events per CPU second (all processes; what a core gives when it "
-             "is not shared)"] = (pipeline["events"] / pipeline["cpu_seconds"]).median()
+        info[
+            "full pipeline, events per CPU second (all processes; what a core gives when it "
+            "is not shared)"
+        ] = (pipeline["events"] / pipeline["cpu_seconds"]).median()
     if not tasks.empty and "open_seconds" in tasks:
         # tasks that opened their file (records before the open flag show microseconds else)
         opened = tasks[(tasks["open_seconds"] > 1e-3) & ~tasks["warmup"].astype(bool)]
         info["opening one input file (s, median; metadata of every branch)"] = (
-            opened["open_seconds"].median() if len(opened) else float("nan"))
+            opened["open_seconds"].median() if len(opened) else float("nan")
+        )
     rows = []
     for key, (op, goal, what) in TARGETS.items():
         value = measured[key]
         met = (value >= goal if op == ">=" else value <= goal) if np.isfinite(value) else None
-        rows.append({"target": what, "goal": f"{op} {goal:g}", "measured": value,
-                     "met": {True: "yes", False: "no", None: "not measured"}[met]})
-    rows += [{"target": what, "goal": "—", "measured": value, "met": "for information"}
-             for what, value in info.items()]
+        rows.append(
+            {
+                "target": what,
+                "goal": f"{op} {goal:g}",
+                "measured": value,
+                "met": {True: "yes", False: "no", None: "not measured"}[met],
+            }
+        )
+    rows += [
+        {"target": what, "goal": "—", "measured": value, "met": "for information"}
+        for what, value in info.items()
+    ]
     return pd.DataFrame(rows)
 
 
@@ -196,9 +222,13 @@ def time_split(records: Records) -> pd.DataFrame:
         t["open_seconds"] = np.nan
     t["columns"] = t["read_seconds"] - t["open_seconds"].fillna(0.0)
     per_run = t.groupby(["scenario", "point", "run_id"], sort=False).agg(
-        tasks=("task", "size"), task_s=("task", "sum"), cpu_s=("cpu_seconds", "sum"),
-        open_s=("open_seconds", lambda x: x.sum(min_count=1)), read_columns_s=("columns", "sum"),
-        analysis_s=("analysis_seconds", "sum"))
+        tasks=("task", "size"),
+        task_s=("task", "sum"),
+        cpu_s=("cpu_seconds", "sum"),
+        open_s=("open_seconds", lambda x: x.sum(min_count=1)),
+        read_columns_s=("columns", "sum"),
+        analysis_s=("analysis_seconds", "sum"),
+    )
     return per_run.groupby(["scenario", "point"], sort=False).median().reset_index()
 
 
@@ -209,6 +239,7 @@ def _time_to_first_result(runs: pd.DataFrame) -> pd.Series:
 
 
 # ---------------------------------------------------------------- plots (matplotlib, Agg)
+
 
 def _figure():
     import matplotlib
@@ -234,13 +265,25 @@ def _median_bars(ax, df: pd.DataFrame, value: str, label_col: str = "point") -> 
     g = df.groupby(label_col, sort=False)[value]
     med, lo, hi = g.median(), g.min(), g.max()
     x = np.arange(len(med))
-    ax.bar(x, med.values, yerr=[med.values - lo.values, hi.values - med.values], capsize=4,
-           color="#4c72b0")
+    ax.bar(
+        x,
+        med.values,
+        yerr=[med.values - lo.values, hi.values - med.values],
+        capsize=4,
+        color="#4c72b0",
+    )
     ax.set_xticks(x, [str(i) for i in med.index], rotation=15, ha="right", fontsize=8)
     for xi, v in zip(x, med.values, strict=True):
         text = f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
-        ax.annotate(text, (xi, v), ha="center", va="bottom", fontsize=8, xytext=(0, 2),
-                    textcoords="offset points")
+        ax.annotate(
+            text,
+            (xi, v),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            xytext=(0, 2),
+            textcoords="offset points",
+        )
 
 
 def plot_scaling(records: Records) -> bytes | None:
@@ -250,8 +293,14 @@ def plot_scaling(records: Records) -> bytes | None:
     fig, ax = _figure()
     g = w.groupby("workers")["events_per_second"]
     med = g.median()
-    ax.errorbar(med.index, med.values, yerr=[med - g.min(), g.max() - med], marker="o",
-                capsize=4, label="measured (median, min-max)")
+    ax.errorbar(
+        med.index,
+        med.values,
+        yerr=[med - g.min(), g.max() - med],
+        marker="o",
+        capsize=4,
+        label="measured (median, min-max)",
+    )
     ideal = med.iloc[0] / med.index[0] * np.array(med.index)
     ax.plot(med.index, ideal, "--", color="grey", label="ideal (linear from the first point)")
     ax.set_xlabel("workers")
@@ -263,8 +312,9 @@ def plot_scaling(records: Records) -> bytes | None:
     return _png(fig)
 
 
-def plot_phases(records: Records, scenario: str = "latency",
-                title: str = "Latency phases") -> bytes | None:
+def plot_phases(
+    records: Records, scenario: str = "latency", title: str = "Latency phases"
+) -> bytes | None:
     ph = records.phases
     if ph.empty or scenario not in set(ph["scenario"]):
         return None
@@ -285,8 +335,13 @@ def plot_phases(records: Records, scenario: str = "latency",
     return _png(fig)
 
 
-def plot_bars(records: Records, scenario: str, title: str,
-              value: str = "events_per_second", ylabel: str = "events / s") -> bytes | None:
+def plot_bars(
+    records: Records,
+    scenario: str,
+    title: str,
+    value: str = "events_per_second",
+    ylabel: str = "events / s",
+) -> bytes | None:
     df = records.measured(scenario)
     if df.empty or value not in df:
         return None
@@ -304,8 +359,7 @@ def plot_chunksize(records: Records) -> bytes | None:
     fig, ax = _figure()
     g = df.groupby("chunksize")["events_per_second"]
     med = g.median()
-    ax.errorbar(med.index, med.values, yerr=[med - g.min(), g.max() - med], marker="o",
-                capsize=4)
+    ax.errorbar(med.index, med.values, yerr=[med - g.min(), g.max() - med], marker="o", capsize=4)
     ax.set_xscale("log")
     ax.set_xlabel("chunk size (events)")
     ax.set_ylabel("events / s")
@@ -318,8 +372,13 @@ def plot_cache(records: Records) -> bytes | None:
     df = records.measured("cache")
     if df.empty:
         return None
-    return plot_bars(records, "cache", "Result cache and XCache: wall time per run",
-                     "wall_seconds", "wall time (s)")
+    return plot_bars(
+        records,
+        "cache",
+        "Result cache and XCache: wall time per run",
+        "wall_seconds",
+        "wall time (s)",
+    )
 
 
 # ---------------------------------------------------------------- page
@@ -345,47 +404,63 @@ def _fmt(v) -> str:
 
 def _table_html(df: pd.DataFrame) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
-                   for row in df.itertuples(index=False))
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
+        for row in df.itertuples(index=False)
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _table_md(df: pd.DataFrame) -> str:
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |",
-             "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |"
-              for row in df.itertuples(index=False)]
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)
 
 
 def _environment(records: Records) -> pd.DataFrame:
-    cols = [c for c in records.runs.columns
-            if c.startswith(("machine_", "version_")) or c == "git_commit"]
+    cols = [
+        c
+        for c in records.runs.columns
+        if c.startswith(("machine_", "version_")) or c == "git_commit"
+    ]
     env = records.runs[cols].drop_duplicates()
-    return pd.DataFrame({"item": cols, "value": [
-        ", ".join(sorted({str(v) for v in env[c]})) for c in cols]})
+    return pd.DataFrame(
+        {"item": cols, "value": [", ".join(sorted({str(v) for v in env[c]})) for c in cols]}
+    )
 
 
 #: (file name, heading, plot function) of the scenarios with a plot of their own; any other
 #: scenario gets a bar chart of events/s per point.
 PLOTS = (
     ("scaling", "Throughput vs workers", plot_scaling),
-    ("io", "I/O ceiling vs full pipeline",
-     lambda r: plot_bars(r, "io", "I/O-only vs full pipeline (same files, same session)")),
-    ("before_after", "Before / after the optimisations",
-     lambda r: plot_bars(r, "before-after", "Baseline vs current code")),
+    (
+        "io",
+        "I/O ceiling vs full pipeline",
+        lambda r: plot_bars(r, "io", "I/O-only vs full pipeline (same files, same session)"),
+    ),
+    (
+        "before_after",
+        "Before / after the optimisations",
+        lambda r: plot_bars(r, "before-after", "Baseline vs current code"),
+    ),
     ("chunksize", "Chunk-size curve", plot_chunksize),
     ("latency", "Latency phases", plot_phases),
     ("engines", "Engines", lambda r: plot_bars(r, "engines", "Execution engines")),
     ("backends", "Backends", lambda r: plot_bars(r, "backends", "Backends")),
-    ("backends_latency", "Backend latency phases",
-     lambda r: plot_phases(r, "backends", "Latency phases per backend")),
+    (
+        "backends_latency",
+        "Backend latency phases",
+        lambda r: plot_phases(r, "backends", "Latency phases per backend"),
+    ),
     ("cache", "Cache gains", plot_cache),
 )
 
 
-def build_report(results_dir: str | os.PathLike, title: str | None = None,
-                 asv_results: str | os.PathLike | None = None) -> Path:
+def build_report(
+    results_dir: str | os.PathLike,
+    title: str | None = None,
+    asv_results: str | os.PathLike | None = None,
+) -> Path:
     """Write ``index.html``, ``README.md``, ``summary.csv`` and ``plots/`` into ``results_dir``.
 
     With ``asv_results`` (asv's ``results_dir``) the page gains the asv micro-benchmarks, and
@@ -402,65 +477,104 @@ def build_report(results_dir: str | os.PathLike, title: str | None = None,
     plots_dir.mkdir(exist_ok=True)
 
     figures = []
-    shown = {"workers", "io", "before-after", "chunksize", "latency", "engines", "backends",
-             "cache"}
-    generic = [(name, f"Scenario {name}",
-                lambda r, name=name: plot_bars(r, name, f"Scenario {name}"))
-               for name in records.meta if name not in shown]
+    shown = {
+        "workers",
+        "io",
+        "before-after",
+        "chunksize",
+        "latency",
+        "engines",
+        "backends",
+        "cache",
+    }
+    generic = [
+        (name, f"Scenario {name}", lambda r, name=name: plot_bars(r, name, f"Scenario {name}"))
+        for name in records.meta
+        if name not in shown
+    ]
     for key, heading, make in (*PLOTS, *generic):
         png = make(records)
         if png is not None:
             (plots_dir / f"{key}.png").write_bytes(png)
             figures.append((key, heading, png))
 
-    intro = (f"{len(records.runs)} runs recorded in {len(records.meta)} scenario(s); warm-up runs "
-             "(flagged in the records) are left out of every median and spread. Spread = min-max "
-             "over the repeats.")
+    intro = (
+        f"{len(records.runs)} runs recorded in {len(records.meta)} scenario(s); warm-up runs "
+        "(flagged in the records) are left out of every median and spread. Spread = min-max "
+        "over the repeats."
+    )
     machine = _machine_note(records)
-    h = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-         f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
-         f"<p>{html.escape(intro)}</p><p class='note'>{html.escape(machine)}</p>",
-         "<h2>Targets</h2>", _table_html(goal)]
+    h = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+        f"<p>{html.escape(intro)}</p><p class='note'>{html.escape(machine)}</p>",
+        "<h2>Targets</h2>",
+        _table_html(goal),
+    ]
     md = [f"# {title}", "", intro, "", f"> {machine}", "", "## Targets", "", _table_md(goal), ""]
     for key, heading, png in figures:
         data = base64.b64encode(png).decode()
-        h.append(f"<h2>{html.escape(heading)}</h2><img alt='{key}' "
-                 f"src='data:image/png;base64,{data}'>")
+        h.append(
+            f"<h2>{html.escape(heading)}</h2><img alt='{key}' src='data:image/png;base64,{data}'>"
+        )
         md += [f"## {heading}", "", f"![{key}](plots/{key}.png)", ""]
     split = time_split(records)
     if not split.empty:
-        text = ("Task time summed over a run's chunks (median over runs): opening input files "
-                "(metadata of every branch), reading and decompressing the columns, the "
-                "analysis; cpu_s is the tasks' CPU time. Wall time above cpu_s is waiting "
-                "(for the disk, or for a core on a busy machine).")
+        text = (
+            "Task time summed over a run's chunks (median over runs): opening input files "
+            "(metadata of every branch), reading and decompressing the columns, the "
+            "analysis; cpu_s is the tasks' CPU time. Wall time above cpu_s is waiting "
+            "(for the disk, or for a core on a busy machine)."
+        )
         h += ["<h2>Where the time goes</h2>", f"<p>{html.escape(text)}</p>", _table_html(split)]
         md += ["## Where the time goes", "", text, "", _table_md(split), ""]
     h += ["<h2>Scenarios</h2>"]
     md += ["## Scenarios", ""]
     for name, meta in records.meta.items():
         part = summary[summary["scenario"] == name].drop(columns="scenario")
-        text = (f"{meta.get('description', '')} Dataset {meta.get('dataset')} "
-                f"({meta.get('dataset_events', 0):,} events), {meta.get('repeats')} repeats after "
-                f"{meta.get('warmup')} warm-up(s), finished {meta.get('finished_utc')}.")
+        text = (
+            f"{meta.get('description', '')} Dataset {meta.get('dataset')} "
+            f"({meta.get('dataset_events', 0):,} events), {meta.get('repeats')} repeats after "
+            f"{meta.get('warmup')} warm-up(s), finished {meta.get('finished_utc')}."
+        )
         h += [f"<h3>{html.escape(name)}</h3><p>{html.escape(text)}</p>", _table_html(part)]
         md += [f"### {name}", "", text, "", _table_md(part), ""]
     if asv_results is not None:
         micro = asv_table(asv_results)
         micro.to_csv(results_dir / "asv.csv", index=False)
-        text = ("asv micro-benchmarks of the hot functions (asv's own statistics over its "
-                "repeats; --quick runs once).")
-        h += ["<h2>asv micro-benchmarks</h2>", f"<p>{html.escape(text)}</p>",
-              _table_html(_asv_readable(micro))]
+        text = (
+            "asv micro-benchmarks of the hot functions (asv's own statistics over its "
+            "repeats; --quick runs once)."
+        )
+        h += [
+            "<h2>asv micro-benchmarks</h2>",
+            f"<p>{html.escape(text)}</p>",
+            _table_html(_asv_readable(micro)),
+        ]
         md += ["## asv micro-benchmarks", "", text, "", _table_md(_asv_readable(micro)), ""]
     caveats = not_measured(records)
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in caveats)
-    h += [f"<h2>Not measured</h2><ul>{notes}</ul>", "<h2>Machine, versions, commit</h2>",
-          _table_html(env), "<p>Raw records: <code>raw/*.csv</code>; per-point statistics: "
-          "<code>summary.csv</code>.</p></body></html>"]
-    md += ["## Not measured", ""] + [f"- {n}" for n in caveats] + [
-        "", "## Machine, versions, commit", "", _table_md(env), "",
-        "Raw records: `raw/*.csv`; per-point statistics: `summary.csv`; the same page with "
-        "embedded plots: `index.html`.", ""]
+    h += [
+        f"<h2>Not measured</h2><ul>{notes}</ul>",
+        "<h2>Machine, versions, commit</h2>",
+        _table_html(env),
+        "<p>Raw records: <code>raw/*.csv</code>; per-point statistics: "
+        "<code>summary.csv</code>.</p></body></html>",
+    ]
+    md += (
+        ["## Not measured", ""]
+        + [f"- {n}" for n in caveats]
+        + [
+            "",
+            "## Machine, versions, commit",
+            "",
+            _table_md(env),
+            "",
+            "Raw records: `raw/*.csv`; per-point statistics: `summary.csv`; the same page with "
+            "embedded plots: `index.html`.",
+            "",
+        ]
+    )
     page = results_dir / "index.html"
     page.write_text("\n".join(h))
     (results_dir / "README.md").write_text("\n".join(md))
@@ -478,8 +592,11 @@ def asv_table(asv_results: str | os.PathLike) -> pd.DataFrame:
     root = Path(asv_results)
     units: dict[str, str] = {}
     if (root / "benchmarks.json").exists():
-        units = {k: v.get("unit", "") for k, v in json.loads(
-            (root / "benchmarks.json").read_text()).items() if isinstance(v, dict)}
+        units = {
+            k: v.get("unit", "")
+            for k, v in json.loads((root / "benchmarks.json").read_text()).items()
+            if isinstance(v, dict)
+        }
     rows = []
     for path in sorted(root.glob("*/*.json")):
         if path.name == "machine.json":
@@ -494,17 +611,25 @@ def asv_table(asv_results: str | os.PathLike) -> pd.DataFrame:
             combos = [", ".join(c) for c in itertools.product(*params)] if params else [""]
             values = result if params else [result[0] if isinstance(result, list) else result]
             for combo, value in zip(combos, values, strict=False):
-                rows.append({"benchmark": name, "params": combo, "value": value,
-                             "unit": units.get(name, ""),
-                             "commit": data.get("commit_hash", "")[:12],
-                             "machine": data.get("params", {}).get("machine", ""),
-                             "cpus": data.get("params", {}).get("num_cpu", "")})
-    return pd.DataFrame(rows, columns=["benchmark", "params", "value", "unit", "commit",
-                                       "machine", "cpus"])
+                rows.append(
+                    {
+                        "benchmark": name,
+                        "params": combo,
+                        "value": value,
+                        "unit": units.get(name, ""),
+                        "commit": data.get("commit_hash", "")[:12],
+                        "machine": data.get("params", {}).get("machine", ""),
+                        "cpus": data.get("params", {}).get("num_cpu", ""),
+                    }
+                )
+    return pd.DataFrame(
+        rows, columns=["benchmark", "params", "value", "unit", "commit", "machine", "cpus"]
+    )
 
 
 def _asv_readable(df: pd.DataFrame) -> pd.DataFrame:
     """Values with their unit in words (seconds as ms, bytes as MB)."""
+
     def show(row):
         v = row["value"]
         if v is None or (isinstance(v, float) and not np.isfinite(v)):
@@ -530,8 +655,12 @@ def _machine_note(records: Records) -> str:
     load = ""
     if "load_average_1min" in runs and runs["load_average_1min"].notna().any():
         la = runs["load_average_1min"]
-        load = (f" The 1-minute load average at the end of the runs was {la.median():.1f} "
-                f"(median; {la.min():.1f} to {la.max():.1f}) on {max(cores)} cores.")
-    return (f"Machine: {cpu}, {'/'.join(map(str, cores))} logical core(s), {mem} GB memory. "
-            "A small shared machine: other jobs ran at the same time, so rates are noisy; read "
-            f"the spreads, not only the medians.{load}")
+        load = (
+            f" The 1-minute load average at the end of the runs was {la.median():.1f} "
+            f"(median; {la.min():.1f} to {la.max():.1f}) on {max(cores)} cores."
+        )
+    return (
+        f"Machine: {cpu}, {'/'.join(map(str, cores))} logical core(s), {mem} GB memory. "
+        "A small shared machine: other jobs ran at the same time, so rates are noisy; read "
+        f"the spreads, not only the medians.{load}"
+    )

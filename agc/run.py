@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT_ROOT = Path("agc-output")
 
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that defines a run. Physics options first, then inputs, execution, outputs."""
@@ -78,8 +79,10 @@ class RunConfig:
         if not self.io_only or self.io_branches == "analysis":
             return ANALYSIS_BRANCHES
         if self.io_branches not in IO_BRANCH_SETS:
-            raise UserError(f"--io-branches {self.io_branches!r}: choose 'analysis' or one of "
-                             f"{', '.join(IO_BRANCH_SETS)}")
+            raise UserError(
+                f"--io-branches {self.io_branches!r}: choose 'analysis' or one of "
+                f"{', '.join(IO_BRANCH_SETS)}"
+            )
         return IO_BRANCH_SETS[self.io_branches]
 
 
@@ -110,12 +113,27 @@ def process_chunk(task: ChunkTask) -> ChunkResult:
     events, nbytes = read_chunk(c.path, task.branches, c.entry_start, c.entry_stop, c.tree)
     if task.io_only:
         ak.materialize(events)  # the I/O ceiling: columns decompressed and deserialised only
-    return analyse(events, task, nbytes, started=started, cpu0=cpu0,
-                   read_seconds=time.time() - started, open_seconds=opened - started)
+    return analyse(
+        events,
+        task,
+        nbytes,
+        started=started,
+        cpu0=cpu0,
+        read_seconds=time.time() - started,
+        open_seconds=opened - started,
+    )
 
 
-def analyse(events: ak.Array, task: ChunkTask, nbytes: int, *, started: float, cpu0: float,
-            read_seconds: float = float("nan"), open_seconds: float = float("nan")) -> ChunkResult:
+def analyse(
+    events: ak.Array,
+    task: ChunkTask,
+    nbytes: int,
+    *,
+    started: float,
+    cpu0: float,
+    read_seconds: float = float("nan"),
+    open_seconds: float = float("nan"),
+) -> ChunkResult:
     """Run the analysis on the events of one chunk (nothing in I/O-only mode) and time it.
 
     ``started`` / ``cpu0``: wall and process CPU time when the task began (reading included).
@@ -125,14 +143,31 @@ def analyse(events: ak.Array, task: ChunkTask, nbytes: int, *, started: float, c
     if task.io_only:
         histograms = {}
     else:
-        histograms = process_events(events, process=c.process, variation=c.variation,
-                                    weight=c.weight, dataset=c.sample, seed=task.seed,
-                                    systematics=task.systematics)
+        histograms = process_events(
+            events,
+            process=c.process,
+            variation=c.variation,
+            weight=c.weight,
+            dataset=c.sample,
+            seed=task.seed,
+            systematics=task.systematics,
+        )
     finished = time.time()
-    timing = TaskTiming(c.sample, c.path, c.entry_start, c.entry_stop, started, finished,
-                        time.process_time() - cpu0, nbytes, f"{socket.gethostname()}:{os.getpid()}",
-                        peak_rss_mb(), read_seconds=read_seconds,
-                        analysis_seconds=finished - analysis_started, open_seconds=open_seconds)
+    timing = TaskTiming(
+        c.sample,
+        c.path,
+        c.entry_start,
+        c.entry_stop,
+        started,
+        finished,
+        time.process_time() - cpu0,
+        nbytes,
+        f"{socket.gethostname()}:{os.getpid()}",
+        peak_rss_mb(),
+        read_seconds=read_seconds,
+        analysis_seconds=finished - analysis_started,
+        open_seconds=open_seconds,
+    )
     return ChunkResult(len(events), histograms, timing)
 
 
@@ -181,8 +216,11 @@ def sample_yields(histograms: Mapping[str, hist.Hist], fileset) -> dict[str, dic
     for key, sample in fileset.items():
         out[key] = {}
         for region in ("4j1b", "4j2b"):
-            name = (f"{region}_{sample.process}" if sample.variation == "nominal"
-                    else f"{region}_{sample.process}_{sample.variation}")
+            name = (
+                f"{region}_{sample.process}"
+                if sample.variation == "nominal"
+                else f"{region}_{sample.process}_{sample.variation}"
+            )
             h = histograms.get(name)
             out[key][region] = float(h.sum(flow=True).value) if h is not None else 0.0
     return out
@@ -208,18 +246,27 @@ def run(config: RunConfig, *, progress: bool = True, write: bool = True) -> RunR
 
     clock.start("preprocessing")
     catalog, base_dir = load_catalog(config.catalog)
-    fileset = build_fileset(catalog, base_dir, n_files=config.n_files, samples=config.samples,
-                            eos=config.eos, xcache=config.xcache, mirror=config.mirror)
+    fileset = build_fileset(
+        catalog,
+        base_dir,
+        n_files=config.n_files,
+        samples=config.samples,
+        eos=config.eos,
+        xcache=config.xcache,
+        mirror=config.mirror,
+    )
     chunks = make_chunks(fileset, config.chunksize)
     branches = config.branches()
     engines.check(config.engine, cache=config.cache)
-    tasks = [ChunkTask(c, branches, config.systematics, config.seed, config.io_only)
-             for c in chunks]
+    tasks = [
+        ChunkTask(c, branches, config.systematics, config.seed, config.io_only) for c in chunks
+    ]
     backend = get_backend(config.backend)(**dict(config.backend_options))
     lake = lake_store(config.cache, config.data_lake) if write else None
     cache = ChunkCache.open(config.cache) if config.cache else None
-    fn, todo, cached = (process_chunk, tasks, []) if cache is None else cache.split(process_chunk,
-                                                                                   tasks)
+    fn, todo, cached = (
+        (process_chunk, tasks, []) if cache is None else cache.split(process_chunk, tasks)
+    )
     clock.stop("preprocessing")
 
     clock.start("cluster_start")
@@ -271,22 +318,36 @@ def run(config: RunConfig, *, progress: bool = True, write: bool = True) -> RunR
     for t in timings:
         worker_peaks[t.worker] = max(worker_peaks.get(t.worker, 0.0), t.peak_rss_mb)
     record = RunRecord(
-        run_id=run_id, backend=config.backend,
+        run_id=run_id,
+        backend=config.backend,
         engine=_engine_label(config),
-        workers=executor.workers, cores_per_worker=getattr(executor, "cores_per_worker", 1),
-        chunksize=config.chunksize, n_files=config.n_files, io_only=config.io_only,
-        systematics=config.systematics, events=sum(events.values()), chunks=len(chunks),
-        bytes_read=sum(t.bytes_read for t in timings), wall_seconds=clock.elapsed(),
+        workers=executor.workers,
+        cores_per_worker=getattr(executor, "cores_per_worker", 1),
+        chunksize=config.chunksize,
+        n_files=config.n_files,
+        io_only=config.io_only,
+        systematics=config.systematics,
+        events=sum(events.values()),
+        chunks=len(chunks),
+        bytes_read=sum(t.bytes_read for t in timings),
+        wall_seconds=clock.elapsed(),
         cpu_seconds=_cpu_seconds(time.process_time() - cpu0, timings),
         peak_rss_mb_per_worker=max(worker_peaks.values(), default=0.0),
         cache_hits=sum(t.cached for t in timings),
         cache_misses=sum(not t.cached for t in timings) if cache is not None else 0,
-        phases=clock.durations, label=config.label, **task_totals(timings),
+        phases=clock.durations,
+        label=config.label,
+        **task_totals(timings),
     )
     result = RunResult(
-        run_id=run_id, run_dir=None, histograms=histograms, events_per_sample=events,
+        run_id=run_id,
+        run_dir=None,
+        histograms=histograms,
+        events_per_sample=events,
         yields=sample_yields(histograms, fileset),
-        weights={k: s.weight for k, s in fileset.items()}, record=record, tasks=timings,
+        weights={k: s.weight for k, s in fileset.items()},
+        record=record,
+        tasks=timings,
     )
     result.summary = _summary(config, result)
     if write:
@@ -297,11 +358,11 @@ def run(config: RunConfig, *, progress: bool = True, write: bool = True) -> RunR
             synthetic = is_synthetic(fileset)
             finish = lambda staging: _fit_and_plot(staging, result, clock, synthetic)  # noqa: E731
         clock.start("write")
-        result.run_dir = write_outputs(result, staging_dir(run_id) if only_in_lake else run_dir,
-                                       finish=finish)
+        result.run_dir = write_outputs(
+            result, staging_dir(run_id) if only_in_lake else run_dir, finish=finish
+        )
         if lake is not None:
-            result.summary["stored_run"] = save_run(lake, run_id, result.run_dir,
-                                                    move=only_in_lake)
+            result.summary["stored_run"] = save_run(lake, run_id, result.run_dir, move=only_in_lake)
             result.run_dir = None if only_in_lake else result.run_dir
         clock.stop("write")
         # the fit runs inside the write step (into the staging directory); count it once
@@ -325,8 +386,14 @@ def _cpu_seconds(own: float, timings: list[TaskTiming]) -> float:
 def _progress(total_chunks: int, total_events: int, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total_events, unit="ev", unit_scale=True, disable=not enabled or None,
-                desc=f"{total_chunks} chunks", leave=False)
+    return tqdm(
+        total=total_events,
+        unit="ev",
+        unit_scale=True,
+        disable=not enabled or None,
+        desc=f"{total_chunks} chunks",
+        leave=False,
+    )
 
 
 def _summary(config: RunConfig, result: RunResult) -> dict:
@@ -335,8 +402,10 @@ def _summary(config: RunConfig, result: RunResult) -> dict:
         "run_id": result.run_id,
         "agc_version": __version__,
         "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "config": {k: (dict(v) if isinstance(v, Mapping) else v)
-                   for k, v in dataclasses.asdict(config).items()},
+        "config": {
+            k: (dict(v) if isinstance(v, Mapping) else v)
+            for k, v in dataclasses.asdict(config).items()
+        },
         "events": result.events,
         "events_per_sample": result.events_per_sample,
         "weights": result.weights,
@@ -363,11 +432,15 @@ def _fit_and_plot(staging: Path, result: RunResult, clock: PhaseClock, synthetic
     clock.start("fit")
     try:
         fit_result = inference.fit_run(staging)
-        result.summary["fit"] = {"poi": fit_result.poi, "bestfit": fit_result.bestfit,
-                                 "uncertainty": fit_result.uncertainty,
-                                 "strategy": fit_result.strategy}
-        label, experiment = ((plots.SYNTHETIC_LABEL, "AGC") if synthetic
-                             else (plots.OPEN_DATA_LABEL, "CMS"))
+        result.summary["fit"] = {
+            "poi": fit_result.poi,
+            "bestfit": fit_result.bestfit,
+            "uncertainty": fit_result.uncertainty,
+            "strategy": fit_result.strategy,
+        }
+        label, experiment = (
+            (plots.SYNTHETIC_LABEL, "AGC") if synthetic else (plots.OPEN_DATA_LABEL, "CMS")
+        )
         plots.plot_run(staging, label=label, experiment=experiment)
     except (UserError, inference.FitError) as err:
         log.warning("no fit for this run: %s", err)
@@ -388,8 +461,10 @@ def write_outputs(result: RunResult, run_dir: Path, finish=None) -> Path:
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()) and not (run_dir / "summary.json").exists():
-        raise UserError(f"--output {run_dir}: exists and is not a run directory; "
-                           "choose a new or empty directory")
+        raise UserError(
+            f"--output {run_dir}: exists and is not a run directory; "
+            "choose a new or empty directory"
+        )
     staging = run_dir.parent / f".{run_dir.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "metrics").mkdir(parents=True)
@@ -404,8 +479,9 @@ def write_outputs(result: RunResult, run_dir: Path, finish=None) -> Path:
         if result.tasks:
             from agc.metrics import tasks_frame
 
-            tasks_frame(result.run_id, result.tasks).to_csv(staging / "metrics" / "tasks.csv",
-                                                            index=False)
+            tasks_frame(result.run_id, result.tasks).to_csv(
+                staging / "metrics" / "tasks.csv", index=False
+            )
         (staging / "summary.json").write_text(json.dumps(result.summary, indent=1, default=str))
         if run_dir.exists():
             shutil.rmtree(run_dir)

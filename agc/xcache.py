@@ -135,8 +135,9 @@ class XRootDDaemon:
                 time.sleep(0.05)
 
 
-def _start(name: str, work_dir: Path, config: str, port: int,
-           owned: tuple[Path, ...] = ()) -> XRootDDaemon:
+def _start(
+    name: str, work_dir: Path, config: str, port: int, owned: tuple[Path, ...] = ()
+) -> XRootDDaemon:
     admin, logs = work_dir / f"{name}-admin", work_dir / "logs"
     for d in (admin, logs):
         d.mkdir(parents=True, exist_ok=True)
@@ -148,8 +149,21 @@ def _start(name: str, work_dir: Path, config: str, port: int,
         for p in (work_dir, admin, logs, cfg, *owned):
             shutil.chown(p, RUN_AS, RUN_AS)
         make_readable(work_dir)
-    cmd = [XROOTD, *(["-R", RUN_AS] if as_root else []), "-c", str(cfg), "-l",
-           str(logs / f"{name}.log"), "-b", "-s", str(pid_file), "-n", name, "-I", "v4"]
+    cmd = [
+        XROOTD,
+        *(["-R", RUN_AS] if as_root else []),
+        "-c",
+        str(cfg),
+        "-l",
+        str(logs / f"{name}.log"),
+        "-b",
+        "-s",
+        str(pid_file),
+        "-n",
+        name,
+        "-I",
+        "v4",
+    ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=30)
     log_file = logs / name / f"{name}.log"
     deadline = time.monotonic() + 15
@@ -164,8 +178,9 @@ def _start(name: str, work_dir: Path, config: str, port: int,
     raise RuntimeError(f"xrootd {name} did not start on port {port}; log:\n{tail}")
 
 
-def start_origin(work_dir: str | os.PathLike, *, port: int | None = None,
-                 export_root: str | None = None) -> XRootDDaemon:
+def start_origin(
+    work_dir: str | os.PathLike, *, port: int | None = None, export_root: str | None = None
+) -> XRootDDaemon:
     """An origin serving the local file system (absolute paths), or ``export_root`` as ``/``."""
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -174,24 +189,33 @@ def start_origin(work_dir: str | os.PathLike, *, port: int | None = None,
     return _start("origin", work_dir, config, port or free_port())
 
 
-def start_xcache(work_dir: str | os.PathLike, *, origin_port: int, port: int | None = None,
-                 ram: str = "1g", blocksize: str = "128k") -> XRootDDaemon:
+def start_xcache(
+    work_dir: str | os.PathLike,
+    *,
+    origin_port: int,
+    port: int | None = None,
+    ram: str = "1g",
+    blocksize: str = "128k",
+) -> XRootDDaemon:
     """An XCache in front of ``127.0.0.1:origin_port``; ``pfc.ram`` must be at least 1g."""
     work_dir = Path(work_dir)
     cache_dir = work_dir / "xcache-data"
     cache_dir.mkdir(parents=True, exist_ok=True)
-    config = (XCACHE_CONFIG.replace("{origin_port}", str(origin_port))
-              .replace("{cache_dir}", str(cache_dir)).replace("{ram}", ram)
-              .replace("{blocksize}", blocksize))
+    config = (
+        XCACHE_CONFIG.replace("{origin_port}", str(origin_port))
+        .replace("{cache_dir}", str(cache_dir))
+        .replace("{ram}", ram)
+        .replace("{blocksize}", blocksize)
+    )
     daemon = _start("xcache", work_dir, config, port or free_port(), owned=(cache_dir,))
     daemon.cache_dir = cache_dir
     return daemon
 
 
 @contextlib.contextmanager
-def origin_and_xcache(work_dir: str | os.PathLike,
-                      export_root: str | None = None) -> Iterator[tuple[XRootDDaemon,
-                                                                          XRootDDaemon]]:
+def origin_and_xcache(
+    work_dir: str | os.PathLike, export_root: str | None = None
+) -> Iterator[tuple[XRootDDaemon, XRootDDaemon]]:
     """Start an origin and an XCache in front of it; stop both (by PID) on exit."""
     work_dir = Path(work_dir)
     origin = start_origin(work_dir, export_root=export_root)
@@ -224,13 +248,17 @@ def cinfo(xcache: XRootDDaemon, path: str) -> dict[str, object]:
     """
     assert xcache.cache_dir is not None
     info_file = xcache.cache_dir / (path.lstrip("/") + ".cinfo")
-    text = subprocess.run([XRDPFC_PRINT, "-v", str(info_file)], capture_output=True, text=True,
-                          check=True, timeout=30).stdout
+    text = subprocess.run(
+        [XRDPFC_PRINT, "-v", str(info_file)], capture_output=True, text=True, check=True, timeout=30
+    ).stdout
     return parse_cinfo(text)
 
 
-_ACCESS = re.compile(r"^\s*\d+\s+\d{6}:\d{6}\s+\d{6}:\d{6}\s+\S+\s+\d+\s+\d+"
-                     r"\s+(\d+)\s+(\d+)\s+(\d+)\s*$", re.M)
+_ACCESS = re.compile(
+    r"^\s*\d+\s+\d{6}:\d{6}\s+\d{6}:\d{6}\s+\S+\s+\d+\s+\d+"
+    r"\s+(\d+)\s+(\d+)\s+(\d+)\s*$",
+    re.M,
+)
 
 
 def parse_cinfo(text: str) -> dict[str, object]:
@@ -239,8 +267,10 @@ def parse_cinfo(text: str) -> dict[str, object]:
     for name in ("n_blocks", "n_downloaded"):
         m = re.search(rf"{name}\s+(\d+)", text)
         out[name] = int(m.group(1)) if m else None
-    accesses = [{"bytes_hit": int(h) * 1000, "bytes_missed": int(m) * 1000,
-                 "bytes_bypassed": int(b) * 1000} for h, m, b in _ACCESS.findall(text)]
+    accesses = [
+        {"bytes_hit": int(h) * 1000, "bytes_missed": int(m) * 1000, "bytes_bypassed": int(b) * 1000}
+        for h, m, b in _ACCESS.findall(text)
+    ]
     out["accesses"] = accesses
     for key in ("bytes_hit", "bytes_missed", "bytes_bypassed"):
         out[key] = sum(a[key] for a in accesses)

@@ -53,8 +53,7 @@ class Backend(Protocol):
     name: str
     description: str
 
-    def start(self) -> Executor:
-        ...
+    def start(self) -> Executor: ...
 
 
 class BackendError(UserError, ValueError):
@@ -79,10 +78,14 @@ def get_backend(name: str) -> type:
     """The backend class registered under ``name``."""
     backends = available_backends()
     if name not in backends:
-        raise BackendError(f"--backend {name!r}: unknown backend; available: "
-                           f"{', '.join(sorted(backends))} (see 'agc backends')")
+        raise BackendError(
+            f"--backend {name!r}: unknown backend; available: "
+            f"{', '.join(sorted(backends))} (see 'agc backends')"
+        )
     try:
         return _load(backends[name])
     except ImportError as err:  # e.g. dask-jobqueue missing for the batch backends
-        raise BackendError(f"--backend {name}: cannot load {backends[name]}: {err}; install "
-                           "the package that provides it") from None
+        raise BackendError(
+            f"--backend {name}: cannot load {backends[name]}: {err}; install "
+            "the package that provides it"
+        ) from None

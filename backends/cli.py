@@ -60,8 +60,9 @@ def register(subparsers) -> None:
     q = sub.add_parser("check", help="validate profiles against the schema")
     q.add_argument("profiles", nargs="+", metavar="FILE_OR_NAME")
     q.set_defaults(func=cmd_check)
-    q = sub.add_parser("script", help="print the job script / submit file / JDL(s), "
-                                      "submitting nothing")
+    q = sub.add_parser(
+        "script", help="print the job script / submit file / JDL(s), submitting nothing"
+    )
     q.add_argument("profile", metavar="FILE_OR_NAME")
     q.add_argument("--workers", type=int, default=None, help="number of jobs")
     q.set_defaults(func=cmd_script)

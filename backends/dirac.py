@@ -52,7 +52,8 @@ from backends.jobqueue import JobQueueBackend, RecordsSubmitError
 log = logging.getLogger(__name__)
 
 dask.config.update_defaults(
-    {"jobqueue": {"dirac": {**dask.config.get("jobqueue.local"), "shebang": None}}})
+    {"jobqueue": {"dirac": {**dask.config.get("jobqueue.local"), "shebang": None}}}
+)
 
 JDL_TEMPLATE = """\
 [
@@ -108,9 +109,12 @@ class DiracCLITransport:
 
     job_id_regexp = r"JobID\s*=\s*(?P<job_id>\d+)"
 
-    def __init__(self, submit_command: str = "dirac-wms-job-submit",
-                 kill_command: str = "dirac-wms-job-kill",
-                 status_command: str = "dirac-wms-job-status"):
+    def __init__(
+        self,
+        submit_command: str = "dirac-wms-job-submit",
+        kill_command: str = "dirac-wms-job-kill",
+        status_command: str = "dirac-wms-job-status",
+    ):
         self.submit_command = submit_command
         self.kill_command = kill_command
         self.status_command = status_command
@@ -140,16 +144,28 @@ class DiracJob(RecordsSubmitError, Job):
 
     config_name = "dirac"  # type: ignore[assignment]  # None in dask-jobqueue's base
 
-    def __init__(self, scheduler=None, name=None, *, site: str | None = None,
-                 sites: Sequence[str] = (), banned_sites: Sequence[str] = (),
-                 owner_group: str | None = None, job_name: str | None = None,
-                 cpu_time: int | None = None, tags: Sequence[str] = (), platform: str | None = None,
-                 jdl_extra: Mapping[str, Any] | None = None,
-                 transport: DiracCLITransport | None = None, **kwargs):
+    def __init__(
+        self,
+        scheduler=None,
+        name=None,
+        *,
+        site: str | None = None,
+        sites: Sequence[str] = (),
+        banned_sites: Sequence[str] = (),
+        owner_group: str | None = None,
+        job_name: str | None = None,
+        cpu_time: int | None = None,
+        tags: Sequence[str] = (),
+        platform: str | None = None,
+        jdl_extra: Mapping[str, Any] | None = None,
+        transport: DiracCLITransport | None = None,
+        **kwargs,
+    ):
         super().__init__(scheduler=scheduler, name=name, **kwargs)
         # the setup lines and the worker are one /bin/sh -c command ('&&': DIRAC cuts at ';')
-        self._command_template = " && ".join([*(self._job_script_prologue or []),
-                                              self._command_template])
+        self._command_template = " && ".join(
+            [*(self._job_script_prologue or []), self._command_template]
+        )
         self.site = site
         self.sites = list(sites)
         self.banned_sites = list(banned_sites)
@@ -167,8 +183,10 @@ class DiracJob(RecordsSubmitError, Job):
         for key, value in [("JobName", self.dirac_job_name), *self.jdl_attributes().items()]:
             for v in value if isinstance(value, list | tuple) else [value]:
                 if isinstance(v, str) and DIRAC_UNSAFE.search(v):
-                    raise ValueError(f"JDL attribute {key} = {v!r}: DIRAC's JDL reader alters "
-                                     "the characters \" ; \\ [ ] { } and newlines")
+                    raise ValueError(
+                        f"JDL attribute {key} = {v!r}: DIRAC's JDL reader alters "
+                        'the characters " ; \\ [ ] { } and newlines'
+                    )
 
     def jdl_attributes(self) -> dict[str, Any]:
         """The requirement attributes of the JDL, in order."""
@@ -195,12 +213,14 @@ class DiracJob(RecordsSubmitError, Job):
         return attrs
 
     def job_script(self) -> str:
-        requirements = "\n".join(f"  {k} = {jdl_value(v)};"
-                                 for k, v in self.jdl_attributes().items())
+        requirements = "\n".join(
+            f"  {k} = {jdl_value(v)};" for k, v in self.jdl_attributes().items()
+        )
         return JDL_TEMPLATE.format(
             job_name=jdl_value(self.dirac_job_name),
             arguments=jdl_value(jdl_arguments(self._command_template)),
-            requirements=requirements)
+            requirements=requirements,
+        )
 
     @contextmanager
     def job_file(self):
@@ -237,8 +257,7 @@ class DiracCluster(JobQueueCluster):
         site = next((s for s, n in self.site_counts.items() if used[s] < n), None)
         if site is None:  # more workers than the plan: DIRAC picks among the sites
             return spec
-        return {name: {**s, "options": {**s["options"], "site": site}}
-                for name, s in spec.items()}
+        return {name: {**s, "options": {**s["options"], "site": site}} for name, s in spec.items()}
 
 
 class DiracBackend(JobQueueBackend):
@@ -251,11 +270,16 @@ class DiracBackend(JobQueueBackend):
 
     def check(self) -> None:
         s = self.profile.section("scheduler")
-        if not s.get("contact_address") and s.get("host", "127.0.0.1") in ("127.0.0.1",
-                                                                            "localhost"):
-            log.warning("profile %s: the scheduler listens on 127.0.0.1 with no "
-                        "scheduler.contact_address: only jobs on this machine (stand-ins) "
-                        "can reach it", self.profile.source)
+        if not s.get("contact_address") and s.get("host", "127.0.0.1") in (
+            "127.0.0.1",
+            "localhost",
+        ):
+            log.warning(
+                "profile %s: the scheduler listens on 127.0.0.1 with no "
+                "scheduler.contact_address: only jobs on this machine (stand-ins) "
+                "can reach it",
+                self.profile.source,
+            )
 
     def site_counts(self) -> dict[str, int]:
         """Workers per site for ``jobs`` workers: the profile's counts, or --workers spread
@@ -274,8 +298,9 @@ class DiracBackend(JobQueueBackend):
 
     def transport(self) -> DiracCLITransport:
         d = self.profile.section("dirac")
-        options = {k: d[k] for k in ("submit_command", "kill_command", "status_command")
-                   if d.get(k)}
+        options = {
+            k: d[k] for k in ("submit_command", "kill_command", "status_command") if d.get(k)
+        }
         return TRANSPORTS[d.get("transport", "cli")](**options)
 
     def job_kwargs(self) -> dict[str, Any]:
@@ -297,13 +322,15 @@ class DiracBackend(JobQueueBackend):
         }
 
     def make_cluster(self):
-        return self.cluster_cls(scheduler_options=self.scheduler_options(),
-                                security=self.security(), site_counts=self.site_counts(),
-                                **self.all_job_kwargs())
+        return self.cluster_cls(
+            scheduler_options=self.scheduler_options(),
+            security=self.security(),
+            site_counts=self.site_counts(),
+            **self.all_job_kwargs(),
+        )
 
     def jdls(self) -> list[str]:
         """The JDL of every job ``start()`` would submit (per-site counts applied)."""
         plan: list[str | None] = [s for s, n in self.site_counts().items() for _ in range(n)]
         plan += [None] * (self.jobs - len(plan))
-        return [self.job_script(name=f"DiracCluster-{i}", site=site)
-                for i, site in enumerate(plan)]
+        return [self.job_script(name=f"DiracCluster-{i}", site=site) for i, site in enumerate(plan)]

@@ -33,8 +33,9 @@ from backends.profiles import ProfileError
 class SiteHTCondorJob(RecordsSubmitError, HTCondorJob):
     """``HTCondorJob`` whose ``condor_submit`` / ``condor_rm`` commands a profile may replace."""
 
-    def __init__(self, *args, submit_command: str | None = None,
-                 cancel_command: str | None = None, **kwargs):
+    def __init__(
+        self, *args, submit_command: str | None = None, cancel_command: str | None = None, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.submit_command = _replace_program(self.submit_command, submit_command)
         self.cancel_command = _replace_program(self.cancel_command, cancel_command)
@@ -63,11 +64,15 @@ class HTCondorBackend(JobQueueBackend):
         universe = self.profile.section("htcondor").get("universe", "vanilla")
         container = self.profile.worker.get("container")
         if universe in ("docker", "container") and not container:
-            raise ProfileError(f"profile {self.profile.source}: htcondor.universe: {universe} "
-                               "needs worker.container.image")
+            raise ProfileError(
+                f"profile {self.profile.source}: htcondor.universe: {universe} "
+                "needs worker.container.image"
+            )
         if container and container.get("runtime") == "docker" and universe != "docker":
-            raise ProfileError(f"profile {self.profile.source}: worker.container.runtime: "
-                               "docker needs htcondor.universe: docker")
+            raise ProfileError(
+                f"profile {self.profile.source}: worker.container.runtime: "
+                "docker needs htcondor.universe: docker"
+            )
 
     def worker_python(self) -> str:
         universe = self.profile.section("htcondor").get("universe", "vanilla")

@@ -66,8 +66,16 @@ class JobQueueExecutor(DaskExecutor):
         cores_per_worker: threads per worker process.
     """
 
-    def __init__(self, client, cluster, workers: int, cores_per_worker: int,
-                 arrivals: WorkerArrivals, started: float, start_timeout: float):
+    def __init__(
+        self,
+        client,
+        cluster,
+        workers: int,
+        cores_per_worker: int,
+        arrivals: WorkerArrivals,
+        started: float,
+        start_timeout: float,
+    ):
         super().__init__(client, cluster, workers)
         self.cores_per_worker = cores_per_worker
         self._arrivals = arrivals
@@ -82,7 +90,8 @@ class JobQueueExecutor(DaskExecutor):
             logs = getattr(self.cluster._dummy_job, "log_directory", None) or "the job logs"
             raise RuntimeError(
                 f"{n} worker(s) did not connect within {self._start_timeout:.0f} s "
-                f"(worker.start_timeout); jobs: {self.job_ids()}; see {logs}") from None
+                f"(worker.start_timeout); jobs: {self.job_ids()}; see {logs}"
+            ) from None
 
     def time_to_all_workers(self) -> float | None:
         """Seconds from cluster start until all requested workers had joined (None if not)."""
@@ -97,8 +106,7 @@ class JobQueueExecutor(DaskExecutor):
 
     def job_ids(self) -> list[str]:
         """Batch-system ids of the jobs currently held by the cluster."""
-        return [job.job_id for job in self.cluster.workers.values()
-                if getattr(job, "job_id", None)]
+        return [job.job_id for job in self.cluster.workers.values() if getattr(job, "job_id", None)]
 
 
 class JobQueueBackend:
@@ -117,15 +125,23 @@ class JobQueueBackend:
     #: Shipped profile suggested when ``--profile`` is missing.
     example_profile: ClassVar[str] = ""
 
-    def __init__(self, profile: str | Mapping[str, Any] | None = None,
-                 workers: int | None = None, mode: str | None = None):
+    def __init__(
+        self,
+        profile: str | Mapping[str, Any] | None = None,
+        workers: int | None = None,
+        mode: str | None = None,
+    ):
         if mode not in (None, "dask"):
-            raise BackendError(f"--mode {mode!r}: the {self.name} backend always runs Dask "
-                               "workers; leave --mode unset")
+            raise BackendError(
+                f"--mode {mode!r}: the {self.name} backend always runs Dask "
+                "workers; leave --mode unset"
+            )
         if profile is None:
-            raise BackendError(f"--backend {self.name} needs --profile FILE_OR_NAME describing "
-                               f"the site, e.g. --profile {self.example_profile} "
-                               "(see 'agc profiles list')")
+            raise BackendError(
+                f"--backend {self.name} needs --profile FILE_OR_NAME describing "
+                f"the site, e.g. --profile {self.example_profile} "
+                "(see 'agc profiles list')"
+            )
         if workers is not None and workers < 1:
             raise BackendError(f"--workers {workers}: must be at least 1")
         self.profile: Profile = load_profile(profile, backend=self.name)
@@ -200,8 +216,10 @@ class JobQueueBackend:
             return Security.temporary()
         return Security(
             tls_ca_file=tls.get("ca_file"),
-            tls_scheduler_cert=tls.get("cert"), tls_scheduler_key=tls.get("key"),
-            tls_client_cert=tls.get("cert"), tls_client_key=tls.get("key"),
+            tls_scheduler_cert=tls.get("cert"),
+            tls_scheduler_key=tls.get("key"),
+            tls_client_cert=tls.get("cert"),
+            tls_client_key=tls.get("key"),
             tls_worker_cert=tls.get("worker_cert", tls.get("cert")),
             tls_worker_key=tls.get("worker_key", tls.get("key")),
             require_encryption=True,
@@ -223,32 +241,41 @@ class JobQueueBackend:
     def all_job_kwargs(self) -> dict[str, Any]:
         return {**self.common_job_kwargs(), **self.job_kwargs()}
 
-    def job_script(self, scheduler: str | None = None, name: str = "worker-0",
-                   **job_options: Any) -> str:
+    def job_script(
+        self, scheduler: str | None = None, name: str = "worker-0", **job_options: Any
+    ) -> str:
         """The job script / submit description / JDL one job would be submitted with.
 
         Renders without starting a scheduler or submitting anything; the scheduler address
         is ``scheduler``, else ``scheduler.contact_address``, else a placeholder.
         """
         if scheduler is None:
-            scheduler = self.profile.section("scheduler").get("contact_address",
-                                                              SCHEDULER_PLACEHOLDER)
+            scheduler = self.profile.section("scheduler").get(
+                "contact_address", SCHEDULER_PLACEHOLDER
+            )
         from unittest import mock
 
         job_cls = self.cluster_cls.job_cls
         security = self.security()
         # dask-jobqueue creates log_directory when a job is built; rendering must not
         with mock.patch("dask_jobqueue.core.os.makedirs"):
-            job = job_cls(scheduler, name=name, security=security,
-                          protocol="tls://" if security else None,
-                          **{**self.all_job_kwargs(), **job_options})
+            job = job_cls(
+                scheduler,
+                name=name,
+                security=security,
+                protocol="tls://" if security else None,
+                **{**self.all_job_kwargs(), **job_options},
+            )
         return job.job_script()
 
     def make_cluster(self):
         """The (not yet scaled) dask-jobqueue cluster; its scheduler runs in this process."""
         try:
-            return self.cluster_cls(scheduler_options=self.scheduler_options(),
-                                    security=self.security(), **self.all_job_kwargs())
+            return self.cluster_cls(
+                scheduler_options=self.scheduler_options(),
+                security=self.security(),
+                **self.all_job_kwargs(),
+            )
         except ValueError as err:  # dask-jobqueue's own checks of sizes and options
             raise BackendError(f"profile {self.profile.source}: {err}") from None
 
@@ -265,20 +292,33 @@ class JobQueueBackend:
             # wait for the submit commands (not the jobs) so that a refused submission fails
             # here, with the batch system's message, instead of as a worker that never comes
             cluster.sync(cluster._correct_state)
-            errors = [job.submit_error for job in cluster.workers.values()
-                      if getattr(job, "submit_error", None)]
+            errors = [
+                job.submit_error
+                for job in cluster.workers.values()
+                if getattr(job, "submit_error", None)
+            ]
             if errors:
-                raise BackendError(f"--backend {self.name} (profile {self.profile.source}): "
-                                   f"job submission failed: {_one_line(errors[0])}")
+                raise BackendError(
+                    f"--backend {self.name} (profile {self.profile.source}): "
+                    f"job submission failed: {_one_line(errors[0])}"
+                )
             client = Client(cluster)
         except BaseException:
             cluster.close()
             raise
-        log.info("%s: %d job(s) submitted, scheduler %s", self.name, self.jobs,
-                 cluster.scheduler_address)
+        log.info(
+            "%s: %d job(s) submitted, scheduler %s", self.name, self.jobs, cluster.scheduler_address
+        )
         timeout = float(self.profile.worker.get("start_timeout", DEFAULT_START_TIMEOUT))
-        return JobQueueExecutor(client, cluster, self.jobs * self.processes,
-                                self.cores_per_worker, arrivals, started, timeout)
+        return JobQueueExecutor(
+            client,
+            cluster,
+            self.jobs * self.processes,
+            self.cores_per_worker,
+            arrivals,
+            started,
+            timeout,
+        )
 
 
 def size_in_bytes(size: str) -> int:

@@ -119,8 +119,9 @@ class LocalBackend:
             self.mode = self.mode or p.section("local").get("mode")
         self.mode = self.mode or "processes"
         if self.mode not in MODES:
-            raise BackendError(f"--mode {self.mode!r}: the local backend runs one of "
-                               f"{', '.join(MODES)}")
+            raise BackendError(
+                f"--mode {self.mode!r}: the local backend runs one of {', '.join(MODES)}"
+            )
         if self.workers is not None and self.workers < 1:
             raise BackendError(f"--workers {self.workers}: must be at least 1")
 
@@ -134,8 +135,9 @@ class LocalBackend:
         from distributed import Client, LocalCluster
 
         with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environment()}):
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=None)
+            cluster = LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+            )
         return DaskExecutor(Client(cluster), cluster, workers)
 
 

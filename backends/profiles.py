@@ -35,14 +35,23 @@ log = logging.getLogger(__name__)
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 
-_SIZE = {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*([kKMGTP]i?B|B)\s*$",
-         "x-expected": "a size such as 2GB or 1.5GiB"}
-_PORT_RANGE = {"type": "string", "pattern": r"^\d{1,5}:\d{1,5}$",
-               "x-expected": "a port range LOW:HIGH such as 10000:10100"}
+_SIZE = {
+    "type": "string",
+    "pattern": r"^\s*\d+(\.\d+)?\s*([kKMGTP]i?B|B)\s*$",
+    "x-expected": "a size such as 2GB or 1.5GiB",
+}
+_PORT_RANGE = {
+    "type": "string",
+    "pattern": r"^\d{1,5}:\d{1,5}$",
+    "x-expected": "a port range LOW:HIGH such as 10000:10100",
+}
 _STRINGS = {"type": "array", "items": {"type": "string"}}
-_COMMAND = {"type": "string", "minLength": 1,
-            "description": "command (with options) to call instead of the batch system's "
-                           "own; e.g. a stand-in from backends/standins/bin"}
+_COMMAND = {
+    "type": "string",
+    "minLength": 1,
+    "description": "command (with options) to call instead of the batch system's "
+    "own; e.g. a stand-in from backends/standins/bin",
+}
 
 
 def _obj(properties: dict, required: tuple[str, ...] = (), description: str = "") -> dict:
@@ -55,126 +64,237 @@ def _obj(properties: dict, required: tuple[str, ...] = (), description: str = ""
 
 
 #: JSON Schema of a profile. Unknown keys are errors (a typo must not be silently ignored).
-PROFILE_SCHEMA: dict = _obj({
-    "backend": {"type": "string", "description": "backend this profile is for: slurm, "
-                                                 "htcondor, dirac or local"},
-    "description": {"type": "string", "description": "one line shown by 'agc profiles list'"},
-    "workers": {"type": "integer", "minimum": 1,
-                "description": "number of batch jobs (default 1; --workers overrides; DIRAC: the "
-                               "sum of dirac.sites when per-site counts are given)"},
-    "worker": _obj({
-        "cores": {"type": "integer", "minimum": 1, "description": "cores per job"},
-        "memory": {**_SIZE, "description": "memory per job, e.g. 2GB"},
-        "disk": {**_SIZE, "description": "scratch disk per job (required by HTCondor)"},
-        "processes": {"type": "integer", "minimum": 1,
-                      "description": "Dask worker processes per job (default 1); each gets "
-                                     "cores/processes threads"},
-        "gpus": {"type": "integer", "minimum": 0, "description": "GPUs per job"},
-        "death_timeout": {"type": "number", "minimum": 1,
-                          "description": "seconds a worker waits for the scheduler before it "
-                                         "exits (default 60), so lost jobs end themselves"},
-        "start_timeout": {"type": "number", "minimum": 1,
-                          "description": "seconds to wait for the first worker before giving up "
-                                         "(default 600)"},
-        "port_range": {**_PORT_RANGE, "description": "ports the worker and its nanny listen on "
-                                                     "(firewalled sites), e.g. 10000:10100"},
-        "python": {"type": "string", "description": "python on the worker (default: this "
-                                                    "interpreter; python3 inside a container)"},
-        "local_directory": {"type": "string", "description": "worker scratch directory"},
-        "setup": {**_STRINGS, "description": "shell lines run before the worker starts "
-                                             "(source an LCG view, export variables)"},
-        "extra_args": {**_STRINGS, "description": "extra 'dask worker' arguments"},
-        "container": _obj({
-            "image": {"type": "string", "description": "e.g. docker://coffeateam/coffea-dask "
-                                                       "or /cvmfs/unpacked.cern.ch/..."},
-            "runtime": {"enum": ["apptainer", "singularity", "docker"],
-                        "description": "apptainer (default) or singularity wrap the worker "
-                                       "command; docker is for the HTCondor docker universe"},
-            "binds": {**_STRINGS, "description": "paths bound into the container "
-                                                 "(default ['/cvmfs'])"},
-        }, required=("image",), description="run the worker in a container"),
-    }, required=("cores", "memory"), description="one batch job"),
-    "scheduler": _obj({
-        "host": {"type": "string", "description": "address the scheduler binds to "
-                                                  "(default 127.0.0.1)"},
-        "port": {"type": "integer", "minimum": 0, "maximum": 65535,
-                 "description": "scheduler port (default 0: any free port)"},
-        "interface": {"type": "string", "description": "network interface to bind instead "
-                                                       "of host"},
-        "contact_address": {"type": "string", "description": "address the workers are told to "
-                                                             "connect to, e.g. "
-                                                             "tcp://login.site.org:8786 "
-                                                             "(behind NAT or a proxy)"},
-        "dashboard_address": {"type": ["string", "null"],
-                              "description": "e.g. ':8787' (default: no dashboard)"},
-    }, description="the Dask scheduler, which runs where 'agc run' runs"),
-    "tls": _obj({
-        "ca_file": {"type": "string"},
-        "cert": {"type": "string", "description": "certificate of the scheduler and client"},
-        "key": {"type": "string", "description": "key of the scheduler and client"},
-        "worker_cert": {"type": "string", "description": "worker certificate (default: cert)"},
-        "worker_key": {"type": "string", "description": "worker key (default: key)"},
-        "temporary": {"type": "boolean", "description": "self-signed credentials made for "
-                                                        "this run (workers must share a "
-                                                        "filesystem with the scheduler)"},
-    }, description="TLS between scheduler, workers and client (tls:// protocol)"),
-    "log_directory": {"type": "string", "description": "where job stdout/stderr go"},
-    "local": _obj({
-        "mode": {"enum": ["inprocess", "processes", "dask"]},
-    }, description="local backend options"),
-    "slurm": _obj({
-        "partition": {"type": "string"},
-        "walltime": {"type": "string", "pattern": r"^(\d+-)?\d+(:\d\d){0,2}$",
-                     "x-expected": "a time such as 01:00:00 or 1-00:00:00",
-                     "description": "job time limit"},
-        "account": {"type": "string"},
-        "directives": {**_STRINGS, "description": "extra '#SBATCH' directives, e.g. "
-                                                  "['--qos=short']"},
-        "submit_command": _COMMAND,
-        "cancel_command": _COMMAND,
-    }, description="SLURM (sbatch) settings"),
-    "htcondor": _obj({
-        "universe": {"enum": ["vanilla", "docker", "container"],
-                     "description": "vanilla (default); docker/container run worker.container."
-                                    "image in HTCondor's own container support"},
-        "should_transfer_files": {"enum": ["YES", "NO", "IF_NEEDED"]},
-        "submit_attributes": {"type": "object",
-                              "additionalProperties": {"type": ["string", "number", "boolean"]},
-                              "description": "extra submit-file lines, e.g. "
-                                             "{'+DaskSchedulerAddress': '\"tcp://...\"', "
-                                             "'requirements': '...'}"},
-        "submit_command": _COMMAND,
-        "cancel_command": _COMMAND,
-        "submit_command_extra": {**_STRINGS, "description": "e.g. ['-name', 'schedd.site']"},
-        "cancel_command_extra": _STRINGS,
-    }, description="HTCondor (condor_submit) settings"),
-    "dirac": _obj({
-        "owner_group": {"type": "string", "description": "DIRAC group, e.g. gridpp_user"},
-        "job_name": {"type": "string"},
-        "cpu_time": {"type": "integer", "minimum": 1, "description": "CPU time limit, seconds"},
-        "sites": {"oneOf": [
-            {"type": "array", "items": {"type": "string"}, "minItems": 1},
-            {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0},
-             "minProperties": 1},
-        ], "description": "a site list (DIRAC picks) or per-site worker counts "
-                          "{site: workers >= 0}"},
-        "banned_sites": _STRINGS,
-        "tags": {**_STRINGS, "description": "e.g. ['GPU'] for GPU stages"},
-        "platform": {"type": "string"},
-        "jdl": {"type": "object", "additionalProperties": {"type": ["string", "number"]},
-                "description": "extra JDL attributes"},
-        "transport": {"enum": ["cli"], "description": "how jobs are submitted: 'cli' (the "
-                                                      "dirac-wms-* commands; default)"},
-        "submit_command": _COMMAND,
-        "kill_command": _COMMAND,
-        "status_command": _COMMAND,
-    }, description="DIRAC (JDL) settings"),
-}, required=("backend", "worker"))
+PROFILE_SCHEMA: dict = _obj(
+    {
+        "backend": {
+            "type": "string",
+            "description": "backend this profile is for: slurm, htcondor, dirac or local",
+        },
+        "description": {"type": "string", "description": "one line shown by 'agc profiles list'"},
+        "workers": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "number of batch jobs (default 1; --workers overrides; DIRAC: the "
+            "sum of dirac.sites when per-site counts are given)",
+        },
+        "worker": _obj(
+            {
+                "cores": {"type": "integer", "minimum": 1, "description": "cores per job"},
+                "memory": {**_SIZE, "description": "memory per job, e.g. 2GB"},
+                "disk": {**_SIZE, "description": "scratch disk per job (required by HTCondor)"},
+                "processes": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "Dask worker processes per job (default 1); each gets "
+                    "cores/processes threads",
+                },
+                "gpus": {"type": "integer", "minimum": 0, "description": "GPUs per job"},
+                "death_timeout": {
+                    "type": "number",
+                    "minimum": 1,
+                    "description": "seconds a worker waits for the scheduler before it "
+                    "exits (default 60), so lost jobs end themselves",
+                },
+                "start_timeout": {
+                    "type": "number",
+                    "minimum": 1,
+                    "description": "seconds to wait for the first worker before giving up "
+                    "(default 600)",
+                },
+                "port_range": {
+                    **_PORT_RANGE,
+                    "description": "ports the worker and its nanny listen on "
+                    "(firewalled sites), e.g. 10000:10100",
+                },
+                "python": {
+                    "type": "string",
+                    "description": "python on the worker (default: this "
+                    "interpreter; python3 inside a container)",
+                },
+                "local_directory": {"type": "string", "description": "worker scratch directory"},
+                "setup": {
+                    **_STRINGS,
+                    "description": "shell lines run before the worker starts "
+                    "(source an LCG view, export variables)",
+                },
+                "extra_args": {**_STRINGS, "description": "extra 'dask worker' arguments"},
+                "container": _obj(
+                    {
+                        "image": {
+                            "type": "string",
+                            "description": "e.g. docker://coffeateam/coffea-dask "
+                            "or /cvmfs/unpacked.cern.ch/...",
+                        },
+                        "runtime": {
+                            "enum": ["apptainer", "singularity", "docker"],
+                            "description": "apptainer (default) or singularity wrap the worker "
+                            "command; docker is for the HTCondor docker universe",
+                        },
+                        "binds": {
+                            **_STRINGS,
+                            "description": "paths bound into the container (default ['/cvmfs'])",
+                        },
+                    },
+                    required=("image",),
+                    description="run the worker in a container",
+                ),
+            },
+            required=("cores", "memory"),
+            description="one batch job",
+        ),
+        "scheduler": _obj(
+            {
+                "host": {
+                    "type": "string",
+                    "description": "address the scheduler binds to (default 127.0.0.1)",
+                },
+                "port": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": 65535,
+                    "description": "scheduler port (default 0: any free port)",
+                },
+                "interface": {
+                    "type": "string",
+                    "description": "network interface to bind instead of host",
+                },
+                "contact_address": {
+                    "type": "string",
+                    "description": "address the workers are told to "
+                    "connect to, e.g. "
+                    "tcp://login.site.org:8786 "
+                    "(behind NAT or a proxy)",
+                },
+                "dashboard_address": {
+                    "type": ["string", "null"],
+                    "description": "e.g. ':8787' (default: no dashboard)",
+                },
+            },
+            description="the Dask scheduler, which runs where 'agc run' runs",
+        ),
+        "tls": _obj(
+            {
+                "ca_file": {"type": "string"},
+                "cert": {
+                    "type": "string",
+                    "description": "certificate of the scheduler and client",
+                },
+                "key": {"type": "string", "description": "key of the scheduler and client"},
+                "worker_cert": {
+                    "type": "string",
+                    "description": "worker certificate (default: cert)",
+                },
+                "worker_key": {"type": "string", "description": "worker key (default: key)"},
+                "temporary": {
+                    "type": "boolean",
+                    "description": "self-signed credentials made for "
+                    "this run (workers must share a "
+                    "filesystem with the scheduler)",
+                },
+            },
+            description="TLS between scheduler, workers and client (tls:// protocol)",
+        ),
+        "log_directory": {"type": "string", "description": "where job stdout/stderr go"},
+        "local": _obj(
+            {
+                "mode": {"enum": ["inprocess", "processes", "dask"]},
+            },
+            description="local backend options",
+        ),
+        "slurm": _obj(
+            {
+                "partition": {"type": "string"},
+                "walltime": {
+                    "type": "string",
+                    "pattern": r"^(\d+-)?\d+(:\d\d){0,2}$",
+                    "x-expected": "a time such as 01:00:00 or 1-00:00:00",
+                    "description": "job time limit",
+                },
+                "account": {"type": "string"},
+                "directives": {
+                    **_STRINGS,
+                    "description": "extra '#SBATCH' directives, e.g. ['--qos=short']",
+                },
+                "submit_command": _COMMAND,
+                "cancel_command": _COMMAND,
+            },
+            description="SLURM (sbatch) settings",
+        ),
+        "htcondor": _obj(
+            {
+                "universe": {
+                    "enum": ["vanilla", "docker", "container"],
+                    "description": "vanilla (default); docker/container run worker.container."
+                    "image in HTCondor's own container support",
+                },
+                "should_transfer_files": {"enum": ["YES", "NO", "IF_NEEDED"]},
+                "submit_attributes": {
+                    "type": "object",
+                    "additionalProperties": {"type": ["string", "number", "boolean"]},
+                    "description": "extra submit-file lines, e.g. "
+                    "{'+DaskSchedulerAddress': '\"tcp://...\"', "
+                    "'requirements': '...'}",
+                },
+                "submit_command": _COMMAND,
+                "cancel_command": _COMMAND,
+                "submit_command_extra": {
+                    **_STRINGS,
+                    "description": "e.g. ['-name', 'schedd.site']",
+                },
+                "cancel_command_extra": _STRINGS,
+            },
+            description="HTCondor (condor_submit) settings",
+        ),
+        "dirac": _obj(
+            {
+                "owner_group": {"type": "string", "description": "DIRAC group, e.g. gridpp_user"},
+                "job_name": {"type": "string"},
+                "cpu_time": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "CPU time limit, seconds",
+                },
+                "sites": {
+                    "oneOf": [
+                        {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                        {
+                            "type": "object",
+                            "additionalProperties": {"type": "integer", "minimum": 0},
+                            "minProperties": 1,
+                        },
+                    ],
+                    "description": "a site list (DIRAC picks) or per-site worker counts "
+                    "{site: workers >= 0}",
+                },
+                "banned_sites": _STRINGS,
+                "tags": {**_STRINGS, "description": "e.g. ['GPU'] for GPU stages"},
+                "platform": {"type": "string"},
+                "jdl": {
+                    "type": "object",
+                    "additionalProperties": {"type": ["string", "number"]},
+                    "description": "extra JDL attributes",
+                },
+                "transport": {
+                    "enum": ["cli"],
+                    "description": "how jobs are submitted: 'cli' (the "
+                    "dirac-wms-* commands; default)",
+                },
+                "submit_command": _COMMAND,
+                "kill_command": _COMMAND,
+                "status_command": _COMMAND,
+            },
+            description="DIRAC (JDL) settings",
+        ),
+    },
+    required=("backend", "worker"),
+)
 
 # Backend-specific requirements that the plain schema above cannot say.
 PROFILE_SCHEMA["allOf"] = [
-    {"if": {"properties": {"backend": {"const": "htcondor"}}},
-     "then": {"properties": {"worker": {"required": ["disk"]}}}},
+    {
+        "if": {"properties": {"backend": {"const": "htcondor"}}},
+        "then": {"properties": {"worker": {"required": ["disk"]}}},
+    },
 ]
 
 
@@ -227,8 +347,10 @@ def resolve(ref: str | Path) -> Path:
     shipped = shipped_profiles()
     if str(ref) in shipped:
         return shipped[str(ref)]
-    raise ProfileError(f"--profile {ref}: no such file and no shipped profile of that name; "
-                       f"shipped: {', '.join(shipped) or '(none)'}")
+    raise ProfileError(
+        f"--profile {ref}: no such file and no shipped profile of that name; "
+        f"shipped: {', '.join(shipped) or '(none)'}"
+    )
 
 
 def load_profile(ref: str | Path | Mapping[str, Any], backend: str | None = None) -> Profile:
@@ -256,8 +378,10 @@ def load_profile(ref: str | Path | Mapping[str, Any], backend: str | None = None
     validate(data, source)
     profile = Profile(name, source, data)
     if backend is not None and profile.backend != backend:
-        raise ProfileError(f"profile {source}: is for backend {profile.backend!r}, not "
-                           f"{backend!r}; use --backend {profile.backend} or another profile")
+        raise ProfileError(
+            f"profile {source}: is for backend {profile.backend!r}, not "
+            f"{backend!r}; use --backend {profile.backend} or another profile"
+        )
     return profile
 
 
@@ -266,11 +390,14 @@ def validate(data: Any, source: str = "<inline>") -> None:
     import jsonschema
 
     if not isinstance(data, Mapping):
-        raise ProfileError(f"profile {source}: expected a mapping of keys, got "
-                           f"{type(data).__name__}")
+        raise ProfileError(
+            f"profile {source}: expected a mapping of keys, got {type(data).__name__}"
+        )
     validator = jsonschema.Draft202012Validator(PROFILE_SCHEMA)
-    errors = sorted(validator.iter_errors(data),
-                    key=lambda e: (len(e.absolute_path), [str(p) for p in e.absolute_path]))
+    errors = sorted(
+        validator.iter_errors(data),
+        key=lambda e: (len(e.absolute_path), [str(p) for p in e.absolute_path]),
+    )
     if errors:
         raise ProfileError(f"profile {source}: {_describe(errors[0])}")
 
@@ -283,14 +410,20 @@ def _describe(error) -> str:
     if error.validator == "additionalProperties":
         allowed = sorted(schema.get("properties", {}))
         unknown = sorted(set(error.instance) - set(allowed))
-        return (f"{where}{unknown[0]}: unknown key" +
-                (f" (allowed here: {', '.join(allowed)})" if allowed else ""))
+        return f"{where}{unknown[0]}: unknown key" + (
+            f" (allowed here: {', '.join(allowed)})" if allowed else ""
+        )
     if error.validator == "required":
         missing = [k for k in error.validator_value if k not in error.instance][0]
         hint = schema.get("properties", {}).get(missing, {}).get("description", "")
         if not hint:  # the allOf rules do not repeat the descriptions
-            hint = (PROFILE_SCHEMA["properties"].get(path, {}).get("properties", {})
-                    .get(missing, {}).get("description", ""))
+            hint = (
+                PROFILE_SCHEMA["properties"]
+                .get(path, {})
+                .get("properties", {})
+                .get(missing, {})
+                .get("description", "")
+            )
         return f"{where}{missing}: required" + (f" ({hint})" if hint else "")
     key = path or "(top level)"
     if error.validator == "pattern":

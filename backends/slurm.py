@@ -21,9 +21,15 @@ from backends.jobqueue import JobQueueBackend, RecordsSubmitError, size_in_bytes
 class SiteSLURMJob(RecordsSubmitError, SLURMJob):
     """``SLURMJob`` whose ``sbatch`` / ``scancel`` commands a profile may replace."""
 
-    def __init__(self, *args, submit_command: str | None = None,
-                 cancel_command: str | None = None, gpus: int = 0,
-                 disk: str | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        submit_command: str | None = None,
+        cancel_command: str | None = None,
+        gpus: int = 0,
+        disk: str | None = None,
+        **kwargs,
+    ):
         extra = list(kwargs.get("job_extra_directives") or [])
         if gpus:
             extra.append(f"--gpus={gpus}")

@@ -54,8 +54,9 @@ class Chunk:
         from agc.analysis.processor import _flat
 
         self.events = _events(catalog)
-        self.jets, self.counts = _flat(self.events, "Jet", ("pt", "eta", "phi", "mass",
-                                                            "btagCSVV2", "jetId"))
+        self.jets, self.counts = _flat(
+            self.events, "Jet", ("pt", "eta", "phi", "mass", "btagCSVV2", "jetId")
+        )
         pt, eta, _, _, _, jet_id = self.jets
         from agc.analysis.selection import jet_mask
 
@@ -103,8 +104,9 @@ class Generator:
         from agc import synth
 
         with tempfile.TemporaryDirectory() as tmp:
-            synth.generate(tmp, events={"ttbar__nominal": (1, 5_000)}, layout="minimal",
-                           seed=3, workers=1)
+            synth.generate(
+                tmp, events={"ttbar__nominal": (1, 5_000)}, layout="minimal", seed=3, workers=1
+            )
 
 
 class EndToEnd:
@@ -127,5 +129,10 @@ class EndToEnd:
     def _run(catalog):
         from agc.run import RunConfig, run
 
-        return run(RunConfig(catalog=catalog, backend_options={"mode": "inprocess"},
-                             chunksize=10_000, fit=False), progress=False, write=False)
+        return run(
+            RunConfig(
+                catalog=catalog, backend_options={"mode": "inprocess"}, chunksize=10_000, fit=False
+            ),
+            progress=False,
+            write=False,
+        )

@@ -29,13 +29,24 @@ from agc.run import RunConfig, RunResult, run
 def row(scenario: str, result: RunResult, **extra) -> dict:
     """One tidy row of a measured run."""
     r = result.record
-    return {"scenario": scenario, "wall_seconds": r.wall_seconds, "events": r.events,
-            "events_per_second": r.events_per_second, "cache_hits": r.cache_hits,
-            "cache_misses": r.cache_misses, "chunks": r.chunks, "bytes_read": r.bytes_read,
-            "workers": r.workers, "backend": r.backend, "engine": r.engine,
-            "processing_seconds": r.phases.get("processing", float("nan")),
-            "cluster_start_seconds": r.phases.get("cluster_start", float("nan")),
-            "merge_seconds": r.phases.get("merge", float("nan")), "run_id": r.run_id, **extra}
+    return {
+        "scenario": scenario,
+        "wall_seconds": r.wall_seconds,
+        "events": r.events,
+        "events_per_second": r.events_per_second,
+        "cache_hits": r.cache_hits,
+        "cache_misses": r.cache_misses,
+        "chunks": r.chunks,
+        "bytes_read": r.bytes_read,
+        "workers": r.workers,
+        "backend": r.backend,
+        "engine": r.engine,
+        "processing_seconds": r.phases.get("processing", float("nan")),
+        "cluster_start_seconds": r.phases.get("cluster_start", float("nan")),
+        "merge_seconds": r.phases.get("merge", float("nan")),
+        "run_id": r.run_id,
+        **extra,
+    }
 
 
 @contextlib.contextmanager
@@ -51,15 +62,26 @@ def changed_cut(name: str = "BTAG_THRESHOLD", value: float = 0.6) -> Iterator[No
             setattr(module, name, old)
 
 
-def _config(catalog: str, store: str | None, backend_options: Mapping, chunksize: int,
-            **kw) -> RunConfig:
-    return RunConfig(catalog=str(catalog), cache=store, backend_options=dict(backend_options),
-                     chunksize=chunksize, label=kw.pop("label", "cache-bench"), **kw)
+def _config(
+    catalog: str, store: str | None, backend_options: Mapping, chunksize: int, **kw
+) -> RunConfig:
+    return RunConfig(
+        catalog=str(catalog),
+        cache=store,
+        backend_options=dict(backend_options),
+        chunksize=chunksize,
+        label=kw.pop("label", "cache-bench"),
+        **kw,
+    )
 
 
-def result_cache_scenarios(catalog: str, store_url: str | None = None, *,
-                           backend_options: Mapping | None = None,
-                           chunksize: int = 100_000) -> list[dict]:
+def result_cache_scenarios(
+    catalog: str,
+    store_url: str | None = None,
+    *,
+    backend_options: Mapping | None = None,
+    chunksize: int = 100_000,
+) -> list[dict]:
     """Cold, warm, partial and code-changed runs against a store (default: a fresh temp dir).
 
     The store is cleared first; with ``store_url`` pointing at a shared store that removes its
@@ -84,11 +106,13 @@ def result_cache_scenarios(catalog: str, store_url: str | None = None, *,
         added = samples[-1]
         new_cold = sum(t.finished - t.started for t in cold.tasks if t.sample == added)
         store.clear()
-        run(_config(catalog, store_url, options, chunksize, samples=tuple(samples[:-1])),
-            progress=False, write=False)
+        run(
+            _config(catalog, store_url, options, chunksize, samples=tuple(samples[:-1])),
+            progress=False,
+            write=False,
+        )
         partial = run(cfg, progress=False, write=False)
-        rows.append(row("partial", partial, added_sample=added,
-                        new_chunks_cold_seconds=new_cold))
+        rows.append(row("partial", partial, added_sample=added, new_chunks_cold_seconds=new_cold))
 
         with changed_cut():
             changed = run(cfg, progress=False, write=False)
@@ -106,14 +130,30 @@ def result_cache_scenarios(catalog: str, store_url: str | None = None, *,
 def cold(catalog: str, store_url: str, **kw) -> dict:
     """One run against ``store_url`` after clearing it."""
     ResultStore(store_url).clear()
-    return row("cold", run(_config(catalog, store_url, kw.get("backend_options") or {},
-                                   kw.get("chunksize", 100_000)), progress=False, write=False))
+    return row(
+        "cold",
+        run(
+            _config(
+                catalog, store_url, kw.get("backend_options") or {}, kw.get("chunksize", 100_000)
+            ),
+            progress=False,
+            write=False,
+        ),
+    )
 
 
 def warm(catalog: str, store_url: str, **kw) -> dict:
     """One run against ``store_url`` as it is (after :func:`cold`: everything cached)."""
-    return row("warm", run(_config(catalog, store_url, kw.get("backend_options") or {},
-                                   kw.get("chunksize", 100_000)), progress=False, write=False))
+    return row(
+        "warm",
+        run(
+            _config(
+                catalog, store_url, kw.get("backend_options") or {}, kw.get("chunksize", 100_000)
+            ),
+            progress=False,
+            write=False,
+        ),
+    )
 
 
 def _readable_copy(catalog: str, into: Path) -> str:
@@ -128,8 +168,13 @@ def _readable_copy(catalog: str, into: Path) -> str:
     return str(target / (source.name if source.is_file() else "catalog.json"))
 
 
-def xcache_scenarios(catalog: str, *, backend_options: Mapping | None = None,
-                     chunksize: int = 100_000, work_dir: str | None = None) -> list[dict]:
+def xcache_scenarios(
+    catalog: str,
+    *,
+    backend_options: Mapping | None = None,
+    chunksize: int = 100_000,
+    work_dir: str | None = None,
+) -> list[dict]:
     """Direct read, cold XCache, warm XCache, warm XCache with the origin stopped.
 
     Starts a real origin and XCache on 127.0.0.1 (see :mod:`agc.xcache`); a synthetic catalog
@@ -147,8 +192,7 @@ def xcache_scenarios(catalog: str, *, backend_options: Mapping | None = None,
     rows = []
     try:
         local_catalog = _readable_copy(catalog, work)
-        direct = run(_config(local_catalog, None, options, chunksize), progress=False,
-                     write=False)
+        direct = run(_config(local_catalog, None, options, chunksize), progress=False, write=False)
         rows.append(row("direct", direct))
         with xcache.origin_and_xcache(work / "xrd") as (origin, cache):
             cfg = _config(local_catalog, None, options, chunksize, xcache=cache.url)
@@ -186,7 +230,18 @@ if __name__ == "__main__":  # python benchmarks/cache_scenarios.py CATALOG [CHUN
 
     cat = sys.argv[1]
     size = int(sys.argv[2]) if len(sys.argv) > 2 else 100_000
-    table = pd.DataFrame(result_cache_scenarios(cat, chunksize=size)
-                         + xcache_scenarios(cat, chunksize=size))
-    print(table[["scenario", "wall_seconds", "events_per_second", "cache_hits", "cache_misses",
-                 "speedup_vs_cold"]].to_string(index=False))
+    table = pd.DataFrame(
+        result_cache_scenarios(cat, chunksize=size) + xcache_scenarios(cat, chunksize=size)
+    )
+    print(
+        table[
+            [
+                "scenario",
+                "wall_seconds",
+                "events_per_second",
+                "cache_hits",
+                "cache_misses",
+                "speedup_vs_cold",
+            ]
+        ].to_string(index=False)
+    )

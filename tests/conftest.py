@@ -33,10 +33,21 @@ def jet(pt=50.0, eta=0.0, phi=0.0, mass=5.0, btag=0.1, jetId=6):
 
 _DTYPES = {
     "Electron": {"pt": np.float32, "eta": np.float32, "cutBased": np.int32, "sip3d": np.float32},
-    "Muon": {"pt": np.float32, "eta": np.float32, "tightId": np.bool_, "sip3d": np.float32,
-             "pfRelIso04_all": np.float32},
-    "Jet": {"pt": np.float32, "eta": np.float32, "phi": np.float32, "mass": np.float32,
-            "btagCSVV2": np.float32, "jetId": np.int32},
+    "Muon": {
+        "pt": np.float32,
+        "eta": np.float32,
+        "tightId": np.bool_,
+        "sip3d": np.float32,
+        "pfRelIso04_all": np.float32,
+    },
+    "Jet": {
+        "pt": np.float32,
+        "eta": np.float32,
+        "phi": np.float32,
+        "mass": np.float32,
+        "btagCSVV2": np.float32,
+        "jetId": np.int32,
+    },
 }
 
 
@@ -60,10 +71,15 @@ def make_events(events: list[dict]) -> ak.Array:
 
 #: A small minimal-layout dataset shared by the end-to-end tests: every sample, two ttbar files.
 SMALL_DATASET = {
-    "ttbar__nominal": (2, 3000), "ttbar__scaledown": (1, 2000), "ttbar__scaleup": (1, 2000),
-    "ttbar__ME_var": (1, 2000), "ttbar__PS_var": (1, 2000),
-    "single_top_s_chan__nominal": (1, 2000), "single_top_t_chan__nominal": (1, 2000),
-    "single_top_tW__nominal": (1, 2000), "wjets__nominal": (1, 4000),
+    "ttbar__nominal": (2, 3000),
+    "ttbar__scaledown": (1, 2000),
+    "ttbar__scaleup": (1, 2000),
+    "ttbar__ME_var": (1, 2000),
+    "ttbar__PS_var": (1, 2000),
+    "single_top_s_chan__nominal": (1, 2000),
+    "single_top_t_chan__nominal": (1, 2000),
+    "single_top_tW__nominal": (1, 2000),
+    "wjets__nominal": (1, 4000),
 }
 
 
@@ -72,15 +88,22 @@ def small_catalog(tmp_path_factory) -> Path:
     """catalog.json of a small synthetic dataset (minimal layout), generated once per session."""
     from agc import synth
 
-    return synth.generate(tmp_path_factory.mktemp("synthetic-small"), events=SMALL_DATASET,
-                          layout="minimal", seed=7)
+    return synth.generate(
+        tmp_path_factory.mktemp("synthetic-small"), events=SMALL_DATASET, layout="minimal", seed=7
+    )
 
 
 def assert_same_histograms(a: dict, b: dict, rtol: float = 1e-12) -> None:
     """Same names, same contents and variances (flow included)."""
     assert sorted(a) == sorted(b)
     for name in a:
-        np.testing.assert_allclose(a[name].values(flow=True), b[name].values(flow=True),
-                                   rtol=rtol, atol=0, err_msg=name)
-        np.testing.assert_allclose(a[name].variances(flow=True), b[name].variances(flow=True),
-                                   rtol=rtol, atol=0, err_msg=name)
+        np.testing.assert_allclose(
+            a[name].values(flow=True), b[name].values(flow=True), rtol=rtol, atol=0, err_msg=name
+        )
+        np.testing.assert_allclose(
+            a[name].variances(flow=True),
+            b[name].variances(flow=True),
+            rtol=rtol,
+            atol=0,
+            err_msg=name,
+        )

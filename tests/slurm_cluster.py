@@ -42,8 +42,13 @@ def backend_run(catalog: str, backend: str, **backend_options):
     """The backend test samples run on ``backend`` (nothing written)."""
     from agc.run import RunConfig, run
 
-    config = RunConfig(catalog=catalog, samples=BACKEND_SAMPLES, chunksize=BACKEND_CHUNKSIZE,
-                       backend=backend, backend_options=backend_options)
+    config = RunConfig(
+        catalog=catalog,
+        samples=BACKEND_SAMPLES,
+        chunksize=BACKEND_CHUNKSIZE,
+        backend=backend,
+        backend_options=backend_options,
+    )
     return run(config, progress=False, write=False)
 
 
@@ -51,18 +56,26 @@ def assert_histograms_equal(expected: dict, actual: dict) -> None:
     """Same names; every histogram's values and variances equal to 1e-12 (flow included)."""
     assert sorted(expected) == sorted(actual)
     for name, h in expected.items():
-        np.testing.assert_allclose(actual[name].values(flow=True), h.values(flow=True),
-                                   rtol=1e-12, atol=0, err_msg=name)
-        np.testing.assert_allclose(actual[name].variances(flow=True), h.variances(flow=True),
-                                   rtol=1e-12, atol=0, err_msg=name)
+        np.testing.assert_allclose(
+            actual[name].values(flow=True), h.values(flow=True), rtol=1e-12, atol=0, err_msg=name
+        )
+        np.testing.assert_allclose(
+            actual[name].variances(flow=True),
+            h.variances(flow=True),
+            rtol=1e-12,
+            atol=0,
+            err_msg=name,
+        )
 
 
 def missing_slurm() -> str | None:
     """Why a local SLURM cannot be started here (None if it can)."""
     for binary in ("slurmctld", "slurmd", "munged", "sbatch", "squeue", "sinfo"):
         if not shutil.which(binary, path=os.environ.get("PATH", "") + ":/usr/sbin"):
-            return (f"{binary} not installed (Debian: apt-get install slurm-wlm munge); "
-                    "the SLURM backend test needs a real slurmctld/slurmd")
+            return (
+                f"{binary} not installed (Debian: apt-get install slurm-wlm munge); "
+                "the SLURM backend test needs a real slurmctld/slurmd"
+            )
     if os.geteuid() != 0:
         return "starting slurmd and munged needs root (SlurmUser=root, munge user switch)"
     return None
@@ -86,8 +99,11 @@ class LocalSlurm:
         self.cpus = cpus or os.cpu_count() or 1
         self.memory_mb = memory_mb
         self.conf = self.workdir / "slurm.conf"
-        self.env = {**os.environ, "SLURM_CONF": str(self.conf),
-                    "PATH": os.environ.get("PATH", "") + ":/usr/sbin"}
+        self.env = {
+            **os.environ,
+            "SLURM_CONF": str(self.conf),
+            "PATH": os.environ.get("PATH", "") + ":/usr/sbin",
+        }
         self._pids: list[int] = []
 
     def config_text(self) -> str:
@@ -136,8 +152,9 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
             self._pids.append(self._read_pid(self.workdir / pidfile))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            state = subprocess.run(["sinfo", "-h", "-o", "%T"], env=self.env,
-                                   capture_output=True, text=True).stdout.split()
+            state = subprocess.run(
+                ["sinfo", "-h", "-o", "%T"], env=self.env, capture_output=True, text=True
+            ).stdout.split()
             if "idle" in state:
                 return self
             time.sleep(0.2)
@@ -166,8 +183,9 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 
     def queue(self) -> list[str]:
         """Job ids in the queue (any state)."""
-        out = subprocess.run(["squeue", "-h", "-o", "%i"], env=self.env, capture_output=True,
-                             text=True, check=True).stdout
+        out = subprocess.run(
+            ["squeue", "-h", "-o", "%i"], env=self.env, capture_output=True, text=True, check=True
+        ).stdout
         return out.split()
 
     def stop(self) -> None:

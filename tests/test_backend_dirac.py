@@ -29,8 +29,7 @@ classad2 = pytest.importorskip("classad2", reason="pip install htcondor (ClassAd
 def test_multi_site_jdls_carry_sites_and_counts():
     backend = DiracBackend(profile="dirac-gridpp")
     jdls = [classad2.parseOne(text) for text in backend.jdls()]
-    assert Counter(ad["Site"] for ad in jdls) == {"LCG.UKI-LT2-IC-HEP.uk": 3,
-                                                  "LCG.RAL-LCG2.uk": 4}
+    assert Counter(ad["Site"] for ad in jdls) == {"LCG.UKI-LT2-IC-HEP.uk": 3, "LCG.RAL-LCG2.uk": 4}
     ad = jdls[0]
     assert ad["OwnerGroup"] == "gridpp_user"
     assert ad["JobName"] == "agc-dask-worker"
@@ -42,9 +41,11 @@ def test_multi_site_jdls_carry_sites_and_counts():
     arguments = ad["Arguments"]
     assert arguments.startswith("-c 'export X509_CERT_DIR=")
     # the worker runs in apptainer with /cvmfs and dials the profile's external address
-    assert ("apptainer exec --bind /cvmfs /cvmfs/unpacked.cern.ch/registry.hub.docker.com/"
-            "coffeateam/coffea-dask-almalinux8:latest python3 -m distributed.cli.dask_worker "
-            "tcp://agc-scheduler.example.ac.uk:8786") in arguments
+    assert (
+        "apptainer exec --bind /cvmfs /cvmfs/unpacked.cern.ch/registry.hub.docker.com/"
+        "coffeateam/coffea-dask-almalinux8:latest python3 -m distributed.cli.dask_worker "
+        "tcp://agc-scheduler.example.ac.uk:8786"
+    ) in arguments
     assert "--worker-port 40000:40100" in arguments
     assert "Tags" not in ad
 
@@ -64,10 +65,13 @@ def test_gpu_stage_jdl():
 
 
 def test_standin_reads_the_jdl_like_classad():
-    text = DiracBackend(profile={
-        "backend": "dirac", "worker": {"cores": 1, "memory": "1GB",
-                                       "setup": ['export A="quoted \\\\ text"']},
-        "dirac": {"sites": ["A", "B"], "jdl": {"Priority": 3}}}).job_script()
+    text = DiracBackend(
+        profile={
+            "backend": "dirac",
+            "worker": {"cores": 1, "memory": "1GB", "setup": ['export A="quoted \\\\ text"']},
+            "dirac": {"sites": ["A", "B"], "jdl": {"Priority": 3}},
+        }
+    ).job_script()
     ours, theirs = parse_jdl(text), classad2.parseOne(text)
     assert ours["Arguments"] == theirs["Arguments"]
     # quotes and backslashes, which DIRAC does not pass on, go base64-encoded
@@ -79,19 +83,39 @@ def test_standin_reads_the_jdl_like_classad():
 
 
 def test_a_failing_setup_line_stops_the_job(tmp_path):
-    jdl = parse_jdl(DiracBackend(profile={
-        "backend": "dirac",
-        "worker": {"cores": 1, "memory": "1GB", "python": "echo", "setup": ["true", "false"]},
-        "scheduler": {"contact_address": "tcp://scheduler.example.org:8786"}}).job_script())
-    run = subprocess.run([jdl["Executable"], *shlex.split(jdl["Arguments"])], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=60)
+    jdl = parse_jdl(
+        DiracBackend(
+            profile={
+                "backend": "dirac",
+                "worker": {
+                    "cores": 1,
+                    "memory": "1GB",
+                    "python": "echo",
+                    "setup": ["true", "false"],
+                },
+                "scheduler": {"contact_address": "tcp://scheduler.example.org:8786"},
+            }
+        ).job_script()
+    )
+    run = subprocess.run(
+        [jdl["Executable"], *shlex.split(jdl["Arguments"])],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert (run.returncode, run.stdout) == (1, "")  # the worker (echo here) never ran
 
 
 def test_attributes_dirac_cannot_read_are_refused():
     with pytest.raises(ValueError, match="JobName"):
-        DiracBackend(profile={"backend": "dirac", "worker": {"cores": 1, "memory": "1GB"},
-                              "dirac": {"job_name": "agc; worker"}}).job_script()
+        DiracBackend(
+            profile={
+                "backend": "dirac",
+                "worker": {"cores": 1, "memory": "1GB"},
+                "dirac": {"job_name": "agc; worker"},
+            }
+        ).job_script()
 
 
 def test_jdl_values():
@@ -103,7 +127,7 @@ def test_cli_transport_parses_job_ids_and_kills(tmp_path):
     submit = tmp_path / "submit"
     submit.write_text("#!/bin/sh\necho 'some banner'\necho 'JobID = 4242'\n")
     kill = tmp_path / "kill"
-    kill.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/killed\nexit 1\n")
+    kill.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/killed\nexit 1\n')
     for f in (submit, kill):
         f.chmod(0o755)
     transport = DiracCLITransport(submit_command=str(submit), kill_command=str(kill))
@@ -124,8 +148,10 @@ def test_run_through_standin_dirac_matches_local(tmp_path, monkeypatch, small_ca
     # one job per site, as the profile's per-site counts say, each JDL naming its site
     assert sorted(j["site"] for j in jobs) == ["LCG.SITE-A.uk", "LCG.SITE-B.uk"]
     for j in jobs:
-        assert parse_jdl((state / "dirac" / "jobs" / f"{j['id']}.jdl").read_text())["Site"] \
+        assert (
+            parse_jdl((state / "dirac" / "jobs" / f"{j['id']}.jdl").read_text())["Site"]
             == j["site"]
+        )
     # close() killed every job: no records, no processes left
     assert list((state / "dirac" / "jobs").glob("*.json")) == []
     assert [localjobs.group_members(j["pid"]) for j in jobs] == [[], []]

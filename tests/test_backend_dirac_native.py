@@ -49,10 +49,14 @@ IMAGE = "/cvmfs/unpacked.cern.ch/registry.hub.docker.com/coffeateam/coffea-dask-
 @pytest.fixture(scope="module", autouse=True)
 def _local_configuration():
     """The sites the JDLs name and the group's VO, where DIRAC's configuration has them."""
-    gConfigurationData.mergeWithLocal(CFG().loadFromDict({
-        "Registry": {"Groups": {GROUP: {"VO": VO}}},
-        "Resources": {"Sites": {"LCG": {site: {} for site in SITES}}},
-    }))
+    gConfigurationData.mergeWithLocal(
+        CFG().loadFromDict(
+            {
+                "Registry": {"Groups": {GROUP: {"VO": VO}}},
+                "Resources": {"Sites": {"LCG": {site: {} for site in SITES}}},
+            }
+        )
+    )
 
 
 def submit(jdl: str) -> tuple[Any, dict[str, Any], ClassAd]:
@@ -65,8 +69,12 @@ def submit(jdl: str) -> tuple[Any, dict[str, Any], ClassAd]:
     result = jdlToBaseJobDescriptionModel(ClassAd(jdl))
     assert result["OK"], result["Message"]
     description = result["Value"]
-    JobDescriptionModel(**description.model_dump(exclude_none=True), owner=OWNER,
-                        ownerGroup=GROUP, vo=getVOForGroup(GROUP))
+    JobDescriptionModel(
+        **description.model_dump(exclude_none=True),
+        owner=OWNER,
+        ownerGroup=GROUP,
+        vo=getVOForGroup(GROUP),
+    )
 
     result = checkAndAddOwner(jdl, OWNER, GROUP)
     assert result["OK"], result["Message"]
@@ -76,8 +84,14 @@ def submit(jdl: str) -> tuple[Any, dict[str, Any], ClassAd]:
     # (the JobDB's checkAndPrepareJob, left out, maps Platform through the VO's
     # OSCompatibility table, which only the configuration of a DIRAC instance has)
     attributes: dict[str, Any] = {}
-    stored = createJDLWithInitialStatus(job, ClassAd("[]"), ["JobName", "JobType", "JobGroup"],
-                                        attributes, "Received", "Job accepted")
+    stored = createJDLWithInitialStatus(
+        job,
+        ClassAd("[]"),
+        ["JobName", "JobType", "JobGroup"],
+        attributes,
+        "Received",
+        "Job accepted",
+    )
     return description, attributes, ClassAd(stored)
 
 
@@ -137,7 +151,8 @@ def test_multi_site_jdls_through_dirac():
         assert script.startswith(
             "export X509_CERT_DIR=/cvmfs/grid.cern.ch/etc/grid-security/certificates && "
             f"apptainer exec --bind /cvmfs {IMAGE} python3 -m distributed.cli.dask_worker "
-            "tcp://agc-scheduler.example.ac.uk:8786 ")
+            "tcp://agc-scheduler.example.ac.uk:8786 "
+        )
         assert f"--name DiracCluster-{i} " in script
         assert script.endswith("--worker-port 40000:40100 --nanny-port 40000:40100")
 
@@ -157,37 +172,50 @@ def test_gpu_stage_jdl_through_dirac():
 
 
 def test_site_unknown_to_dirac_is_refused():
-    jdl = DiracBackend(profile={"backend": "dirac", "worker": {"cores": 1, "memory": "1GB"},
-                                "dirac": {"sites": [IC, "LCG.NOWHERE.xx"]}}).job_script()
+    jdl = DiracBackend(
+        profile={
+            "backend": "dirac",
+            "worker": {"cores": 1, "memory": "1GB"},
+            "dirac": {"sites": [IC, "LCG.NOWHERE.xx"]},
+        }
+    ).job_script()
     result = jdlToBaseJobDescriptionModel(ClassAd(jdl))
     assert not result["OK"]
     assert "Invalid sites: LCG.NOWHERE.xx" in result["Message"]
 
 
-@pytest.mark.parametrize("greeting, plain", [
-    ("hello", True),
-    ('"semi; colons, [brackets] {braces} \\\\ and a backslash"', False),
-], ids=["plain", "characters-dirac-alters"])
+@pytest.mark.parametrize(
+    "greeting, plain",
+    [
+        ("hello", True),
+        ('"semi; colons, [brackets] {braces} \\\\ and a backslash"', False),
+    ],
+    ids=["plain", "characters-dirac-alters"],
+)
 def test_worker_command_runs_on_the_node_as_written(tmp_path, greeting, plain):
     """The setup lines and the worker command reach the node's shell intact: the worker's
     python is ``echo`` here, so the job prints the variable the setup sets and the worker's
     arguments."""
     setup = [f"export GREETING={greeting}", "env | grep ^GREETING="]
-    jdl = DiracBackend(profile={
-        "backend": "dirac",
-        "worker": {"cores": 2, "memory": "2GB", "python": "echo", "setup": setup},
-        "scheduler": {"contact_address": "tcp://scheduler.example.org:8786"},
-        "dirac": {"owner_group": GROUP, "sites": ["LCG.SITE-A.uk", "LCG.SITE-B.uk"]},
-    }).job_script()
+    jdl = DiracBackend(
+        profile={
+            "backend": "dirac",
+            "worker": {"cores": 2, "memory": "2GB", "python": "echo", "setup": setup},
+            "scheduler": {"contact_address": "tcp://scheduler.example.org:8786"},
+            "dirac": {"owner_group": GROUP, "sites": ["LCG.SITE-A.uk", "LCG.SITE-B.uk"]},
+        }
+    ).job_script()
     assert_dirac_reads_as_written(jdl)
     _, _, stored = submit(jdl)
     command = worker_command(stored)
     assert (setup[0] in command) is plain  # readable in the JDL unless DIRAC would alter it
 
-    run = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True,
-                         timeout=60, check=True)
+    run = subprocess.run(
+        command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True
+    )
     printed_greeting, worker_args = run.stdout.splitlines()
     assert printed_greeting == "GREETING=" + shlex.split(greeting)[0]
-    assert worker_args.startswith("-m distributed.cli.dask_worker tcp://scheduler.example.org:8786 "
-                                  "--name worker-0 --nthreads 2 ")
-
+    assert worker_args.startswith(
+        "-m distributed.cli.dask_worker tcp://scheduler.example.org:8786 "
+        "--name worker-0 --nthreads 2 "
+    )

@@ -55,10 +55,18 @@ def test_site_submit_description_parsed_by_htcondor():
 
 def test_standin_parses_what_htcondor_parses():
     """The stand-in's reading of Arguments/Output equals HTCondor's own macro expansion."""
-    script = HTCondorBackend(profile={
-        "backend": "htcondor", "log_directory": "/tmp/agc-logs",
-        "worker": {"cores": 1, "memory": "1GB", "disk": "1GB",
-                   "setup": ["export A='x y'", 'export B="z"']}}).job_script()
+    script = HTCondorBackend(
+        profile={
+            "backend": "htcondor",
+            "log_directory": "/tmp/agc-logs",
+            "worker": {
+                "cores": 1,
+                "memory": "1GB",
+                "disk": "1GB",
+                "setup": ["export A='x y'", 'export B="z"'],
+            },
+        }
+    ).job_script()
     attrs, count = parse_submit(script)
     assert count == 1
     job = dict(attrs, clusterid="7", procid="0")
@@ -72,9 +80,13 @@ def test_standin_parses_what_htcondor_parses():
 
 def test_container_universe_needs_an_image():
     with pytest.raises(ProfileError, match="htcondor.universe: docker needs worker.container"):
-        HTCondorBackend(profile={"backend": "htcondor",
-                                 "worker": {"cores": 1, "memory": "1GB", "disk": "1GB"},
-                                 "htcondor": {"universe": "docker"}})
+        HTCondorBackend(
+            profile={
+                "backend": "htcondor",
+                "worker": {"cores": 1, "memory": "1GB", "disk": "1GB"},
+                "htcondor": {"universe": "docker"},
+            }
+        )
 
 
 @pytest.fixture
@@ -99,14 +111,20 @@ def test_run_through_standin_condor_matches_local(standins, small_catalog):
 
 def test_refused_submission_fails_at_start_with_the_batch_systems_message(tmp_path):
     refuse = tmp_path / "condor_submit"
-    refuse.write_text("#!/bin/sh\necho 'ERROR: Failed to connect to local queue manager' >&2\n"
-                      "exit 1\n")
+    refuse.write_text(
+        "#!/bin/sh\necho 'ERROR: Failed to connect to local queue manager' >&2\nexit 1\n"
+    )
     refuse.chmod(0o755)
-    backend = HTCondorBackend(profile={
-        "backend": "htcondor", "worker": {"cores": 1, "memory": "1GB", "disk": "1GB"},
-        "htcondor": {"submit_command": str(refuse)}})
-    with pytest.raises(UserError, match="job submission failed: .*Failed to connect to local "
-                                        "queue manager"):
+    backend = HTCondorBackend(
+        profile={
+            "backend": "htcondor",
+            "worker": {"cores": 1, "memory": "1GB", "disk": "1GB"},
+            "htcondor": {"submit_command": str(refuse)},
+        }
+    )
+    with pytest.raises(
+        UserError, match="job submission failed: .*Failed to connect to local queue manager"
+    ):
         backend.start()
 
 

@@ -24,7 +24,8 @@ def test_builtin_batch_backends_are_registered():
 def site_backend_dist(tmp_path, monkeypatch):
     """A separately installed package ``agc-site-backend`` (a dist-info on sys.path) whose
     ``agc.backends`` entry point registers the backend ``mysite``."""
-    (tmp_path / "agc_site_backend.py").write_text(textwrap.dedent('''
+    (tmp_path / "agc_site_backend.py").write_text(
+        textwrap.dedent("""
         from backends.local import InProcessExecutor
 
         class MySiteExecutor(InProcessExecutor):
@@ -45,13 +46,14 @@ def site_backend_dist(tmp_path, monkeypatch):
 
             def start(self):
                 return MySiteExecutor()
-    '''))
+    """)
+    )
     dist = tmp_path / "agc_site_backend-1.0.dist-info"
     dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: agc-site-backend\n"
-                                   "Version: 1.0\n")
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: agc-site-backend\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text(
-        "[agc.backends]\nmysite = agc_site_backend:MySiteBackend\n")
+        "[agc.backends]\nmysite = agc_site_backend:MySiteBackend\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     yield
     import sys
@@ -63,9 +65,16 @@ def test_third_party_backend_found_through_entry_points(site_backend_dist, small
     assert available_backends()["mysite"] == "agc_site_backend:MySiteBackend"
     cls = get_backend("mysite")
     assert cls.__module__ == "agc_site_backend"
-    result = run(RunConfig(catalog=str(small_catalog), samples=("wjets__nominal",),
-                           backend="mysite", backend_options={"workers": 1}),
-                 progress=False, write=False)
+    result = run(
+        RunConfig(
+            catalog=str(small_catalog),
+            samples=("wjets__nominal",),
+            backend="mysite",
+            backend_options={"workers": 1},
+        ),
+        progress=False,
+        write=False,
+    )
     assert result.events == 4000
     assert cls.__module__ and __import__("agc_site_backend").MySiteExecutor.calls == result.chunks
 
@@ -75,12 +84,18 @@ def test_unknown_backend_lists_the_available_ones():
         get_backend("nosuch")
 
 
-@pytest.mark.parametrize(("name", "options", "message"), [
-    ("slurm", {}, "--backend slurm needs --profile FILE_OR_NAME.*slurm-local"),
-    ("htcondor", {"profile": "htcondor-standin", "mode": "processes"},
-     "--mode 'processes': the htcondor backend always runs Dask workers"),
-    ("dirac", {"profile": "dirac-standin", "workers": 0}, "--workers 0: must be at least 1"),
-])
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("slurm", {}, "--backend slurm needs --profile FILE_OR_NAME.*slurm-local"),
+        (
+            "htcondor",
+            {"profile": "htcondor-standin", "mode": "processes"},
+            "--mode 'processes': the htcondor backend always runs Dask workers",
+        ),
+        ("dirac", {"profile": "dirac-standin", "workers": 0}, "--workers 0: must be at least 1"),
+    ],
+)
 def test_bad_batch_backend_options(name, options, message):
     with pytest.raises(BackendError, match=message):
         get_backend(name)(**options)

@@ -47,16 +47,26 @@ def test_job_script_carries_the_profile():
 
 
 def test_container_setup_and_port_range_reach_the_job_script():
-    profile = {"backend": "slurm", "worker": {
-        "cores": 4, "memory": "8GB", "processes": 2, "port_range": "10000:10100", "gpus": 1,
-        "setup": ["source /cvmfs/sft.cern.ch/lcg/views/LCG_105/x86_64-el9-gcc12-opt/setup.sh"],
-        "container": {"image": "/cvmfs/unpacked.cern.ch/coffea:latest"}},
-        "slurm": {"partition": "gpu", "account": "cms", "directives": ["--qos=short"]}}
+    profile = {
+        "backend": "slurm",
+        "worker": {
+            "cores": 4,
+            "memory": "8GB",
+            "processes": 2,
+            "port_range": "10000:10100",
+            "gpus": 1,
+            "setup": ["source /cvmfs/sft.cern.ch/lcg/views/LCG_105/x86_64-el9-gcc12-opt/setup.sh"],
+            "container": {"image": "/cvmfs/unpacked.cern.ch/coffea:latest"},
+        },
+        "slurm": {"partition": "gpu", "account": "cms", "directives": ["--qos=short"]},
+    }
     backend = SlurmBackend(profile=profile)
     script = backend.job_script()
     assert "source /cvmfs/sft.cern.ch/lcg/views/LCG_105" in script
-    assert "apptainer exec --nv --bind /cvmfs /cvmfs/unpacked.cern.ch/coffea:latest python3 " \
-           "-m distributed.cli.dask_worker" in script
+    assert (
+        "apptainer exec --nv --bind /cvmfs /cvmfs/unpacked.cern.ch/coffea:latest python3 "
+        "-m distributed.cli.dask_worker" in script
+    )
     assert "--worker-port 10000:10100 --nanny-port 10000:10100" in script
     assert "--nworkers 2" in script and "--nthreads 2" in script
     for line in ("#SBATCH -p gpu", "#SBATCH -A cms", "#SBATCH --qos=short", "#SBATCH --gpus=1"):
@@ -71,8 +81,9 @@ def test_run_on_slurm_workers_matches_local(slurm, small_catalog):
     assert result.workers == 2
     assert result.record.phases["first_worker"] > 0
     # the chunks ran in the SLURM jobs' worker processes, not in this process
-    assert result.tasks and all(t.worker != f"{socket.gethostname()}:{os.getpid()}"
-                                for t in result.tasks)
+    assert result.tasks and all(
+        t.worker != f"{socket.gethostname()}:{os.getpid()}" for t in result.tasks
+    )
     assert "Allocate JobId=" in (slurm.workdir / "log" / "slurmctld.log").read_text()
     # close() scancel-ed every job
     deadline = time.monotonic() + 30

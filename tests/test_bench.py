@@ -59,8 +59,7 @@ def data_root(tmp_path_factory):
 def quick_results(scenario_file, data_root, tmp_path_factory):
     """The records of the 'quick' scenario: 2 points x (1 warm-up + 2 repeats)."""
     out = tmp_path_factory.mktemp("results") / "report"
-    run_scenario("quick", out, scenarios_file=scenario_file, data_root=data_root,
-                 progress=False)
+    run_scenario("quick", out, scenarios_file=scenario_file, data_root=data_root, progress=False)
     return out
 
 
@@ -68,15 +67,22 @@ def test_points_from_vary_and_from_a_list(scenario_file):
     spec = load_scenarios(scenario_file)
     assert points(spec["scenarios"]["sizes"]) == [
         {"mode": "inprocess", "chunksize": 500, "label": "chunksize=500"},
-        {"mode": "inprocess", "chunksize": 1500, "label": "chunksize=1500"}]
+        {"mode": "inprocess", "chunksize": 1500, "label": "chunksize=1500"},
+    ]
     assert [p["label"] for p in points(spec["scenarios"]["quick"])] == ["full", "io"]
 
 
 def test_schedule_runs_warmups_first_and_interleaves_points():
     a, b = {"label": "a"}, {"label": "b"}
     order = [(p["label"], i, w) for p, i, w in bench._schedule([a, b], repeats=2, warmup=1)]
-    assert order == [("a", 0, True), ("b", 0, True), ("a", 0, False), ("b", 0, False),
-                     ("a", 1, False), ("b", 1, False)]
+    assert order == [
+        ("a", 0, True),
+        ("b", 0, True),
+        ("a", 0, False),
+        ("b", 0, False),
+        ("a", 1, False),
+        ("b", 1, False),
+    ]
 
 
 def test_every_run_is_recorded_with_scenario_columns(quick_results):
@@ -86,7 +92,9 @@ def test_every_run_is_recorded_with_scenario_columns(quick_results):
     assert runs["warmup"].sum() == 2
     assert set(runs["events"]) == {3000}
     assert runs.set_index("point")["io_only"].groupby(level=0).all().to_dict() == {
-        "full": False, "io": True}
+        "full": False,
+        "io": True,
+    }
     assert (runs["events_per_second"] > 0).all()
     assert runs["git_commit"].notna().all() and runs["machine_cpu_count"].notna().all()
     assert runs["dataset"].str.startswith("tiny-").all()
@@ -126,12 +134,14 @@ def test_bad_scenario_names_and_options_are_user_errors(scenario_file, tmp_path)
         load_scenarios(bad)
 
 
-def test_run_in_a_fresh_interpreter_with_a_given_source_tree(scenario_file, data_root,
-                                                             quick_results):
+def test_run_in_a_fresh_interpreter_with_a_given_source_tree(
+    scenario_file, data_root, quick_results
+):
     spec = load_scenarios(scenario_file)["datasets"]["tiny"]
     catalog = ensure_dataset("tiny", spec, data_root)
-    row = bench.run_in_subprocess(bench.REPO_ROOT, catalog,
-                                  {"mode": "inprocess", "chunksize": 1000, "label": "x"})
+    row = bench.run_in_subprocess(
+        bench.REPO_ROOT, catalog, {"mode": "inprocess", "chunksize": 1000, "label": "x"}
+    )
     assert row["events"] == 3000 and row["label"] == "x"
     assert "processing" in row["phases"]
 
@@ -148,26 +158,38 @@ def test_cli_registers_bench_and_report():
 
 def test_the_shipped_scenario_file_is_valid():
     spec = load_scenarios()
-    assert {"workers", "chunksize", "io", "engines", "backends", "cache", "before-after",
-            "latency"} <= set(spec["scenarios"])
+    assert {
+        "workers",
+        "chunksize",
+        "io",
+        "engines",
+        "backends",
+        "cache",
+        "before-after",
+        "latency",
+    } <= set(spec["scenarios"])
     for scenario in spec["scenarios"].values():
         for point in points(scenario):
             bench.run_config("catalog.json", point)  # every option is a run option
 
 
-def test_points_that_cannot_run_are_skipped_and_stand_ins_are_selected(scenario_file, data_root,
-                                                                      tmp_path):
+def test_points_that_cannot_run_are_skipped_and_stand_ins_are_selected(
+    scenario_file, data_root, tmp_path
+):
     """A point whose ``requires`` fails is recorded as skipped; a ``standins`` point submits
     through the stand-in condor_submit (its jobs leave records in the scratch state)."""
     from agc.report import build_report, load_records, not_measured
 
     path_before = os.environ["PATH"]
-    raw = run_scenario("batch", tmp_path, scenarios_file=scenario_file, data_root=data_root,
-                       progress=False)
+    raw = run_scenario(
+        "batch", tmp_path, scenarios_file=scenario_file, data_root=data_root, progress=False
+    )
     assert os.environ["PATH"] == path_before
     runs = pd.read_csv(raw / "batch-runs.csv")
-    assert runs.set_index("point")["backend"].to_dict() == {"local": "local",
-                                                            "htcondor (stand-in)": "htcondor"}
+    assert runs.set_index("point")["backend"].to_dict() == {
+        "local": "local",
+        "htcondor (stand-in)": "htcondor",
+    }
     assert runs.set_index("point")["first_worker_seconds"].notna().all()
     meta = load_records(tmp_path).meta["batch"]
     assert list(meta["skipped"]) == ["nowhere"]

@@ -30,16 +30,22 @@ def catalog(tmp_path_factory) -> str:
 
     out = tmp_path_factory.mktemp("cache-data")
     events = {s: (1, EVENTS_PER_FILE) for s in SAMPLES}
-    return str(synth.generate(out, events=events, layout="minimal", seed=7, workers=1,
-                              progress=False))
+    return str(
+        synth.generate(out, events=events, layout="minimal", seed=7, workers=1, progress=False)
+    )
 
 
 def config(catalog, store, **kw) -> RunConfig:
     options = {"mode": kw.pop("mode", "inprocess")}
     if "workers" in kw:
         options["workers"] = kw.pop("workers")
-    return RunConfig(catalog=catalog, chunksize=CHUNKSIZE, cache=str(store) if store else None,
-                     backend_options=options, **kw)
+    return RunConfig(
+        catalog=catalog,
+        chunksize=CHUNKSIZE,
+        cache=str(store) if store else None,
+        backend_options=options,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -92,17 +98,30 @@ def _task(catalog, **kw) -> ChunkTask:
 
     cat, base = load_catalog(catalog)
     chunk = make_chunks(build_fileset(cat, base, samples=("ttbar__nominal",)), CHUNKSIZE)[0]
-    return ChunkTask(chunk, ANALYSIS_BRANCHES, kw.get("systematics", True), kw.get("seed", 1),
-                     kw.get("io_only", False))
+    return ChunkTask(
+        chunk,
+        ANALYSIS_BRANCHES,
+        kw.get("systematics", True),
+        kw.get("seed", 1),
+        kw.get("io_only", False),
+    )
 
 
 def test_key_is_stable_and_changes_with_physics_config(catalog):
     cache = ChunkCache(ResultStore(os.devnull + "-unused"))
     base, _ = cache.key(_task(catalog))
     assert base == cache.key(_task(catalog))[0]
-    assert len({base, cache.key(_task(catalog, systematics=False))[0],
+    assert (
+        len(
+            {
+                base,
+                cache.key(_task(catalog, systematics=False))[0],
                 cache.key(_task(catalog, seed=2))[0],
-                cache.key(_task(catalog, io_only=True))[0]}) == 4
+                cache.key(_task(catalog, io_only=True))[0],
+            }
+        )
+        == 4
+    )
 
 
 def test_fingerprint_follows_cut_constants(monkeypatch):
@@ -209,8 +228,17 @@ def test_cold_then_warm_across_backend_modes_is_identical(catalog, reference, tm
     assert (cold.record.cache_hits, cold.record.cache_misses) == (0, N_CHUNKS)
     assert len(ResultStore(store).entries()) == N_CHUNKS
     # other backend mode, worker count, output directory and label: all hits
-    warm = run(config(catalog, store, mode="processes", workers=2, label="again",
-                      output_dir=str(tmp_path / "b")), progress=False)
+    warm = run(
+        config(
+            catalog,
+            store,
+            mode="processes",
+            workers=2,
+            label="again",
+            output_dir=str(tmp_path / "b"),
+        ),
+        progress=False,
+    )
     assert (warm.record.cache_hits, warm.record.cache_misses) == (N_CHUNKS, 0)
     assert all(t.cached and t.bytes_read == 0 for t in warm.tasks)
     assert warm.events == cold.events == len(SAMPLES) * EVENTS_PER_FILE
@@ -241,8 +269,11 @@ def test_changed_cut_misses_and_changes_results(catalog, reference, tmp_path, mo
 def test_physics_options_miss(catalog, tmp_path):
     store = tmp_path / "store"
     run(config(catalog, store), progress=False, write=False)
-    for changed in (config(catalog, store, systematics=False), config(catalog, store, seed=5),
-                    config(catalog, store, io_only=True)):
+    for changed in (
+        config(catalog, store, systematics=False),
+        config(catalog, store, seed=5),
+        config(catalog, store, io_only=True),
+    ):
         assert run(changed, progress=False, write=False).record.cache_hits == 0
 
 
@@ -251,8 +282,7 @@ def test_added_sample_computes_only_its_chunks(catalog, reference, tmp_path):
     run(config(catalog, store, samples=SAMPLES[:-1]), progress=False, write=False)
     full = run(config(catalog, store), progress=False, write=False)
     per_sample = EVENTS_PER_FILE // CHUNKSIZE
-    assert (full.record.cache_hits, full.record.cache_misses) == (N_CHUNKS - per_sample,
-                                                                  per_sample)
+    assert (full.record.cache_hits, full.record.cache_misses) == (N_CHUNKS - per_sample, per_sample)
     assert {t.sample for t in full.tasks if not t.cached} == {SAMPLES[-1]}
     assert_same(full.histograms, reference)
 
@@ -273,8 +303,9 @@ class Interrupted(Exception):
     pass
 
 
-def test_restart_after_crash_computes_only_missing_chunks(catalog, reference, tmp_path,
-                                                          monkeypatch):
+def test_restart_after_crash_computes_only_missing_chunks(
+    catalog, reference, tmp_path, monkeypatch
+):
     store, computed = tmp_path / "store", []
     real = agc.run.process_chunk
 
@@ -351,8 +382,10 @@ def test_dask_plugins_store_as_tasks_finish_and_count(catalog, tmp_path):
     cache = ChunkCache(store)
     tasks = [_task(catalog), _task(catalog, seed=3)]
     fn, todo, cached = cache.split(agc.run.process_chunk, tasks)
-    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
         install_plugins(client, store.url)
         results = client.gather(client.map(fn, todo, pure=False))
         assert all(getattr(r, "cache_pending", None) is None for r in results)
@@ -383,15 +416,15 @@ def cli(argv, monkeypatch) -> int:
 
 def test_outputs_only_in_the_store_then_fetched(catalog, tmp_path, monkeypatch, capsys):
     store = tmp_path / "store"
-    result = run(config(catalog, store, data_lake="only", output_dir=str(tmp_path / "never")),
-                 progress=False)
+    result = run(
+        config(catalog, store, data_lake="only", output_dir=str(tmp_path / "never")), progress=False
+    )
     assert result.run_dir is None and not (tmp_path / "never").exists()
     assert ResultStore(store).list_runs() == [result.run_id]
     assert cli(["cache", "ls", "--runs", "--cache", str(store)], monkeypatch) == 0
     assert result.run_id in capsys.readouterr().out
     dest = tmp_path / "fetched"
-    assert cli(["fetch", result.run_id, "--to", str(dest), "--cache", str(store)],
-               monkeypatch) == 0
+    assert cli(["fetch", result.run_id, "--to", str(dest), "--cache", str(store)], monkeypatch) == 0
     from agc.histograms import read_histograms
 
     fetched = read_histograms(dest / "histograms.root")

@@ -24,8 +24,9 @@ def small_catalog(tmp_path_factory) -> str:
 
     out = tmp_path_factory.mktemp("remote-data")
     events = {"ttbar__nominal": (1, 1000), "wjets__nominal": (1, 1000)}
-    return str(synth.generate(out, events=events, layout="minimal", seed=3, workers=1,
-                              progress=False))
+    return str(
+        synth.generate(out, events=events, layout="minimal", seed=3, workers=1, progress=False)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +75,19 @@ def test_xrootd_store_entries_runs_and_corruption(xrootd_store, tmp_path, caplog
 
 def test_run_with_xrootd_store_cold_then_warm(xrootd_store, small_catalog):
     url, _ = xrootd_store
-    cfg = RunConfig(catalog=small_catalog, chunksize=500, cache=url,
-                    backend_options={"mode": "processes", "workers": 2})
+    cfg = RunConfig(
+        catalog=small_catalog,
+        chunksize=500,
+        cache=url,
+        backend_options={"mode": "processes", "workers": 2},
+    )
     cold = run(cfg, progress=False, write=False)
     warm = run(cfg, progress=False, write=False)
     assert (cold.record.cache_misses, warm.record.cache_hits, warm.record.cache_misses) == (4, 4, 0)
     for name, h in cold.histograms.items():
-        np.testing.assert_allclose(warm.histograms[name].values(flow=True),
-                                   h.values(flow=True), rtol=1e-12, err_msg=name)
+        np.testing.assert_allclose(
+            warm.histograms[name].values(flow=True), h.values(flow=True), rtol=1e-12, err_msg=name
+        )
     ResultStore(url).clear(runs=True)
 
 
@@ -91,8 +97,11 @@ def s3_url():
     pytest.importorskip("s3fs", reason="s3:// stores need 'pip install s3fs'")
     server_mod = pytest.importorskip("moto.server", reason="S3 stand-in needs 'moto[server]'")
     mp = pytest.MonkeyPatch()
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for k, v in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         mp.setenv(k, v)
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -115,8 +124,9 @@ def test_s3_store_commit_markers(s3_url, small_catalog):
     assert store.get(KEY)[0] == b"data"
     store.fs.rm_file(store._path(KEY) + ".ok")  # as if the writer died before committing
     assert store.get(KEY) is None and store.entries() == []
-    cfg = RunConfig(catalog=small_catalog, chunksize=500, cache=s3_url,
-                    backend_options={"mode": "inprocess"})
+    cfg = RunConfig(
+        catalog=small_catalog, chunksize=500, cache=s3_url, backend_options={"mode": "inprocess"}
+    )
     cold = run(cfg, progress=False, write=False)
     warm = run(cfg, progress=False, write=False)
     assert (cold.record.cache_misses, warm.record.cache_hits) == (4, 4)

@@ -15,14 +15,24 @@ DASK = {"mode": "dask", "workers": 2}
 
 @pytest.fixture(scope="module")
 def chunked_run(small_catalog):
-    return run(RunConfig(catalog=str(small_catalog), chunksize=1500,
-                         backend_options={"mode": "inprocess"}), progress=False, write=False)
+    return run(
+        RunConfig(
+            catalog=str(small_catalog), chunksize=1500, backend_options={"mode": "inprocess"}
+        ),
+        progress=False,
+        write=False,
+    )
 
 
 @pytest.fixture(scope="module")
 def dask_awkward_run(small_catalog):
-    return run(RunConfig(catalog=str(small_catalog), chunksize=1500, backend_options=DASK,
-                         engine="dask-awkward"), progress=False, write=False)
+    return run(
+        RunConfig(
+            catalog=str(small_catalog), chunksize=1500, backend_options=DASK, engine="dask-awkward"
+        ),
+        progress=False,
+        write=False,
+    )
 
 
 def test_same_histograms_as_the_chunked_engine(chunked_run, dask_awkward_run):
@@ -50,21 +60,30 @@ def test_records_the_engine_and_read_times_from_the_task_stream(dask_awkward_run
 def test_bytes_are_the_baskets_of_each_chunk(small_catalog, dask_awkward_run):
     t = dask_awkward_run.tasks[0]
     tree = uproot.open(t.path)["Events"]
-    expected = sum(tree[b].basket_compressed_bytes(i)
-                   for b in RunConfig().branches()
-                   for i in range(tree[b].num_baskets)
-                   if tree[b].basket_entry_start_stop(i)[0] < t.entry_stop
-                   and tree[b].basket_entry_start_stop(i)[1] > t.entry_start)
+    expected = sum(
+        tree[b].basket_compressed_bytes(i)
+        for b in RunConfig().branches()
+        for i in range(tree[b].num_baskets)
+        if tree[b].basket_entry_start_stop(i)[0] < t.entry_stop
+        and tree[b].basket_entry_start_stop(i)[1] > t.entry_start
+    )
     assert t.bytes_read == expected
 
 
-@pytest.mark.parametrize(("kw", "needle"), [
-    ({"engine": "graph"}, "--engine 'graph': choose one of chunked, dask-awkward"),
-    ({"engine": "dask-awkward", "backend_options": {"mode": "inprocess"}},
-     "needs a Dask executor: use --mode dask"),
-    ({"engine": "dask-awkward", "backend_options": DASK, "cache": "unused"},
-     "does not use the result cache"),
-])
+@pytest.mark.parametrize(
+    ("kw", "needle"),
+    [
+        ({"engine": "graph"}, "--engine 'graph': choose one of chunked, dask-awkward"),
+        (
+            {"engine": "dask-awkward", "backend_options": {"mode": "inprocess"}},
+            "needs a Dask executor: use --mode dask",
+        ),
+        (
+            {"engine": "dask-awkward", "backend_options": DASK, "cache": "unused"},
+            "does not use the result cache",
+        ),
+    ],
+)
 def test_refused_before_any_work(small_catalog, kw, needle):
     with pytest.raises(EngineError, match=needle):
         run(RunConfig(catalog=str(small_catalog), **kw), progress=False, write=False)
@@ -77,13 +96,25 @@ def test_missing_branch_named_before_submission(tmp_path, small_catalog):
     path, nevts = small_catalog.parent / entry["path"], entry["nevts"]
     other = tmp_path / "nojets.root"
     with uproot.open(path) as f, uproot.recreate(other) as g:
-        arrays = f["Events"].arrays(filter_name=["Muon_*", "Electron_*", "run", "event"],
-                                    how="zip")
+        arrays = f["Events"].arrays(filter_name=["Muon_*", "Electron_*", "run", "event"], how="zip")
         data = {field: arrays[field] for field in arrays.fields}
         g.mktree("Events", {k: v.type for k, v in data.items()}).extend(data)
     catalog = tmp_path / "catalog.json"
-    catalog.write_text(json.dumps({"wjets": {"nominal": {
-        "nevts_total": nevts, "files": [{"path": str(other), "nevts": nevts}]}}}))
+    catalog.write_text(
+        json.dumps(
+            {
+                "wjets": {
+                    "nominal": {
+                        "nevts_total": nevts,
+                        "files": [{"path": str(other), "nevts": nevts}],
+                    }
+                }
+            }
+        )
+    )
     with pytest.raises(UserError, match="nojets.root: tree 'Events' lacks branch\\(es\\) Jet_"):
-        run(RunConfig(catalog=str(catalog), backend_options=DASK, engine="dask-awkward"),
-            progress=False, write=False)
+        run(
+            RunConfig(catalog=str(catalog), backend_options=DASK, engine="dask-awkward"),
+            progress=False,
+            write=False,
+        )

@@ -30,16 +30,21 @@ def test_root_and_json_round_trip(tmp_path):
     assert written == ["4j1b_ttbar"]  # empty histograms are not written, as in the reference
     back = read_histograms(tmp_path / "h.root")
     assert list(back) == ["4j1b_ttbar"]
-    np.testing.assert_allclose(back["4j1b_ttbar"].values(flow=True), hists["4j1b_ttbar"].values(flow=True))
-    np.testing.assert_allclose(back["4j1b_ttbar"].variances(flow=True), [2.25, 2.25] + [0] * 11
-                               + [4.5] + [0] * 12 + [2.25])
+    np.testing.assert_allclose(
+        back["4j1b_ttbar"].values(flow=True), hists["4j1b_ttbar"].values(flow=True)
+    )
+    np.testing.assert_allclose(
+        back["4j1b_ttbar"].variances(flow=True), [2.25, 2.25] + [0] * 11 + [4.5] + [0] * 12 + [2.25]
+    )
     write_json(hists, tmp_path / "h.json")
     data = json.loads((tmp_path / "h.json").read_text())
     assert list(data) == ["4j1b_ttbar"]
     assert len(data["4j1b_ttbar"]["edges"]) == 26 and len(data["4j1b_ttbar"]["contents"]) == 27
     assert data["4j1b_ttbar"]["contents"][0] == 1.5 and data["4j1b_ttbar"]["contents"][-1] == 1.5
-    assert read_histograms(tmp_path / "h.json")["4j1b_ttbar"].values(flow=True).tolist() == \
-        data["4j1b_ttbar"]["contents"]
+    assert (
+        read_histograms(tmp_path / "h.json")["4j1b_ttbar"].values(flow=True).tolist()
+        == data["4j1b_ttbar"]["contents"]
+    )
 
 
 def test_reading_bad_files(tmp_path):
@@ -53,9 +58,13 @@ def test_reading_bad_files(tmp_path):
 
 
 def test_pseudodata_formula():
-    hists = {"4j2b_ttbar_ME_var": filled([100] * 4), "4j2b_ttbar_PS_var": filled([100] * 2),
-             "4j2b_wjets": filled([100], 10.0), "4j2b_single_top_t_chan": filled([100], 100.0),
-             "4j1b_ttbar_ME_var": filled([100])}  # 4j1b lacks PS_var and wjets
+    hists = {
+        "4j2b_ttbar_ME_var": filled([100] * 4),
+        "4j2b_ttbar_PS_var": filled([100] * 2),
+        "4j2b_wjets": filled([100], 10.0),
+        "4j2b_single_top_t_chan": filled([100], 100.0),
+        "4j1b_ttbar_ME_var": filled([100]),
+    }  # 4j1b lacks PS_var and wjets
     out = add_pseudodata(hists)
     assert out["4j2b_pseudodata"].sum().value == pytest.approx((4 + 2) / 2 + 10)
     assert "4j1b_pseudodata" not in out
@@ -70,8 +79,12 @@ def test_merge_adds_by_name():
 
 
 def test_to_hist_dict_view():
-    hists = {"4j1b_ttbar": filled([100]), "4j1b_ttbar_btag_var_0_up": filled([100], 2.0),
-             "4j1b_single_top_t_chan_pt_scale_up": filled([300]), "4j2b_wjets": filled([200])}
+    hists = {
+        "4j1b_ttbar": filled([100]),
+        "4j1b_ttbar_btag_var_0_up": filled([100], 2.0),
+        "4j1b_single_top_t_chan_pt_scale_up": filled([300]),
+        "4j2b_wjets": filled([200]),
+    }
     view = to_hist_dict(hists, ["ttbar", "single_top_t_chan", "wjets"])
     assert view["4j1b"][:, "ttbar", "btag_var_0_up"].sum().value == 2.0
     assert view["4j1b"][:, "single_top_t_chan", "pt_scale_up"].sum().value == 1.0
@@ -84,8 +97,11 @@ def _ref(h):
 
 def test_validation_algorithm():
     base = filled([100, 100, 120, 300], 1.0)
-    reference = {"4j1b_ttbar": _ref(base), "4j1b_pseudodata": _ref(base),
-                 "4j1b_ttbar_pt_res_up": _ref(base)}
+    reference = {
+        "4j1b_ttbar": _ref(base),
+        "4j1b_pseudodata": _ref(base),
+        "4j1b_ttbar_pt_res_up": _ref(base),
+    }
     # identical output: OK; a missing pseudodata is tolerated; pt_res_up content is not compared
     out = {"4j1b_ttbar": base.copy(), "4j1b_ttbar_pt_res_up": filled([500])}
     report = validate(out, reference)
@@ -93,7 +109,7 @@ def test_validation_algorithm():
     # one event of weight 1.5 migrates to the neighbouring bin: tolerated (atol 2, same sum)
     migrated = filled([100, 100, 300], 1.0)
     migrated.fill(observable=[125.0], weight=1.0)  # same bin as 120 -> no change
-    migrated2 = filled([100, 100, 140, 300], 1.0)    # 120 -> 140: adjacent bins, equal sums
+    migrated2 = filled([100, 100, 140, 300], 1.0)  # 120 -> 140: adjacent bins, equal sums
     assert validate({"4j1b_ttbar": migrated2, "4j1b_ttbar_pt_res_up": base}, reference).migrations
     assert validate({"4j1b_ttbar": migrated2, "4j1b_ttbar_pt_res_up": base}, reference).ok
     # a migration of a weight-3 event is not tolerated

@@ -39,12 +39,13 @@ def toy_histograms(weight: float = 0.5) -> dict[str, hist.Hist]:
     out = {}
     for name in inference.required_templates(inference.cabinetry_config()):
         region, rest = name.split("_", 1)
-        process = next((p for p in sorted(shapes, key=len, reverse=True) if rest.startswith(p)),
-                       "pseudodata")
+        process = next(
+            (p for p in sorted(shapes, key=len, reverse=True) if rest.startswith(p)), "pseudodata"
+        )
         if process == "pseudodata":  # 0.95 x the model's ttbar, other processes as they are
             contents = sum(shapes.values()) - 0.05 * shapes["ttbar"]
         else:
-            variation = rest[len(process) + 1:]
+            variation = rest[len(process) + 1 :]
             scale = 1 + 0.05 * rng.standard_normal() if variation else 1.0
             slope = 0.02 * rng.standard_normal() if variation else 0.0
             contents = shapes[process] * scale * (1 + slope * (centers - 300) / 250)
@@ -64,8 +65,14 @@ def test_config_is_the_reference_model():
         assert region["Binning"] == pytest.approx(np.arange(110, 551, 40))
     samples = {s["Name"]: s for s in config["Samples"]}
     assert samples["Pseudodata"]["Data"] is True
-    assert set(samples) == {"Pseudodata", "ttbar", "W+jets", "single top, s-channel",
-                            "single top, t-channel", "tW"}
+    assert set(samples) == {
+        "Pseudodata",
+        "ttbar",
+        "W+jets",
+        "single top, s-channel",
+        "single top, t-channel",
+        "tW",
+    }
     systematics = {s["Name"]: s for s in config["Systematics"]}
     assert len(systematics) == 11
     assert systematics["ME variation"]["Down"] == {"Symmetrize": True}
@@ -73,8 +80,9 @@ def test_config_is_the_reference_model():
     assert systematics["W+jets scale variations"]["Samples"] == "W+jets"
     assert "Samples" not in systematics["Jet energy resolution"]  # all MC
     assert systematics["Luminosity"]["Type"] == "Normalization"
-    assert config["NormFactors"] == [{"Name": "ttbar_norm", "Samples": "ttbar", "Nominal": 1.0,
-                                      "Bounds": [0, 10]}]
+    assert config["NormFactors"] == [
+        {"Name": "ttbar_norm", "Samples": "ttbar", "Nominal": 1.0, "Bounds": [0, 10]}
+    ]
     assert config["General"]["InputPath"].startswith("some/histograms.root:")
 
 
@@ -144,8 +152,9 @@ def test_fit_error_when_no_strategy_converges(monkeypatch):
         raise pyhf.exceptions.FailedMinimization(type("R", (), {"message": "no luck"})())
 
     monkeypatch.setattr(cabinetry.fit, "fit", failing_fit)
-    with pytest.raises(inference.FitError, match="did not converge with Minuit strategies "
-                                                 "default, 2"):
+    with pytest.raises(
+        inference.FitError, match="did not converge with Minuit strategies default, 2"
+    ):
         inference.fit(workspace)
     assert tried == [None, 2]
 
@@ -204,11 +213,16 @@ def test_json_input_gets_variances_from_the_run_summary(tmp_path, caplog):
     fit_input = inference.load_fit_input(tmp_path)  # a run directory without histograms.root
     assert fit_input.variances == "|content| * w, w from summary.json"
     h = fit_input.histograms
-    for name, w in [("4j1b_ttbar", 2.0), ("4j2b_ttbar_btag_var_1_up", 2.0),
-                    ("4j2b_ttbar_PS_var", 3.0), ("4j1b_wjets_scale_var_up", 40.0)]:
+    for name, w in [
+        ("4j1b_ttbar", 2.0),
+        ("4j2b_ttbar_btag_var_1_up", 2.0),
+        ("4j2b_ttbar_PS_var", 3.0),
+        ("4j1b_wjets_scale_var_up", 40.0),
+    ]:
         assert h[name].variances() == pytest.approx(h[name].values() * w)
     assert h["4j1b_pseudodata"].variances() == pytest.approx(
-        histograms["4j1b_pseudodata"].values())  # data: read_histograms' default, unused by the fit
+        histograms["4j1b_pseudodata"].values()
+    )  # data: read_histograms' default, unused by the fit
 
 
 def test_non_positive_normalisation_effect_is_repaired(caplog):
@@ -218,8 +232,9 @@ def test_non_positive_normalisation_effect_is_repaired(caplog):
     workspace = inference.build_workspace(histograms)
     channel = next(c for c in workspace["channels"] if c["name"] == "4j2b SR")
     sample = next(s for s in channel["samples"] if s["name"] == "W+jets")
-    normsys = next(m for m in sample["modifiers"]
-                   if m["name"] == "Jet energy scale" and m["type"] == "normsys")
+    normsys = next(
+        m for m in sample["modifiers"] if m["name"] == "Jet energy scale" and m["type"] == "normsys"
+    )
     assert normsys["data"] == pytest.approx({"hi": 5.0, "lo": 0.2})
     assert "4j2b SR / W+jets / Jet energy scale" in caplog.text
     assert np.isfinite(inference.fit(workspace).bestfit)

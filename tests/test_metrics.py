@@ -19,16 +19,43 @@ from agc.metrics import (
 
 
 def record(**kw) -> RunRecord:
-    base = dict(run_id="r1", backend="local", engine="processes", workers=2, cores_per_worker=1,
-                chunksize=1000, n_files=-1, io_only=False, systematics=True, events=10_000,
-                chunks=10, bytes_read=5_000_000, wall_seconds=2.0, cpu_seconds=3.0,
-                peak_rss_mb_per_worker=300.0, phases={"processing": 1.5, "first_result": 0.4})
+    base = dict(
+        run_id="r1",
+        backend="local",
+        engine="processes",
+        workers=2,
+        cores_per_worker=1,
+        chunksize=1000,
+        n_files=-1,
+        io_only=False,
+        systematics=True,
+        events=10_000,
+        chunks=10,
+        bytes_read=5_000_000,
+        wall_seconds=2.0,
+        cpu_seconds=3.0,
+        peak_rss_mb_per_worker=300.0,
+        phases={"processing": 1.5, "first_result": 0.4},
+    )
     return RunRecord(**{**base, **kw})
 
 
 def task(path="a.root", start=0, stop=1000, t0=10.0, t1=10.5, read=0.2, cached=False):
-    return TaskTiming("ttbar__nominal", path, start, stop, t0, t1, 0.4, 1000, "vm:1", 200.0,
-                      cached=cached, read_seconds=read, analysis_seconds=t1 - t0 - read)
+    return TaskTiming(
+        "ttbar__nominal",
+        path,
+        start,
+        stop,
+        t0,
+        t1,
+        0.4,
+        1000,
+        "vm:1",
+        200.0,
+        cached=cached,
+        read_seconds=read,
+        analysis_seconds=t1 - t0 - read,
+    )
 
 
 def test_rates_per_core_and_cpu_efficiency():
@@ -40,8 +67,11 @@ def test_rates_per_core_and_cpu_efficiency():
 
 
 def test_task_totals_skip_cached_chunks():
-    tasks = [task(), task(start=1000, stop=2000, t0=11.0, t1=11.25, read=0.05),
-             task(path="b.root", cached=True)]
+    tasks = [
+        task(),
+        task(start=1000, stop=2000, t0=11.0, t1=11.25, read=0.05),
+        task(path="b.root", cached=True),
+    ]
     totals = task_totals(tasks)
     assert totals["files"] == 1
     assert totals["task_seconds"] == pytest.approx(0.75)
@@ -84,16 +114,18 @@ def test_bytes_read_count_the_file_metadata_once_and_a_changed_file_is_reopened(
     from agc.analysis import ANALYSIS_BRANCHES
     from agc.reader import close_open_files, open_tree, read_chunk
 
-    synth.generate(tmp_path, events={"ttbar__nominal": (1, 2000)}, layout="minimal", seed=1,
-                   workers=1)
+    synth.generate(
+        tmp_path, events={"ttbar__nominal": (1, 2000)}, layout="minimal", seed=1, workers=1
+    )
     path = str(next(tmp_path.rglob("*.root")))
     close_open_files()
     _, first = read_chunk(path, ANALYSIS_BRANCHES, 0, 1000)
     _, second = read_chunk(path, ANALYSIS_BRANCHES, 1000, 2000)
     assert first > second > 0  # the first chunk also pays the file's metadata
     assert open_tree(path)[2] is False  # still open in this process
-    synth.generate(tmp_path, events={"ttbar__nominal": (1, 3000)}, layout="minimal", seed=1,
-                   workers=1)
+    synth.generate(
+        tmp_path, events={"ttbar__nominal": (1, 3000)}, layout="minimal", seed=1, workers=1
+    )
     events, _ = read_chunk(path, ANALYSIS_BRANCHES, 2000, 3000)  # the new, longer file
     assert len(events) == 1000
     close_open_files()

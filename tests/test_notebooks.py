@@ -17,5 +17,7 @@ def test_notebook_executes(notebook):
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
     assert code_cells, f"{notebook.name} has no code"
     assert all(c.get("execution_count") for c in code_cells), "a code cell did not run"
-    errors = [o for c in code_cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    errors = [
+        o for c in code_cells for o in c.get("outputs", []) if o.get("output_type") == "error"
+    ]
     assert not errors

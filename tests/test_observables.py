@@ -26,8 +26,16 @@ def test_ht_sums_all_jets():
 
 def test_trijet_mass_of_three_jets():
     specs = [(120.0, 0.3, 0.1, 12.0), (70.0, -0.8, 2.2, 8.0), (45.0, 1.1, -1.9, 6.0)]
-    events = make_events([{"jets": [jet(pt, eta, phi, m, btag=0.9 if i == 0 else 0.1)
-                                    for i, (pt, eta, phi, m) in enumerate(specs)]}])
+    events = make_events(
+        [
+            {
+                "jets": [
+                    jet(pt, eta, phi, m, btag=0.9 if i == 0 else 0.1)
+                    for i, (pt, eta, phi, m) in enumerate(specs)
+                ]
+            }
+        ]
+    )
     _, _, jets = collections(events)
     expected = invariant_mass(sum(four_vector(*s) for s in specs))
     assert trijet_mass(jets).tolist() == pytest.approx([expected], rel=1e-5)
@@ -36,8 +44,12 @@ def test_trijet_mass_of_three_jets():
 def test_trijet_picks_highest_pt_combination_with_a_btag():
     # jets 0,1,2 are back-to-back-ish with no b tag; the highest-|pT| trijet *with* a b tag
     # must be chosen even though (0,1,2) has a larger |sum pT|.
-    specs = [(150.0, 0.0, 0.0, 10.0), (140.0, 0.2, 0.3, 10.0), (130.0, -0.2, -0.3, 10.0),
-             (60.0, 0.5, 3.0, 5.0)]
+    specs = [
+        (150.0, 0.0, 0.0, 10.0),
+        (140.0, 0.2, 0.3, 10.0),
+        (130.0, -0.2, -0.3, 10.0),
+        (60.0, 0.5, 3.0, 5.0),
+    ]
     btags = [0.1, 0.2, 0.3, 0.95]
     events = make_events([{"jets": [jet(*s, btag=b) for s, b in zip(specs, btags, strict=True)]}])
     _, _, jets = collections(events)
@@ -57,12 +69,15 @@ def test_trijet_mass_matches_coffea_nanoevents(shared_data, tmp_path):
 
     path = shared_data / "nanoAOD_2015_CMS_Open_Data_ttbar.root"
     NanoAODSchema.warn_missing_crossrefs = False
-    nano = NanoEventsFactory.from_root({str(path): "Events"}, schemaclass=NanoAODSchema,
-                                       mode="eager").events()
-    flat = uproot.open(path)["Events"].arrays(["Jet_pt", "Jet_eta", "Jet_phi", "Jet_mass",
-                                               "Jet_btagCSVV2", "Jet_jetId"])
-    flat = ak.with_field(ak.with_field(flat, [[]] * len(flat), "Electron_pt"),
-                         [[]] * len(flat), "Muon_pt")
+    nano = NanoEventsFactory.from_root(
+        {str(path): "Events"}, schemaclass=NanoAODSchema, mode="eager"
+    ).events()
+    flat = uproot.open(path)["Events"].arrays(
+        ["Jet_pt", "Jet_eta", "Jet_phi", "Jet_mass", "Jet_btagCSVV2", "Jet_jetId"]
+    )
+    flat = ak.with_field(
+        ak.with_field(flat, [[]] * len(flat), "Electron_pt"), [[]] * len(flat), "Muon_pt"
+    )
     _, _, jets = collections(flat)
     has3 = ak.num(jets) >= 3
     has_b = ak.any(jets.btagCSVV2 > 0.5, axis=1)
@@ -78,13 +93,23 @@ def _reference_trijet_mass(jets):
     import awkward as ak
     from coffea.nanoevents.methods import candidate
 
-    jets = ak.zip({"pt": jets.pt, "eta": jets.eta, "phi": jets.phi, "mass": jets.mass,
-                   "btagCSVV2": jets.btagCSVV2, "charge": ak.zeros_like(jets.pt)},
-                  with_name="PtEtaPhiMCandidate", behavior=candidate.behavior)
+    jets = ak.zip(
+        {
+            "pt": jets.pt,
+            "eta": jets.eta,
+            "phi": jets.phi,
+            "mass": jets.mass,
+            "btagCSVV2": jets.btagCSVV2,
+            "charge": ak.zeros_like(jets.pt),
+        },
+        with_name="PtEtaPhiMCandidate",
+        behavior=candidate.behavior,
+    )
     trijet = ak.combinations(jets, 3, fields=["j1", "j2", "j3"])
     trijet["p4"] = trijet.j1 + trijet.j2 + trijet.j3
-    trijet["max_btag"] = np.maximum(trijet.j1.btagCSVV2,
-                                    np.maximum(trijet.j2.btagCSVV2, trijet.j3.btagCSVV2))
+    trijet["max_btag"] = np.maximum(
+        trijet.j1.btagCSVV2, np.maximum(trijet.j2.btagCSVV2, trijet.j3.btagCSVV2)
+    )
     trijet = trijet[trijet.max_btag > 0.5]
     return ak.flatten(trijet["p4"][ak.argmax(trijet.p4.pt, axis=1, keepdims=True)].mass)
 
@@ -101,12 +126,25 @@ def test_trijet_mass_is_bit_identical_to_coffea_candidates(small_catalog, pt_dty
 
     catalog = json.loads(small_catalog.read_text())
     path = small_catalog.parent / catalog["ttbar"]["nominal"]["files"][0]["path"]
-    events, _ = read_chunk(str(path), ["Jet_pt", "Jet_eta", "Jet_phi", "Jet_mass",
-                                       "Jet_btagCSVV2", "Jet_jetId", "Electron_pt", "Muon_pt"],
-                           0, 3000)
+    events, _ = read_chunk(
+        str(path),
+        [
+            "Jet_pt",
+            "Jet_eta",
+            "Jet_phi",
+            "Jet_mass",
+            "Jet_btagCSVV2",
+            "Jet_jetId",
+            "Electron_pt",
+            "Muon_pt",
+        ],
+        0,
+        3000,
+    )
     _, _, jets = collections(events)
-    jets = select_jets(ak.with_field(jets, ak.values_astype(jets.pt, pt_dtype) * pt_dtype(1.03),
-                                     "pt"))
+    jets = select_jets(
+        ak.with_field(jets, ak.values_astype(jets.pt, pt_dtype) * pt_dtype(1.03), "pt")
+    )
     keep = (ak.num(jets) >= 4) & (ak.sum(jets.btagCSVV2 > 0.5, axis=1) >= 2)
     assert ak.sum(keep) > 50
     ours = ak.to_numpy(trijet_mass(jets[keep]))

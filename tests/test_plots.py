@@ -45,8 +45,9 @@ def assert_png_is_a_real_plot(path, min_width=600):
 
 def test_stacked_region_content(histograms):
     with plots._style():
-        fig = plots.stacked_region(histograms, "4j1b", start=110, rebin=2, label="Open Data",
-                                   experiment="CMS")
+        fig = plots.stacked_region(
+            histograms, "4j1b", start=110, rebin=2, label="Open Data", experiment="CMS"
+        )
     ax = fig.axes[0]
     assert ax.get_xlabel() == "$H_T$ [GeV]"
     assert ax.get_ylabel() == "Events / 40 GeV"
@@ -63,10 +64,17 @@ def test_stacked_region_content(histograms):
 
 def test_variation_plot_has_ratio_panel(histograms):
     with plots._style():
-        fig = plots.variations(histograms, "4j2b", "ttbar",
-                               {"pt_scale_up": "JES up", "pt_res_up": "JER up"},
-                               start=None, rebin=1, label="Synthetic", experiment="AGC",
-                               title="ttbar")
+        fig = plots.variations(
+            histograms,
+            "4j2b",
+            "ttbar",
+            {"pt_scale_up": "JES up", "pt_res_up": "JER up"},
+            start=None,
+            rebin=1,
+            label="Synthetic",
+            experiment="AGC",
+            title="ttbar",
+        )
     ax, rax = fig.axes
     assert legend_texts(ax) == ["Nominal", "JES up", "JER up"]
     assert rax.get_xlabel() == "$m_{bjj}$ [GeV]"
@@ -78,8 +86,9 @@ def test_variation_plot_has_ratio_panel(histograms):
 
 def test_pulls_exclude_poi_and_mc_stat(fitted):
     with plots._style():
-        fig = plots.pulls(fitted.labels, fitted.values, fitted.errors, label="Open Data",
-                          experiment="CMS")
+        fig = plots.pulls(
+            fitted.labels, fitted.values, fitted.errors, label="Open Data", experiment="CMS"
+        )
     names = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert "ttbar_norm" not in names
     assert not any(n.startswith("staterror") for n in names)
@@ -92,8 +101,9 @@ def test_data_mc_grid(fitted):
     prefit = cabinetry.model_utils.prediction(fitted.model)
     postfit = cabinetry.model_utils.prediction(fitted.model, fit_results=fitted.cabinetry_result)
     with plots._style():
-        fig = plots.data_mc_prefit_postfit(prefit, postfit, fitted.data, "4j2b SR",
-                                           label="Open Data", experiment="CMS")
+        fig = plots.data_mc_prefit_postfit(
+            prefit, postfit, fitted.data, "4j2b SR", label="Open Data", experiment="CMS"
+        )
     main_pre, main_post, ratio_pre, ratio_post = fig.axes
     assert ratio_pre.get_ylim() == pytest.approx((0.5, 1.5))
     assert ratio_post.get_ylim() == pytest.approx((0.5, 1.5))
@@ -110,8 +120,9 @@ def test_data_mc_grid(fitted):
 
 
 def test_make_plots_writes_png_and_pdf(histograms, fitted, tmp_path):
-    paths = plots.make_plots(histograms, tmp_path, fitted, label=plots.SYNTHETIC_LABEL,
-                             experiment="AGC")
+    paths = plots.make_plots(
+        histograms, tmp_path, fitted, label=plots.SYNTHETIC_LABEL, experiment="AGC"
+    )
     names = sorted(p.name for p in paths)
     expected = sorted(f"{n}.{ext}" for n in BASE_PLOTS + FIT_PLOTS for ext in ("png", "pdf"))
     assert names == expected

@@ -29,30 +29,41 @@ def _with(**changes):
 
 def test_shipped_profiles_are_valid_and_documented():
     shipped = shipped_profiles()
-    for name in ("slurm-local", "htcondor-coffea-casa", "htcondor-standin", "dirac-gridpp",
-                 "dirac-standin"):
+    for name in (
+        "slurm-local",
+        "htcondor-coffea-casa",
+        "htcondor-standin",
+        "dirac-gridpp",
+        "dirac-standin",
+    ):
         assert name in shipped
     for name, path in shipped.items():
         profile = load_profile(name)
         assert profile.description, name
-        assert path.read_text().startswith("#"), f"{name}: starts with a comment saying what " \
-                                                 "it is for"
+        assert path.read_text().startswith("#"), (
+            f"{name}: starts with a comment saying what it is for"
+        )
         get_backend(profile.backend)(profile=name)  # the backend accepts it too
 
 
-@pytest.mark.parametrize(("changes", "message"), [
-    ({"worker.memroy": "1GB"},
-     r"worker\.memroy: unknown key \(allowed here: container, cores, .*memory"),
-    ({"worker.memory": None}, r"worker\.memory: required \(memory per job"),
-    ({"worker.cores": "two"}, r"worker\.cores: expected integer, got 'two'"),
-    ({"worker.memory": "lots"}, r"worker\.memory: 'lots' is not a size such as 2GB"),
-    ({"slurm.walltime": "1 hour"}, r"slurm\.walltime: '1 hour' is not a time such as 01:00:00"),
-    ({"dirac.sites": {"A": -1}}, r"dirac\.sites: .* expected a site list .* counts"),
-    ({"htcondor.universe": "grid"}, r"htcondor\.universe: 'grid' is not one of vanilla"),
-    ({"workers": 0}, r"workers: 0 is less than the minimum of 1"),
-    ({"queue": "debug"}, r"queue: unknown key"),
-    ({"backend": "htcondor"}, r"worker\.disk: required \(scratch disk per job"),
-])
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"worker.memroy": "1GB"},
+            r"worker\.memroy: unknown key \(allowed here: container, cores, .*memory",
+        ),
+        ({"worker.memory": None}, r"worker\.memory: required \(memory per job"),
+        ({"worker.cores": "two"}, r"worker\.cores: expected integer, got 'two'"),
+        ({"worker.memory": "lots"}, r"worker\.memory: 'lots' is not a size such as 2GB"),
+        ({"slurm.walltime": "1 hour"}, r"slurm\.walltime: '1 hour' is not a time such as 01:00:00"),
+        ({"dirac.sites": {"A": -1}}, r"dirac\.sites: .* expected a site list .* counts"),
+        ({"htcondor.universe": "grid"}, r"htcondor\.universe: 'grid' is not one of vanilla"),
+        ({"workers": 0}, r"workers: 0 is less than the minimum of 1"),
+        ({"queue": "debug"}, r"queue: unknown key"),
+        ({"backend": "htcondor"}, r"worker\.disk: required \(scratch disk per job"),
+    ],
+)
 def test_bad_profile_names_the_key(tmp_path, changes, message):
     path = tmp_path / "site.yaml"
     path.write_text(yaml.safe_dump(_with(**changes)))
@@ -86,10 +97,23 @@ def test_bad_profile_fails_before_anything_is_submitted(tmp_path, small_catalog,
     sbatch.write_text(f"#!/bin/sh\ntouch {marker}\necho 'Submitted batch job 1'\n")
     sbatch.chmod(0o755)
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(_with(**{"worker.memory": None,
-                                            "slurm.submit_command": str(sbatch)})))
-    status = main(["run", "--catalog", str(small_catalog), "--backend", "slurm",
-                   "--profile", str(path), "--quiet", "--output", str(tmp_path / "out")])
+    path.write_text(
+        yaml.safe_dump(_with(**{"worker.memory": None, "slurm.submit_command": str(sbatch)}))
+    )
+    status = main(
+        [
+            "run",
+            "--catalog",
+            str(small_catalog),
+            "--backend",
+            "slurm",
+            "--profile",
+            str(path),
+            "--quiet",
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
     assert status == 2
     assert "worker.memory: required" in capsys.readouterr().err
     assert not marker.exists()
@@ -114,6 +138,6 @@ def test_profiles_command(monkeypatch, capsys, tmp_path):
     assert main(["profiles", "check", str(bad)]) == 2
     assert "worker.cores: 0 is less than the minimum of 1" in capsys.readouterr().err
     assert main(["profiles", "script", "dirac-gridpp", "--workers", "2"]) == 0
-    assert capsys.readouterr().out.count("Executable = \"/bin/sh\";") == 2
+    assert capsys.readouterr().out.count('Executable = "/bin/sh";') == 2
     assert main(["profiles", "script", "htcondor-standin"]) == 0
     assert "Queue" in capsys.readouterr().out

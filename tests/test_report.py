@@ -33,8 +33,15 @@ def quick_results(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     (root / "s.yaml").write_text(SCENARIOS)
     out = root / "results"
-    run_scenario("quick", out, scenarios_file=root / "s.yaml", data_root=root / "data",
-                 repeats=2, warmup=1, progress=False)
+    run_scenario(
+        "quick",
+        out,
+        scenarios_file=root / "s.yaml",
+        data_root=root / "data",
+        repeats=2,
+        warmup=1,
+        progress=False,
+    )
     return out
 
 
@@ -49,7 +56,8 @@ def test_summary_is_median_and_spread_without_warmups(quick_results):
     for point, g in runs.groupby("point"):
         assert summary.loc[point, "runs"] == 2
         assert summary.loc[point, "events_per_s_median"] == pytest.approx(
-            g["events_per_second"].median())
+            g["events_per_second"].median()
+        )
         assert summary.loc[point, "events_per_s_max"] == g["events_per_second"].max()
     # the warm-up run's rate is not part of any statistic
     warm = records.runs[records.runs["warmup"]]
@@ -82,8 +90,9 @@ def test_targets_report_what_was_not_measured(quick_results):
 
 def test_fixed_cost_per_chunk_is_the_intercept_of_task_time():
     n = np.array([1000, 2000, 4000, 8000])
-    tasks = pd.DataFrame({"entry_start": 0, "entry_stop": n, "started": 0.0,
-                          "finished": 0.15 + 2e-6 * n})
+    tasks = pd.DataFrame(
+        {"entry_start": 0, "entry_stop": n, "started": 0.0, "finished": 0.15 + 2e-6 * n}
+    )
     intercept, slope = fixed_cost_per_chunk(tasks)
     assert intercept == pytest.approx(0.15) and slope == pytest.approx(2e-6)
 
@@ -99,11 +108,23 @@ def _chromium(tmp_path, *args) -> subprocess.CompletedProcess:
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (apt-get install -y chromium)")
     return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", *args],
-        capture_output=True, text=True, timeout=120)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_page_renders_in_headless_chromium(report, quick_results, tmp_path):

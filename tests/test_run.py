@@ -41,18 +41,27 @@ def test_full_run_writes_all_outputs(reference_run):
 
 def test_pseudodata_is_built_from_the_run(reference_run):
     h = reference_run.histograms
-    expected = (h["4j2b_ttbar_ME_var"].sum(flow=True).value + h["4j2b_ttbar_PS_var"].sum(flow=True).value) / 2 \
-        + h["4j2b_wjets"].sum(flow=True).value
+    expected = (
+        h["4j2b_ttbar_ME_var"].sum(flow=True).value + h["4j2b_ttbar_PS_var"].sum(flow=True).value
+    ) / 2 + h["4j2b_wjets"].sum(flow=True).value
     assert h["4j2b_pseudodata"].sum(flow=True).value == pytest.approx(expected)
 
 
-@pytest.mark.parametrize(("chunksize", "options"), [
-    (700, {"mode": "inprocess"}),
-    (1100, {"mode": "processes", "workers": 2}),
-])
-def test_same_histograms_whatever_chunking_and_workers(small_catalog, reference_run, chunksize, options):
-    other = run(_config(small_catalog, chunksize=chunksize, backend_options=options), progress=False,
-                write=False)
+@pytest.mark.parametrize(
+    ("chunksize", "options"),
+    [
+        (700, {"mode": "inprocess"}),
+        (1100, {"mode": "processes", "workers": 2}),
+    ],
+)
+def test_same_histograms_whatever_chunking_and_workers(
+    small_catalog, reference_run, chunksize, options
+):
+    other = run(
+        _config(small_catalog, chunksize=chunksize, backend_options=options),
+        progress=False,
+        write=False,
+    )
     assert other.chunks > reference_run.chunks
     # pt_res_up included: the smear is seeded per jet, not per chunk
     # equal up to float summation order (chunk partial sums differ with the chunk size)
@@ -82,13 +91,26 @@ def test_io_only_reads_the_same_files(small_catalog):
 
 def _one_file_catalog(tmp_path, path, nevts=2000):
     cat = tmp_path / "catalog.json"
-    cat.write_text(json.dumps({"ttbar": {"nominal": {"nevts_total": nevts,
-                                                     "files": [{"path": str(path), "nevts": nevts}]}}}))
+    cat.write_text(
+        json.dumps(
+            {
+                "ttbar": {
+                    "nominal": {
+                        "nevts_total": nevts,
+                        "files": [{"path": str(path), "nevts": nevts}],
+                    }
+                }
+            }
+        )
+    )
     return cat
 
 
 def _a_file(small_catalog):
-    return small_catalog.parent / json.loads(small_catalog.read_text())["ttbar"]["PS_var"]["files"][0]["path"]
+    return (
+        small_catalog.parent
+        / json.loads(small_catalog.read_text())["ttbar"]["PS_var"]["files"][0]["path"]
+    )
 
 
 def _cli_fails(args, capsys, *needles):
@@ -102,8 +124,11 @@ def _cli_fails(args, capsys, *needles):
 def test_missing_input_file(tmp_path, capsys):
     cat = _one_file_catalog(tmp_path, tmp_path / "gone.root")
     out = tmp_path / "out"
-    _cli_fails(["run", "--catalog", str(cat), "--mode", "inprocess", "--output", str(out), "--quiet"],
-               capsys, "gone.root: no such file")
+    _cli_fails(
+        ["run", "--catalog", str(cat), "--mode", "inprocess", "--output", str(out), "--quiet"],
+        capsys,
+        "gone.root: no such file",
+    )
     assert not out.exists() and not list(tmp_path.glob(".out.partial"))
 
 
@@ -112,8 +137,21 @@ def test_truncated_input_file(tmp_path, small_catalog, capsys):
     data = _a_file(small_catalog).read_bytes()
     broken.write_bytes(data[: len(data) // 2])
     cat = _one_file_catalog(tmp_path, broken)
-    _cli_fails(["run", "--catalog", str(cat), "--mode", "inprocess", "--output", str(tmp_path / "o"),
-                "--quiet"], capsys, "truncated.root", "re-generate or re-copy")
+    _cli_fails(
+        [
+            "run",
+            "--catalog",
+            str(cat),
+            "--mode",
+            "inprocess",
+            "--output",
+            str(tmp_path / "o"),
+            "--quiet",
+        ],
+        capsys,
+        "truncated.root",
+        "re-generate or re-copy",
+    )
     assert not (tmp_path / "o").exists()
 
 
@@ -121,8 +159,20 @@ def test_corrupt_input_file(tmp_path, capsys):
     junk = tmp_path / "junk.root"
     junk.write_bytes(b"root" + bytes(range(256)) * 40)
     cat = _one_file_catalog(tmp_path, junk)
-    _cli_fails(["run", "--catalog", str(cat), "--mode", "inprocess", "--quiet", "--output",
-                str(tmp_path / "o")], capsys, "junk.root: not a readable ROOT file")
+    _cli_fails(
+        [
+            "run",
+            "--catalog",
+            str(cat),
+            "--mode",
+            "inprocess",
+            "--quiet",
+            "--output",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+        "junk.root: not a readable ROOT file",
+    )
 
 
 def test_wrong_tree_name(tmp_path, small_catalog):
@@ -130,7 +180,9 @@ def test_wrong_tree_name(tmp_path, small_catalog):
     other = tmp_path / "renamed.root"
     with uproot.open(src) as f, uproot.recreate(other) as g:
         g.mktree("Runs", {"run": "uint32"}).extend({"run": f["Events"]["run"].array(library="np")})
-    with pytest.raises(UserError, match="renamed.root: no tree 'Events' in the file \\(trees: Runs\\)"):
+    with pytest.raises(
+        UserError, match="renamed.root: no tree 'Events' in the file \\(trees: Runs\\)"
+    ):
         run(_config(_one_file_catalog(tmp_path, other)), progress=False, write=False)
 
 
@@ -138,8 +190,9 @@ def test_missing_branch(tmp_path, small_catalog):
     src = _a_file(small_catalog)
     other = tmp_path / "nomuon.root"
     with uproot.open(src) as f, uproot.recreate(other) as g:
-        arrays = f["Events"].arrays(filter_name=["Jet_*", "Electron_*", "run", "event",
-                                                 "luminosityBlock"], how="zip")
+        arrays = f["Events"].arrays(
+            filter_name=["Jet_*", "Electron_*", "run", "event", "luminosityBlock"], how="zip"
+        )
         data = {field: arrays[field] for field in arrays.fields}
         g.mktree("Events", {k: v.type for k, v in data.items()}).extend(data)
     with pytest.raises(UserError, match="nomuon.root: tree 'Events' lacks branch\\(es\\) Muon_pt"):
@@ -152,16 +205,27 @@ def test_catalog_promising_more_events_than_the_file(tmp_path, small_catalog):
         run(_config(cat), progress=False, write=False)
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    (["--chunksize", "0"], "--chunksize"),
-    (["--workers", "-2"], "--workers"),
-    (["--n-files", "0"], "--n-files 0"),
-    (["--backend", "nope"], "--backend 'nope': unknown backend"),
-    (["--mode", "threads"], "--mode 'threads'"),
-    (["--io-only", "--io-branches", "99"], "--io-branches '99'"),
-])
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--chunksize", "0"], "--chunksize"),
+        (["--workers", "-2"], "--workers"),
+        (["--n-files", "0"], "--n-files 0"),
+        (["--backend", "nope"], "--backend 'nope': unknown backend"),
+        (["--mode", "threads"], "--mode 'threads'"),
+        (["--io-only", "--io-branches", "99"], "--io-branches '99'"),
+    ],
+)
 def test_bad_options(small_catalog, tmp_path, capsys, args, needle):
-    argv = ["run", "--catalog", str(small_catalog), "--quiet", "--output", str(tmp_path / "o"), *args]
+    argv = [
+        "run",
+        "--catalog",
+        str(small_catalog),
+        "--quiet",
+        "--output",
+        str(tmp_path / "o"),
+        *args,
+    ]
     try:
         code = main(argv)
     except SystemExit as exit_:  # argparse rejects malformed values itself
@@ -176,8 +240,10 @@ def test_output_directory_of_the_user_is_not_overwritten(small_catalog, tmp_path
     precious.mkdir()
     (precious / "thesis.tex").write_text("...")
     with pytest.raises(UserError, match="exists and is not a run directory"):
-        run(_config(small_catalog, samples=("ttbar__PS_var",), output_dir=str(precious)),
-            progress=False)
+        run(
+            _config(small_catalog, samples=("ttbar__PS_var",), output_dir=str(precious)),
+            progress=False,
+        )
     assert (precious / "thesis.tex").read_text() == "..."
 
 
@@ -191,12 +257,16 @@ def test_coffea_nanoevents_give_the_same_histograms(small_catalog):
     from agc.analysis import ANALYSIS_BRANCHES, process_events
     from agc.reader import read_chunk
 
-    path = str(small_catalog.parent / json.loads(small_catalog.read_text())["ttbar"]["nominal"]["files"][0]["path"])
+    path = str(
+        small_catalog.parent
+        / json.loads(small_catalog.read_text())["ttbar"]["nominal"]["files"][0]["path"]
+    )
     NanoAODSchema.warn_missing_crossrefs = False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        nano = NanoEventsFactory.from_root({path: "Events"}, schemaclass=NanoAODSchema,
-                                           mode="virtual").events()
+        nano = NanoEventsFactory.from_root(
+            {path: "Events"}, schemaclass=NanoAODSchema, mode="virtual"
+        ).events()
     flat, _ = read_chunk(path, ANALYSIS_BRANCHES, 0, len(nano))
     kw = {"process": "ttbar", "variation": "nominal", "weight": 1.7}
     ours, theirs = process_events(flat, **kw), process_events(nano, **kw)
@@ -206,7 +276,11 @@ def test_coffea_nanoevents_give_the_same_histograms(small_catalog):
 
 def test_bit_identical_whatever_the_workers(small_catalog, reference_run):
     """Same chunks on 2 pool workers: results are merged in chunk order, so not a bit differs."""
-    other = run(_config(small_catalog, chunksize=100_000,
-                        backend_options={"mode": "processes", "workers": 2}),
-                progress=False, write=False)
+    other = run(
+        _config(
+            small_catalog, chunksize=100_000, backend_options={"mode": "processes", "workers": 2}
+        ),
+        progress=False,
+        write=False,
+    )
     assert_same_histograms(reference_run.histograms, other.histograms, rtol=0)

@@ -24,12 +24,12 @@ def _select(events, key, fn):
     ("candidate", "passes"),
     [
         (electron(), True),
-        (electron(pt=30.0), False),           # strict pT > 30
+        (electron(pt=30.0), False),  # strict pT > 30
         (electron(pt=30.01), True),
-        (electron(eta=-2.1), False),          # strict |eta| < 2.1
+        (electron(eta=-2.1), False),  # strict |eta| < 2.1
         (electron(eta=2.09), True),
-        (electron(cutBased=3), False),        # only tight (4)
-        (electron(sip3d=4.0), False),         # strict sip3d < 4
+        (electron(cutBased=3), False),  # only tight (4)
+        (electron(sip3d=4.0), False),  # strict sip3d < 4
     ],
 )
 def test_electron_selection(candidate, passes):
@@ -45,7 +45,7 @@ def test_electron_selection(candidate, passes):
         (muon(eta=2.1), False),
         (muon(tightId=False), False),
         (muon(sip3d=4.0), False),
-        (muon(iso=0.15), False),              # strict pfRelIso04_all < 0.15
+        (muon(iso=0.15), False),  # strict pfRelIso04_all < 0.15
         (muon(iso=0.149), True),
     ],
 )
@@ -61,9 +61,9 @@ def test_muon_selection(candidate, passes):
         (jet(pt=30.0), False),
         (jet(eta=2.4), False),
         (jet(eta=-2.39), True),
-        (jet(jetId=2), False),                # tight but not lepton-veto
+        (jet(jetId=2), False),  # tight but not lepton-veto
         (jet(jetId=0), False),
-        (jet(jetId=4), True),                 # the lepton-veto bit alone is what counts
+        (jet(jetId=4), True),  # the lepton-veto bit alone is what counts
     ],
 )
 def test_jet_selection(candidate, passes):
@@ -80,18 +80,30 @@ def test_btag_threshold_is_strict():
 def test_regions():
     four_jets_1b = [jet(80, btag=0.9), jet(70), jet(60), jet(50)]
     four_jets_2b = [jet(80, btag=0.9), jet(70, btag=0.8), jet(60), jet(50)]
-    events = make_events([
-        {"electrons": [electron()], "jets": four_jets_1b},                 # 4j1b
-        {"muons": [muon()], "jets": four_jets_2b},                         # 4j2b
-        {"electrons": [electron()], "muons": [muon()], "jets": four_jets_1b},  # 2 leptons
-        {"electrons": [electron()], "jets": four_jets_2b[:3]},             # 3 jets
-        {"electrons": [electron()], "jets": [jet(80), jet(70), jet(60), jet(50)]},  # 0 b
-        # a failing lepton does not count as a lepton; a failing jet does not count as a jet
-        {"electrons": [electron(), electron(cutBased=2)],
-         "jets": four_jets_1b + [jet(100, btag=0.95, eta=3.0)]},          # 4j1b
-        {"electrons": [electron()], "jets": [jet(80, btag=0.9), jet(70, btag=0.9), jet(60),
-                                             jet(50), jet(45, btag=0.99)]},  # 3 b: 4j2b
-    ])
+    events = make_events(
+        [
+            {"electrons": [electron()], "jets": four_jets_1b},  # 4j1b
+            {"muons": [muon()], "jets": four_jets_2b},  # 4j2b
+            {"electrons": [electron()], "muons": [muon()], "jets": four_jets_1b},  # 2 leptons
+            {"electrons": [electron()], "jets": four_jets_2b[:3]},  # 3 jets
+            {"electrons": [electron()], "jets": [jet(80), jet(70), jet(60), jet(50)]},  # 0 b
+            # a failing lepton does not count as a lepton; a failing jet does not count as a jet
+            {
+                "electrons": [electron(), electron(cutBased=2)],
+                "jets": four_jets_1b + [jet(100, btag=0.95, eta=3.0)],
+            },  # 4j1b
+            {
+                "electrons": [electron()],
+                "jets": [
+                    jet(80, btag=0.9),
+                    jet(70, btag=0.9),
+                    jet(60),
+                    jet(50),
+                    jet(45, btag=0.99),
+                ],
+            },  # 3 b: 4j2b
+        ]
+    )
     electrons, muons, jets = collections(events)
     masks = region_masks(select_electrons(electrons), select_muons(muons), select_jets(jets))
     assert masks["4j1b"].tolist() == [True, False, False, False, False, True, False]

@@ -30,13 +30,18 @@ def _files(catalog_path: Path) -> dict[str, list[Path]]:
     out = {}
     for process, variations in cat.items():
         for variation, entry in variations.items():
-            out[f"{process}__{variation}"] = [catalog_path.parent / f["path"] for f in entry["files"]]
+            out[f"{process}__{variation}"] = [
+                catalog_path.parent / f["path"] for f in entry["files"]
+            ]
     return out
 
 
 def _all_arrays(path) -> dict[str, np.ndarray]:
     t = _tree(path)
-    return {k: ak.to_numpy(ak.flatten(v, axis=None)) for k, v in zip(t.keys(), t.arrays(how=tuple), strict=True)}
+    return {
+        k: ak.to_numpy(ak.flatten(v, axis=None))
+        for k, v in zip(t.keys(), t.arrays(how=tuple), strict=True)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +53,12 @@ def minimal_ds(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def realistic_ds(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth_realistic")
-    return synth.generate(out, events={"ttbar__nominal": (1, 12_000), "wjets__nominal": (1, 8_000)},
-                          layout="realistic", seed=3)
+    return synth.generate(
+        out,
+        events={"ttbar__nominal": (1, 12_000), "wjets__nominal": (1, 8_000)},
+        layout="realistic",
+        seed=3,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +83,10 @@ def test_public_api():
     assert len(synth.SAMPLES) == 9 and set(synth.DEFAULT_DATASET) == set(synth.SAMPLES)
     assert synth.DEFAULT_DATASET["ttbar__nominal"][0] >= 2
     assert synth.DEFAULT_DATASET["wjets__nominal"][0] >= 2
-    assert synth.DEFAULT_DATASET["wjets__nominal"][0] * synth.DEFAULT_DATASET["wjets__nominal"][1] >= 150_000
+    assert (
+        synth.DEFAULT_DATASET["wjets__nominal"][0] * synth.DEFAULT_DATASET["wjets__nominal"][1]
+        >= 150_000
+    )
     total = sum(n * m for n, m in synth.DEFAULT_DATASET.values())
     assert 100_000 <= total <= 1_000_000
     assert len(schema.CORE_BRANCHES) == 15 and len(schema.ANALYSIS_BRANCHES) == 18
@@ -115,8 +127,9 @@ def test_nanoaod_schema_builds_collections(minimal_ds, realistic_ds):
         path = _files(cat)["ttbar__nominal"][0]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ev = NanoEventsFactory.from_root({str(path): "Events"}, schemaclass=NanoAODSchema,
-                                             mode="eager").events()
+            ev = NanoEventsFactory.from_root(
+                {str(path): "Events"}, schemaclass=NanoAODSchema, mode="eager"
+            ).events()
         assert len(ev) == _tree(path).num_entries
         assert np.array_equal(ak.to_numpy(ak.num(ev.Jet)), _tree(path)["nJet"].array(library="np"))
         assert ak.sum(ak.num(ev.Electron)) + ak.sum(ak.num(ev.Muon)) > 0
@@ -146,8 +159,12 @@ def test_counters_jets_and_events(minimal_ds):
             assert set(np.unique(ak.flatten(a["Jet_jetId"]))) <= {0, 2, 6}
             assert np.mean(ak.flatten(a["Jet_jetId"]) == 6) > 0.65  # real file: ~0.8
             # cross references point inside their collections
-            for src, dst in (("Electron_jetIdx", "Jet"), ("Jet_electronIdx1", "Electron"),
-                             ("Jet_muonIdx1", "Muon"), ("Muon_jetIdx", "Jet")):
+            for src, dst in (
+                ("Electron_jetIdx", "Jet"),
+                ("Jet_electronIdx1", "Electron"),
+                ("Jet_muonIdx1", "Muon"),
+                ("Muon_jetIdx", "Jet"),
+            ):
                 idx = a[src]
                 assert ak.all((idx == -1) | ((idx >= 0) & (idx < a[f"n{dst}"]))), src
             events.append(np.asarray(a["event"]))
@@ -183,8 +200,11 @@ def test_determinism_and_workers(tmp_path):
             assert xa.keys() == xb.keys()
             for k in xa:
                 assert np.array_equal(xa[k], xb[k]), (sample, k)
-            assert not np.array_equal(xa["Jet_pt"], xc["Jet_pt"]) if len(xa["Jet_pt"]) == len(xc["Jet_pt"]) \
+            assert (
+                not np.array_equal(xa["Jet_pt"], xc["Jet_pt"])
+                if len(xa["Jet_pt"]) == len(xc["Jet_pt"])
                 else True
+            )
             assert not np.allclose(xa["Jet_pt"][:50], xc["Jet_pt"][:50])
     # files of one sample differ from each other
     t0, t1 = (_tree(p)["Jet_pt"].array() for p in fa["ttbar__nominal"])
@@ -261,8 +281,13 @@ def test_realistic_layout_byte_fraction(realistic_ds):
 
 @pytest.mark.parametrize("compression", ["LZ4:4", "ZSTD:5", "LZMA:1", "none"])
 def test_compression_options(tmp_path, compression):
-    cat = synth.generate(tmp_path, events={"single_top_s_chan__nominal": (1, 200)},
-                         layout="minimal", compression=compression, workers=1)
+    cat = synth.generate(
+        tmp_path,
+        events={"single_top_s_chan__nominal": (1, 200)},
+        layout="minimal",
+        compression=compression,
+        workers=1,
+    )
     t = _tree(_files(cat)["single_top_s_chan__nominal"][0])
     assert t.num_entries == 200 and len(t["Jet_pt"].array()) == 200
 
@@ -280,7 +305,9 @@ def test_bad_arguments(tmp_path):
 
 
 def test_catalog_structure(minimal_ds):
-    real = json.loads((Path(synth.__file__).parents[1] / "data" / "nanoaod_inputs.json").read_text())
+    real = json.loads(
+        (Path(synth.__file__).parents[1] / "data" / "nanoaod_inputs.json").read_text()
+    )
     cat = json.loads(minimal_ds.read_text())
     assert minimal_ds.name == "catalog.json"
     for process, variations in cat.items():

@@ -25,25 +25,36 @@ EVENTS = {
     "ttbar__ME_var": (1, 20_000),
     "wjets__nominal": (2, 120_000),
 }
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared/data/agc/reference/histos_1_file_per_process.json"
+REFERENCE = (
+    Path(__file__).resolve().parents[1].parent
+    / "shared/data/agc/reference/histos_1_file_per_process.json"
+)
 
 
 def _own_selection(a):
     """Spec §3 in plain awkward (used only if agc.analysis is unavailable)."""
-    ele = (a.Electron_pt > 30) & (abs(a.Electron_eta) < 2.1) & (a.Electron_cutBased == 4) & (a.Electron_sip3d < 4)
+    ele = (
+        (a.Electron_pt > 30)
+        & (abs(a.Electron_eta) < 2.1)
+        & (a.Electron_cutBased == 4)
+        & (a.Electron_sip3d < 4)
+    )
     mu = ((a.Muon_pt > 30) & (abs(a.Muon_eta) < 2.1) & a.Muon_tightId & (a.Muon_sip3d < 4)
           & (a.Muon_pfRelIso04_all < 0.15))  # fmt: skip
     jet = (a.Jet_pt > 30) & (abs(a.Jet_eta) < 2.4) & ((a.Jet_jetId & 4) != 0)
     nb = ak.sum(jet & (a.Jet_btagCSVV2 > 0.5), axis=1)
     base = (ak.sum(ele, axis=1) + ak.sum(mu, axis=1) == 1) & (ak.sum(jet, axis=1) >= 4)
     out = {"4j1b": ak.to_numpy(base & (nb == 1)), "4j2b": ak.to_numpy(base & (nb >= 2))}
-    return {k: np.histogram([], bins=25, range=(50, 550))[0] + v.sum() for k, v in out.items()}, None
+    return {
+        k: np.histogram([], bins=25, range=(50, 550))[0] + v.sum() for k, v in out.items()
+    }, None
 
 
 @pytest.fixture(scope="module")
 def yields(tmp_path_factory):
-    cat_path = synth.generate(tmp_path_factory.mktemp("synth_realism"), events=EVENTS,
-                              layout="minimal", seed=2024)
+    cat_path = synth.generate(
+        tmp_path_factory.mktemp("synth_realism"), events=EVENTS, layout="minimal", seed=2024
+    )
     catalog = json.loads(cat_path.read_text())
     try:
         from agc.analysis import ANALYSIS_BRANCHES, process_events
@@ -65,8 +76,9 @@ def yields(tmp_path_factory):
                         res["raw"][r] += counts[r][0]
                     continue
                 a = tree.arrays(list(ANALYSIS_BRANCHES))
-                hists = process_events(a, process=process, variation=variation, weight=w,
-                                       systematics=False)
+                hists = process_events(
+                    a, process=process, variation=variation, weight=w, systematics=False
+                )
                 suffix = "" if variation == "nominal" else f"_{variation}"
                 for r in ("4j1b", "4j2b"):
                     h = hists[f"{r}_{process}{suffix}"]
@@ -106,12 +118,23 @@ def test_ttbar_mbjj_peaks_at_top_mass(yields):
 def test_yield_ratios_vs_reference(yields, reference):
     tt, wj = yields["ttbar__nominal"], yields["wjets__nominal"]
     checks = {
-        "ttbar/wjets 4j1b": (tt["4j1b"] / wj["4j1b"], reference["4j1b_ttbar"] / reference["4j1b_wjets"]),
-        "ttbar/wjets 4j2b": (tt["4j2b"] / wj["4j2b"], reference["4j2b_ttbar"] / reference["4j2b_wjets"]),
-        "ttbar 4j2b/4j1b": (tt["4j2b"] / tt["4j1b"], reference["4j2b_ttbar"] / reference["4j1b_ttbar"]),
+        "ttbar/wjets 4j1b": (
+            tt["4j1b"] / wj["4j1b"],
+            reference["4j1b_ttbar"] / reference["4j1b_wjets"],
+        ),
+        "ttbar/wjets 4j2b": (
+            tt["4j2b"] / wj["4j2b"],
+            reference["4j2b_ttbar"] / reference["4j2b_wjets"],
+        ),
+        "ttbar 4j2b/4j1b": (
+            tt["4j2b"] / tt["4j1b"],
+            reference["4j2b_ttbar"] / reference["4j1b_ttbar"],
+        ),
     }
     for name, (ours, ref) in checks.items():
-        assert ref / 1.5 <= ours <= ref * 1.5, f"{name}: synthetic {ours:.3g} vs reference {ref:.3g}"
+        assert ref / 1.5 <= ours <= ref * 1.5, (
+            f"{name}: synthetic {ours:.3g} vs reference {ref:.3g}"
+        )
 
 
 def test_absolute_ttbar_yields_vs_reference(yields, reference):

@@ -33,14 +33,24 @@ def test_nominal_and_weight_systematics():
     # HT = 280 GeV falls in bin [270, 290)
     assert hists["4j1b_ttbar"].values()[(280 - 50) // 20] == pytest.approx(w)
     for i, pt in enumerate([100, 80, 60, 40]):
-        assert _yield(hists, f"4j1b_ttbar_btag_var_{i}_up") == pytest.approx(w * (1 + 0.075 * pt / 50))
-        assert _yield(hists, f"4j1b_ttbar_btag_var_{i}_down") == pytest.approx(w * (1 - 0.075 * pt / 50))
+        assert _yield(hists, f"4j1b_ttbar_btag_var_{i}_up") == pytest.approx(
+            w * (1 + 0.075 * pt / 50)
+        )
+        assert _yield(hists, f"4j1b_ttbar_btag_var_{i}_down") == pytest.approx(
+            w * (1 - 0.075 * pt / 50)
+        )
     assert "4j1b_ttbar_scale_var_up" not in hists  # W+jets only
 
 
 def test_wjets_scale_variation():
-    events = make_events([{"electrons": [electron()],
-                           "jets": [jet(100, btag=0.9), jet(80, btag=0.8), jet(60), jet(40)]}])
+    events = make_events(
+        [
+            {
+                "electrons": [electron()],
+                "jets": [jet(100, btag=0.9), jet(80, btag=0.8), jet(60), jet(40)],
+            }
+        ]
+    )
     hists = process_events(events, process="wjets", variation="nominal", weight=10.0)
     assert _yield(hists, "4j2b_wjets_scale_var_up") == pytest.approx(10.25)
     assert _yield(hists, "4j2b_wjets_scale_var_down") == pytest.approx(9.75)
@@ -48,8 +58,9 @@ def test_wjets_scale_variation():
 
 def test_jet_energy_scale_reselects():
     # the fourth jet has 29.5 GeV: 1.03 * 29.5 = 30.385 passes only in pt_scale_up
-    events = make_events([{"electrons": [electron()],
-                           "jets": [jet(100, btag=0.9), jet(80), jet(60), jet(29.5)]}])
+    events = make_events(
+        [{"electrons": [electron()], "jets": [jet(100, btag=0.9), jet(80), jet(60), jet(29.5)]}]
+    )
     hists = process_events(events, process="single_top_tW", variation="nominal", weight=1.0)
     assert _yield(hists, "4j1b_single_top_tW") == 0
     assert _yield(hists, "4j1b_single_top_tW_pt_scale_up") == 1.0
@@ -58,8 +69,9 @@ def test_jet_energy_scale_reselects():
 
 
 def test_alternative_samples_get_no_systematics():
-    events = make_events([{"electrons": [electron()],
-                           "jets": [jet(100, btag=0.9), jet(80), jet(60), jet(40)]}])
+    events = make_events(
+        [{"electrons": [electron()], "jets": [jet(100, btag=0.9), jet(80), jet(60), jet(40)]}]
+    )
     hists = process_events(events, process="ttbar", variation="PS_var", weight=1.0)
     assert sorted(hists) == ["4j1b_ttbar_PS_var", "4j2b_ttbar_PS_var"]
     assert _yield(hists, "4j1b_ttbar_PS_var") == 1.0
@@ -82,14 +94,17 @@ def test_full_run_has_124_histograms():
 
 def _smear(events, dataset="ttbar__nominal", seed=1):
     _, _, jets = collections(events)
-    return jet_resolution_factors(jets, events.run, events.luminosityBlock, events.event,
-                                  dataset=dataset, seed=seed)
+    return jet_resolution_factors(
+        jets, events.run, events.luminosityBlock, events.event, dataset=dataset, seed=seed
+    )
 
 
 def test_resolution_smear_is_independent_of_chunking():
     rng = np.random.default_rng(3)
-    evs = [{"event": int(e), "jets": [jet(float(p)) for p in rng.uniform(20, 200, rng.integers(0, 7))]}
-           for e in rng.choice(10**9, size=500, replace=False)]
+    evs = [
+        {"event": int(e), "jets": [jet(float(p)) for p in rng.uniform(20, 200, rng.integers(0, 7))]}
+        for e in rng.choice(10**9, size=500, replace=False)
+    ]
     events = make_events(evs)
     whole = _smear(events)
     parts = ak.concatenate([_smear(events[:123]), _smear(events[123:400]), _smear(events[400:])])

@@ -15,8 +15,9 @@ from agc.cache import keys
 from agc.catalog import build_fileset, load_catalog
 from agc.run import RunConfig, run
 
-pytestmark = pytest.mark.skipif(xcache.missing_tools() is not None,
-                                reason=f"XCache not testable: {xcache.missing_tools()}")
+pytestmark = pytest.mark.skipif(
+    xcache.missing_tools() is not None, reason=f"XCache not testable: {xcache.missing_tools()}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +27,9 @@ def dataset():
 
     root = Path(tempfile.mkdtemp(prefix="agc-xcache-data-"))
     events = {"ttbar__nominal": (1, 2000), "wjets__nominal": (1, 2000)}
-    catalog = synth.generate(root, events=events, layout="minimal", seed=11, workers=1,
-                             progress=False)
+    catalog = synth.generate(
+        root, events=events, layout="minimal", seed=11, workers=1, progress=False
+    )
     xcache.make_readable(root)
     cat, base = load_catalog(catalog)
     paths = [f.path for s in build_fileset(cat, base).values() for f in s.files]
@@ -64,11 +66,19 @@ def test_second_read_served_from_cache_and_survives_origin_loss(dataset, servers
     origin, cache = servers
     # process workers exit at the end of each run, closing their files: the XCache records
     # every access in the file's .cinfo
-    direct = run(RunConfig(catalog=catalog, chunksize=1000,
-                           backend_options={"mode": "processes", "workers": 2}),
-                 progress=False, write=False)
-    cfg = RunConfig(catalog=catalog, chunksize=1000, xcache=cache.url,
-                    backend_options={"mode": "processes", "workers": 2})
+    direct = run(
+        RunConfig(
+            catalog=catalog, chunksize=1000, backend_options={"mode": "processes", "workers": 2}
+        ),
+        progress=False,
+        write=False,
+    )
+    cfg = RunConfig(
+        catalog=catalog,
+        chunksize=1000,
+        xcache=cache.url,
+        backend_options={"mode": "processes", "workers": 2},
+    )
     cold = run(cfg, progress=False, write=False)
     for path in paths:
         info = wait_for_accesses(cache, path, 1)
@@ -89,8 +99,12 @@ def test_second_read_served_from_cache_and_survives_origin_loss(dataset, servers
     for result in (cold, warm, offline):
         assert result.events == direct.events == 4000
         for name, h in direct.histograms.items():
-            np.testing.assert_allclose(result.histograms[name].values(flow=True),
-                                       h.values(flow=True), rtol=1e-12, err_msg=name)
+            np.testing.assert_allclose(
+                result.histograms[name].values(flow=True),
+                h.values(flow=True),
+                rtol=1e-12,
+                err_msg=name,
+            )
 
 
 def test_input_identity_is_the_same_through_the_cache(dataset, servers):

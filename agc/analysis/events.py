@@ -6,16 +6,33 @@ import awkward as ak
 
 #: Data branches of the core analysis (spec §2); counters nJet/nElectron/nMuon come with them.
 CORE_BRANCHES: tuple[str, ...] = (
-    "Electron_pt", "Electron_eta", "Electron_cutBased", "Electron_sip3d",
-    "Muon_pt", "Muon_eta", "Muon_tightId", "Muon_sip3d", "Muon_pfRelIso04_all",
-    "Jet_pt", "Jet_eta", "Jet_phi", "Jet_mass", "Jet_btagCSVV2", "Jet_jetId",
+    "Electron_pt",
+    "Electron_eta",
+    "Electron_cutBased",
+    "Electron_sip3d",
+    "Muon_pt",
+    "Muon_eta",
+    "Muon_tightId",
+    "Muon_sip3d",
+    "Muon_pfRelIso04_all",
+    "Jet_pt",
+    "Jet_eta",
+    "Jet_phi",
+    "Jet_mass",
+    "Jet_btagCSVV2",
+    "Jet_jetId",
 )
 COUNTER_BRANCHES: tuple[str, ...] = ("nJet", "nElectron", "nMuon")
 #: Event identity, used to seed the per-jet resolution smear independently of chunking.
 EVENT_ID_BRANCHES: tuple[str, ...] = ("run", "luminosityBlock", "event")
 #: Branches the ML extension reads in addition (spec §2); not needed for the histograms.
 ML_BRANCHES: tuple[str, ...] = (
-    "Jet_qgl", "Electron_phi", "Electron_mass", "Muon_phi", "Muon_mass", "event",
+    "Jet_qgl",
+    "Electron_phi",
+    "Electron_mass",
+    "Muon_phi",
+    "Muon_mass",
+    "event",
 )
 #: Everything one chunk of the analysis reads.
 ANALYSIS_BRANCHES: tuple[str, ...] = CORE_BRANCHES + EVENT_ID_BRANCHES
@@ -45,12 +62,11 @@ def collections(events: ak.Array) -> tuple[ak.Array, ak.Array, ak.Array]:
     out = []
     for name in _COLLECTIONS:
         prefix = name + "_"
-        fields = {f[len(prefix):]: events[f] for f in events.fields if f.startswith(prefix)}
+        fields = {f[len(prefix) :]: events[f] for f in events.fields if f.startswith(prefix)}
         if name == "Jet":
             # NanoAODSchema gives jets a zero charge so that they are Candidates; so do we.
             fields["charge"] = ak.zeros_like(fields["pt"])
-            out.append(ak.zip(fields, with_name="PtEtaPhiMCandidate",
-                              behavior=candidate.behavior))
+            out.append(ak.zip(fields, with_name="PtEtaPhiMCandidate", behavior=candidate.behavior))
         else:
             out.append(ak.zip(fields))
     return tuple(out)

@@ -56,14 +56,19 @@ def histogram_labels(process: str, variation: str, systematics: bool = True) -> 
 
 def histogram_names(process: str, variation: str, systematics: bool = True) -> list[str]:
     """All output names one sample contributes to (before pseudodata)."""
-    return [histogram_name(r, process, label) for r in REGIONS
-            for label in histogram_labels(process, variation, systematics)]
+    return [
+        histogram_name(r, process, label)
+        for r in REGIONS
+        for label in histogram_labels(process, variation, systematics)
+    ]
 
 
 def _fill(h: hist.Hist, observable, weight) -> None:
     """Fill on the host; ``weight`` is a scalar or an array matching ``observable``."""
-    h.fill(observable=to_host(observable),
-           weight=weight if isinstance(weight, float) else to_host(weight))
+    h.fill(
+        observable=to_host(observable),
+        weight=weight if isinstance(weight, float) else to_host(weight),
+    )
 
 
 def process_events(
@@ -92,14 +97,15 @@ def process_events(
         One 1D histogram per name of :func:`histogram_names`, empty ones included.
     """
     dataset = dataset or f"{process}__{variation}"
-    hists = {name: new_histogram(name.split("_", 1)[0])
-             for name in histogram_names(process, variation, systematics)}
+    hists = {
+        name: new_histogram(name.split("_", 1)[0])
+        for name in histogram_names(process, variation, systematics)
+    }
     jets, jet_counts = _flat(events, "Jet", ("pt", "eta", "phi", "mass", "btagCSVV2", "jetId"))
     el, el_counts = _flat(events, "Electron", ("pt", "eta", "cutBased", "sip3d"))
     mu, mu_counts = _flat(events, "Muon", ("pt", "eta", "tightId", "sip3d", "pfRelIso04_all"))
     xp = flat_namespace(jet_counts)
-    n_leptons = (_count(electron_mask(*el), el_counts, xp)
-                 + _count(muon_mask(*mu), mu_counts, xp))
+    n_leptons = _count(electron_mask(*el), el_counts, xp) + _count(muon_mask(*mu), mu_counts, xp)
     pt, eta, phi, mass, btag, jet_id = jets
 
     pt_variations = [("nominal", pt)]
@@ -108,8 +114,11 @@ def process_events(
         # the float32 jet pT to float64; a Python float would keep float32 and move cut edges
         pt_variations.append(("pt_scale_up", pt * np.float64(JET_PT_SCALE_UP)))
         factors = resolution_factors_flat(
-            jet_counts, *(to_flat_xp(events[b]) for b in ("run", "luminosityBlock", "event")),
-            dataset=dataset, seed=seed)
+            jet_counts,
+            *(to_flat_xp(events[b]) for b in ("run", "luminosityBlock", "event")),
+            dataset=dataset,
+            seed=seed,
+        )
         pt_variations.append(("pt_res_up", pt * factors))
 
     event_of_jet = xp.repeat(xp.arange(len(jet_counts)), jet_counts)
@@ -128,8 +137,9 @@ def process_events(
             if region == "4j1b":
                 observable = ak.sum(ak.unflatten(region_pt, counts), axis=1)
             else:
-                observable, _ = trijet_mass_flat(region_pt, eta[take], phi[take], mass[take],
-                                                 btag[take], counts)
+                observable, _ = trijet_mass_flat(
+                    region_pt, eta[take], phi[take], mass[take], btag[take], counts
+                )
             label = variation if (pt_label == "nominal" and variation != "nominal") else pt_label
             _fill(hists[histogram_name(region, process, label)], observable, weight)
             if pt_label != "nominal" or variation != "nominal" or not systematics:

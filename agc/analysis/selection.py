@@ -29,14 +29,14 @@ def jet_mask(pt, eta, jet_id):
 
 def select_electrons(electrons: ak.Array) -> ak.Array:
     """Tight electrons (see :func:`electron_mask`)."""
-    return electrons[electron_mask(electrons.pt, electrons.eta, electrons.cutBased,
-                                   electrons.sip3d)]
+    return electrons[
+        electron_mask(electrons.pt, electrons.eta, electrons.cutBased, electrons.sip3d)
+    ]
 
 
 def select_muons(muons: ak.Array) -> ak.Array:
     """Tight isolated muons (see :func:`muon_mask`)."""
-    return muons[muon_mask(muons.pt, muons.eta, muons.tightId, muons.sip3d,
-                           muons.pfRelIso04_all)]
+    return muons[muon_mask(muons.pt, muons.eta, muons.tightId, muons.sip3d, muons.pfRelIso04_all)]
 
 
 def select_jets(jets: ak.Array) -> ak.Array:
@@ -59,8 +59,9 @@ def region_masks(electrons: ak.Array, muons: ak.Array, jets: ak.Array) -> dict[s
     4j1b: exactly one lepton, >= 4 jets, exactly one b tag (control region, HT).
     4j2b: exactly one lepton, >= 4 jets, >= 2 b tags (signal region, m_bjj).
     """
-    return region_masks_from_counts(ak.num(electrons, axis=1) + ak.num(muons, axis=1),
-                                    ak.num(jets, axis=1), count_btags(jets))
+    return region_masks_from_counts(
+        ak.num(electrons, axis=1) + ak.num(muons, axis=1), ak.num(jets, axis=1), count_btags(jets)
+    )
 
 
 def region_masks_from_counts(n_leptons, n_jets, n_btags) -> dict:

@@ -57,8 +57,9 @@ def jet_resolution_factors(
     reference's ``np.random.normal`` draws, so the smeared pT is float64 as there).
     """
     counts = to_flat_xp(ak.num(jets, axis=1))
-    factors = resolution_factors_flat(counts, to_flat_xp(run), to_flat_xp(lumi),
-                                      to_flat_xp(event), dataset=dataset, seed=seed)
+    factors = resolution_factors_flat(
+        counts, to_flat_xp(run), to_flat_xp(lumi), to_flat_xp(event), dataset=dataset, seed=seed
+    )
     return ak.unflatten(factors, counts)
 
 
@@ -71,8 +72,9 @@ def resolution_factors_flat(counts, run, lumi, event, *, dataset: str, seed: int
     starts = xp.cumsum(counts) - counts
     jet_index = (xp.arange(int(counts.sum())) - xp.repeat(starts, counts)).astype(xp.uint64)
     with np.errstate(over="ignore"):
-        key = _splitmix64(xp.asarray([(seed & _MASK64) ^ (dataset_key(dataset) << 32)],
-                                     dtype=xp.uint64), xp)
+        key = _splitmix64(
+            xp.asarray([(seed & _MASK64) ^ (dataset_key(dataset) << 32)], dtype=xp.uint64), xp
+        )
         per_event = key
         for part in (run, lumi, event):
             per_event = _splitmix64(per_event ^ part.astype(xp.uint64), xp)

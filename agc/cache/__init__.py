@@ -36,9 +36,20 @@ from agc.cache.store import CacheStoreError, ResultStore, default_url
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ChunkCache", "ComputeAndStore", "KeyedTask", "ResultStore", "CacheStoreError",
-           "DATA_LAKE_MODES", "default_url", "code_fingerprint", "lake_store", "save_run",
-           "fetch_run", "NoWorkExecutor"]
+__all__ = [
+    "ChunkCache",
+    "ComputeAndStore",
+    "KeyedTask",
+    "ResultStore",
+    "CacheStoreError",
+    "DATA_LAKE_MODES",
+    "default_url",
+    "code_fingerprint",
+    "lake_store",
+    "save_run",
+    "fetch_run",
+    "NoWorkExecutor",
+]
 
 #: ``RunConfig.data_lake``: "copy" keeps outputs locally and in the store (when a store is
 #: configured); "only" keeps them only in the store (default store if none is configured);
@@ -68,8 +79,9 @@ class KeyedTask:
 
 def _store_result(store: ResultStore, key: str, result, meta: dict) -> None:
     try:
-        store.put(key, codec.encode(result.nevents, result.histograms, result.timing.bytes_read),
-                  meta)
+        store.put(
+            key, codec.encode(result.nevents, result.histograms, result.timing.bytes_read), meta
+        )
     except Exception as err:  # a full or unreachable store must not fail the analysis
         log.warning("cache %s: could not store chunk %s (%s)", store.url, key[:12], err)
 
@@ -90,9 +102,19 @@ def load_result(store: ResultStore, key: str, task):
         store.delete(key)
         return None
     c = task.chunk
-    timing = TaskTiming(c.sample, c.path, c.entry_start, c.entry_stop, started, time.time(),
-                        time.process_time() - cpu0, 0, f"{socket.gethostname()}:{os.getpid()}",
-                        0.0, cached=True)
+    timing = TaskTiming(
+        c.sample,
+        c.path,
+        c.entry_start,
+        c.entry_stop,
+        started,
+        time.time(),
+        time.process_time() - cpu0,
+        0,
+        f"{socket.gethostname()}:{os.getpid()}",
+        0.0,
+        cached=True,
+    )
     return ChunkResult(nevents, histograms, timing)
 
 

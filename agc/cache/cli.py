@@ -37,8 +37,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
             meta = {}
         used = datetime.fromtimestamp(e.last_used).strftime("%Y-%m-%d %H:%M:%S")
         entries_range = f"{meta.get('entry_start', '?')}-{meta.get('entry_stop', '?')}"
-        print(f"{e.key[:16]} {_size(e.size):>9s} {used} {meta.get('sample', '?'):28s} "
-              f"{entries_range:8s} {meta.get('path', '?')}")
+        print(
+            f"{e.key[:16]} {_size(e.size):>9s} {used} {meta.get('sample', '?'):28s} "
+            f"{entries_range:8s} {meta.get('path', '?')}"
+        )
     if len(entries) > args.limit:
         print(f"... {len(entries) - args.limit} more (--limit)")
     return 0
@@ -51,8 +53,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return 0
     print(f"store      {s['url']}")
     print(f"entries    {s['entries']}")
-    print(f"size       {_size(s['bytes'])} of {_size(s['max_bytes'] or 0)} "
-          f"({100 * s['bytes'] / s['max_bytes'] if s['max_bytes'] else 0:.1f}%)")
+    print(
+        f"size       {_size(s['bytes'])} of {_size(s['max_bytes'] or 0)} "
+        f"({100 * s['bytes'] / s['max_bytes'] if s['max_bytes'] else 0:.1f}%)"
+    )
     print(f"expiry     unused for {s['max_age_seconds'] / 86400:.1f} days")
     print(f"oldest use {s['oldest_use_seconds_ago'] / 3600:.1f} h ago")
     print(f"runs       {s['runs']} stored (agc cache ls --runs; agc fetch RUN_ID)")
@@ -62,8 +66,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_clear(args: argparse.Namespace) -> int:
     store = _store(args)
     if args.older_than is not None or args.max_size is not None:
-        removed = store.evict(max_age=parse_age(args.older_than), max_bytes=parse_size(
-            args.max_size) if args.max_size is not None else float("inf"))
+        removed = store.evict(
+            max_age=parse_age(args.older_than),
+            max_bytes=parse_size(args.max_size) if args.max_size is not None else float("inf"),
+        )
         print(f"removed {len(removed)} entries from {store.url}")
         return 0
     n = store.clear(runs=args.runs)
@@ -75,15 +81,19 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     store = _store(args)
     t0 = time.perf_counter()
     to = store.fetch_run(args.run_id, args.to if args.to else args.run_id)
-    print(f"run {args.run_id}: fetched from {store.url} to {to}/ in "
-          f"{time.perf_counter() - t0:.1f} s")
+    print(
+        f"run {args.run_id}: fetched from {store.url} to {to}/ in {time.perf_counter() - t0:.1f} s"
+    )
     return 0
 
 
 def _add_store_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cache", default=None, metavar="URL",
-                   help=f"store (directory, root:// or s3:// URL; default $AGC_CACHE_DIR or "
-                        f"{default_url()})")
+    p.add_argument(
+        "--cache",
+        default=None,
+        metavar="URL",
+        help=f"store (directory, root:// or s3:// URL; default $AGC_CACHE_DIR or {default_url()})",
+    )
 
 
 def register(subparsers) -> None:
@@ -105,10 +115,18 @@ def register(subparsers) -> None:
     q = sub.add_parser("clear", help="remove cached chunk results (all, or by age/size)")
     _add_store_option(q)
     q.add_argument("--runs", action="store_true", help="also remove the stored runs")
-    q.add_argument("--older-than", default=None, metavar="AGE",
-                   help="only entries unused for AGE (e.g. 12h, 30d)")
-    q.add_argument("--max-size", default=None, metavar="SIZE",
-                   help="remove least recently used entries until the store is under SIZE")
+    q.add_argument(
+        "--older-than",
+        default=None,
+        metavar="AGE",
+        help="only entries unused for AGE (e.g. 12h, 30d)",
+    )
+    q.add_argument(
+        "--max-size",
+        default=None,
+        metavar="SIZE",
+        help="remove least recently used entries until the store is under SIZE",
+    )
     q.set_defaults(func=cmd_clear)
 
     p = subparsers.add_parser("fetch", help="copy a run's outputs from the store (data lake)")

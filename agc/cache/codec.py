@@ -19,19 +19,32 @@ FORMAT = "agc-chunk-npz-2"
 
 
 def _axis_spec(axis) -> dict:
-    spec = {"name": axis.name, "label": axis.label,
-            "underflow": bool(axis.traits.underflow), "overflow": bool(axis.traits.overflow)}
+    spec = {
+        "name": axis.name,
+        "label": axis.label,
+        "underflow": bool(axis.traits.underflow),
+        "overflow": bool(axis.traits.overflow),
+    }
     if isinstance(axis, hist.axis.Regular) and not axis.transform:
-        return {"type": "regular", "bins": len(axis), "start": float(axis.edges[0]),
-                "stop": float(axis.edges[-1]), **spec}
+        return {
+            "type": "regular",
+            "bins": len(axis),
+            "start": float(axis.edges[0]),
+            "stop": float(axis.edges[-1]),
+            **spec,
+        }
     if isinstance(axis, hist.axis.Variable):
         return {"type": "variable", "edges": [float(e) for e in axis.edges], **spec}
     raise TypeError(f"cannot cache histograms with a {type(axis).__name__} axis")
 
 
 def _axis(spec: dict):
-    common = {"name": spec["name"], "label": spec["label"], "underflow": spec["underflow"],
-              "overflow": spec["overflow"]}
+    common = {
+        "name": spec["name"],
+        "label": spec["label"],
+        "underflow": spec["underflow"],
+        "overflow": spec["overflow"],
+    }
     if spec["type"] == "regular":
         return hist.axis.Regular(spec["bins"], spec["start"], spec["stop"], **common)
     return hist.axis.Variable(spec["edges"], **common)
@@ -52,17 +65,32 @@ def encode(nevents: int, histograms: Mapping[str, hist.Hist], bytes_read: int = 
         view = h.view(flow=True)
         flat = np.asarray(view.value if weighted else view, dtype=np.float64).ravel()
         values.append(flat)
-        variances.append(np.asarray(view.variance, dtype=np.float64).ravel() if weighted
-                         else np.zeros_like(flat))
-        described.append({"name": name, "axes": [_axis_spec(a) for a in h.axes],
-                          "weighted": weighted, "offset": offset, "shape": list(view.shape)})
+        variances.append(
+            np.asarray(view.variance, dtype=np.float64).ravel() if weighted else np.zeros_like(flat)
+        )
+        described.append(
+            {
+                "name": name,
+                "axes": [_axis_spec(a) for a in h.axes],
+                "weighted": weighted,
+                "offset": offset,
+                "shape": list(view.shape),
+            }
+        )
         offset += flat.size
-    meta = {"format": FORMAT, "nevents": int(nevents), "bytes_read": int(bytes_read),
-            "histograms": described}
+    meta = {
+        "format": FORMAT,
+        "nevents": int(nevents),
+        "bytes_read": int(bytes_read),
+        "histograms": described,
+    }
     buffer = io.BytesIO()
-    np.savez(buffer, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-             values=np.concatenate(values) if values else np.zeros(0),
-             variances=np.concatenate(variances) if variances else np.zeros(0))
+    np.savez(
+        buffer,
+        meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+        values=np.concatenate(values) if values else np.zeros(0),
+        variances=np.concatenate(variances) if variances else np.zeros(0),
+    )
     return buffer.getvalue()
 
 

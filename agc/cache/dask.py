@@ -78,8 +78,11 @@ class CacheSchedulerPlugin(SchedulerPlugin):
             self.stored_keys.add(msg["key"])
 
     def ledger(self) -> dict:
-        return {"stored": self.counts["stored"], "skipped": self.counts["skipped"],
-                "stored_keys": sorted(self.stored_keys)}
+        return {
+            "stored": self.counts["stored"],
+            "skipped": self.counts["skipped"],
+            "stored_keys": sorted(self.stored_keys),
+        }
 
 
 def install_plugins(client, url: str) -> None:
@@ -95,5 +98,4 @@ def ledger(client) -> dict:
 
 def _ledger_on_scheduler(dask_scheduler=None) -> dict:
     plugin = dask_scheduler.plugins.get(PLUGIN_NAME)
-    return plugin.ledger() if plugin is not None else {"stored": 0, "skipped": 0,
-                                                        "stored_keys": []}
+    return plugin.ledger() if plugin is not None else {"stored": 0, "skipped": 0, "stored_keys": []}

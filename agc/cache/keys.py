@@ -46,8 +46,14 @@ CODE_SOURCES: tuple[str, ...] = (
 )
 
 #: Libraries whose version can change a histogram; their versions enter every key.
-RESULT_PACKAGES: tuple[str, ...] = ("numpy", "awkward", "uproot", "hist", "boost-histogram",
-                                    "coffea")
+RESULT_PACKAGES: tuple[str, ...] = (
+    "numpy",
+    "awkward",
+    "uproot",
+    "hist",
+    "boost-histogram",
+    "coffea",
+)
 
 
 def _digest(obj: Any) -> str:
@@ -71,8 +77,11 @@ def _source_digest(obj: Any) -> str:
 def _constants(module) -> dict[str, str]:
     """repr of the module's UPPER_CASE plain-data constants (thresholds, binning, tables)."""
     plain = (int, float, str, bool, tuple, list, dict, frozenset)
-    return {name: repr(value) for name, value in sorted(vars(module).items())
-            if name.isupper() and isinstance(value, plain)}
+    return {
+        name: repr(value)
+        for name, value in sorted(vars(module).items())
+        if name.isupper() and isinstance(value, plain)
+    }
 
 
 def _modules(name: str) -> list:
@@ -100,8 +109,7 @@ def code_fingerprint(sources: tuple[str, ...] | None = None) -> str:
         module = importlib.import_module(name)
         for attr in selected.split(","):
             value = getattr(module, attr)
-            parts[f"{name}.{attr}"] = (_source_digest(value) if callable(value)
-                                       else repr(value))
+            parts[f"{name}.{attr}"] = _source_digest(value) if callable(value) else repr(value)
     return _digest(parts)
 
 
@@ -156,12 +164,22 @@ def chunk_key_parts(task, *, code: str, identity: Mapping[str, Any]) -> dict[str
     return {
         "key_version": KEY_VERSION,
         "code": code,
-        "physics": {"sample": c.sample, "process": c.process, "variation": c.variation,
-                    "weight": repr(float(c.weight)), "systematics": bool(task.systematics),
-                    "seed": int(task.seed), "io_only": bool(task.io_only),
-                    "branches": list(task.branches)},
-        "input": {**dict(identity), "tree": c.tree, "entry_start": int(c.entry_start),
-                  "entry_stop": int(c.entry_stop)},
+        "physics": {
+            "sample": c.sample,
+            "process": c.process,
+            "variation": c.variation,
+            "weight": repr(float(c.weight)),
+            "systematics": bool(task.systematics),
+            "seed": int(task.seed),
+            "io_only": bool(task.io_only),
+            "branches": list(task.branches),
+        },
+        "input": {
+            **dict(identity),
+            "tree": c.tree,
+            "entry_start": int(c.entry_start),
+            "entry_stop": int(c.entry_stop),
+        },
         "libraries": library_versions(),
     }
 

@@ -46,8 +46,17 @@ OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"}
 
 DEFAULT_MAX_BYTES = 20 * 1024**3
 DEFAULT_MAX_AGE = 30 * 86400.0
-_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 1024, "mi": 1024**2,
-          "gi": 1024**3, "ti": 1024**4}
+_UNITS = {
+    "": 1,
+    "k": 1e3,
+    "m": 1e6,
+    "g": 1e9,
+    "t": 1e12,
+    "ki": 1024,
+    "mi": 1024**2,
+    "gi": 1024**3,
+    "ti": 1024**4,
+}
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -104,25 +113,37 @@ class ResultStore:
         storage_options: passed to the fsspec file system (e.g. S3 ``endpoint_url``).
     """
 
-    def __init__(self, url: str | os.PathLike | None = None, *, max_bytes: int | str | None = None,
-                 max_age: float | str | None = None, **storage_options: Any) -> None:
+    def __init__(
+        self,
+        url: str | os.PathLike | None = None,
+        *,
+        max_bytes: int | str | None = None,
+        max_age: float | str | None = None,
+        **storage_options: Any,
+    ) -> None:
         import fsspec
 
         self.url = str(url) if url is not None else default_url()
         try:
             self.fs, root = fsspec.core.url_to_fs(os.path.expanduser(self.url), **storage_options)
         except (ImportError, ValueError) as err:
-            raise CacheStoreError(f"--cache {self.url}: cannot open the store ({err}); root:// "
-                                  "needs 'pip install fsspec-xrootd xrootd', s3:// needs "
-                                  "'pip install s3fs'") from err
+            raise CacheStoreError(
+                f"--cache {self.url}: cannot open the store ({err}); root:// "
+                "needs 'pip install fsspec-xrootd xrootd', s3:// needs "
+                "'pip install s3fs'"
+            ) from err
         self.root = root.rstrip("/") or "/"
         protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
         self.local = "file" in protocols or "local" in protocols
         self.commit_markers = bool(OBJECT_STORES.intersection(protocols))
-        self.max_bytes = parse_size(max_bytes if max_bytes is not None
-                                    else os.environ.get("AGC_CACHE_MAX_SIZE", DEFAULT_MAX_BYTES))
-        self.max_age = parse_age(max_age if max_age is not None
-                                 else os.environ.get("AGC_CACHE_MAX_AGE", DEFAULT_MAX_AGE))
+        self.max_bytes = parse_size(
+            max_bytes
+            if max_bytes is not None
+            else os.environ.get("AGC_CACHE_MAX_SIZE", DEFAULT_MAX_BYTES)
+        )
+        self.max_age = parse_age(
+            max_age if max_age is not None else os.environ.get("AGC_CACHE_MAX_AGE", DEFAULT_MAX_AGE)
+        )
 
     def __repr__(self) -> str:
         return f"ResultStore({self.url!r})"
@@ -148,8 +169,12 @@ class ResultStore:
     def put(self, key: str, payload: bytes, meta: dict | None = None) -> None:
         """Store ``payload`` under ``key`` atomically, with its checksum and ``meta``."""
         path = self._path(key)
-        header = {"sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload),
-                  "created": time.time(), "meta": meta or {}}
+        header = {
+            "sha256": hashlib.sha256(payload).hexdigest(),
+            "size": len(payload),
+            "created": time.time(),
+            "meta": meta or {},
+        }
         data = MAGIC + json.dumps(header, default=str).encode() + b"\n" + payload
         self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         if self.commit_markers:
@@ -190,15 +215,19 @@ class ResultStore:
             if not data.startswith(MAGIC):
                 raise ValueError("bad magic")
             line_end = data.index(b"\n", len(MAGIC))
-            header = json.loads(data[len(MAGIC):line_end])
-            payload = data[line_end + 1:]
+            header = json.loads(data[len(MAGIC) : line_end])
+            payload = data[line_end + 1 :]
             if len(payload) != header["size"]:
                 raise ValueError(f"{len(payload)} payload bytes, header says {header['size']}")
             if hashlib.sha256(payload).hexdigest() != header["sha256"]:
                 raise ValueError("sha256 mismatch")
         except (ValueError, KeyError, TypeError) as err:
-            log.warning("cache entry %s in %s is corrupt (%s): discarded, the chunk is "
-                        "recomputed", key[:12], self.url, err)
+            log.warning(
+                "cache entry %s in %s is corrupt (%s): discarded, the chunk is recomputed",
+                key[:12],
+                self.url,
+                err,
+            )
             return None, {}
         return payload, header
 
@@ -239,15 +268,20 @@ class ResultStore:
         with self.fs.open(self._path(key), "rb") as f:
             head = f.read(65536)
         line_end = head.index(b"\n", len(MAGIC))
-        return json.loads(head[len(MAGIC):line_end])
+        return json.loads(head[len(MAGIC) : line_end])
 
     def stats(self) -> dict[str, Any]:
         entries = self.entries()
         now = time.time()
-        return {"url": self.url, "entries": len(entries), "bytes": sum(e.size for e in entries),
-                "max_bytes": self.max_bytes, "max_age_seconds": self.max_age,
-                "oldest_use_seconds_ago": max((now - e.last_used for e in entries), default=0.0),
-                "runs": len(self.list_runs())}
+        return {
+            "url": self.url,
+            "entries": len(entries),
+            "bytes": sum(e.size for e in entries),
+            "max_bytes": self.max_bytes,
+            "max_age_seconds": self.max_age,
+            "oldest_use_seconds_ago": max((now - e.last_used for e in entries), default=0.0),
+            "runs": len(self.list_runs()),
+        }
 
     def evict(self, *, max_bytes: int | None = None, max_age: float | None = None) -> list[str]:
         """Remove expired entries, then least recently used ones down to the size limit."""
@@ -310,11 +344,13 @@ class ResultStore:
         source = f"{self.root}/runs/{run_id}"
         if not self.fs.exists(f"{source}/{COMPLETE}"):
             known = self.list_runs()
-            raise CacheStoreError(f"run {run_id!r}: not in the store {self.url} (complete runs: "
-                                  f"{', '.join(known[-5:]) or 'none'}; see 'agc cache ls')")
+            raise CacheStoreError(
+                f"run {run_id!r}: not in the store {self.url} (complete runs: "
+                f"{', '.join(known[-5:]) or 'none'}; see 'agc cache ls')"
+            )
         to = Path(to)
         for path in self.fs.find(source):
-            rel = path[len(source):].lstrip("/")
+            rel = path[len(source) :].lstrip("/")
             if rel == COMPLETE:
                 continue
             dest = to / rel

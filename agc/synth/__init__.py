@@ -69,9 +69,14 @@ def file_tasks(output_dir, events: Mapping[str, tuple[int, int]], *, layout: str
         for i in range(int(n_files)):
             tasks.append(
                 FileTask(
-                    sample=sample, file_index=i, nevents=int(per_file),
-                    first_event=i * int(per_file), path=str(out / _file_name(sample, i)),
-                    layout=layout, compression=compression, seed=int(seed),
+                    sample=sample,
+                    file_index=i,
+                    nevents=int(per_file),
+                    first_event=i * int(per_file),
+                    path=str(out / _file_name(sample, i)),
+                    layout=layout,
+                    compression=compression,
+                    seed=int(seed),
                 )  # fmt: skip
             )
     return tasks

@@ -71,7 +71,7 @@ def extract(root_path: str, ratios_path: str) -> dict:
             entry["mbits"] = _mantissa_bits(flat)
         else:
             entry["kind"] = "bool" if dt.kind == "b" else "int"
-        vals, cnts = (np.unique(flat, return_counts=True) if len(flat) else ([], []))
+        vals, cnts = np.unique(flat, return_counts=True) if len(flat) else ([], [])
         if len(vals) and len(vals) <= 16:
             entry["values"] = [_sig(v) if dt.kind == "f" else int(v) for v in vals]
             entry["probs"] = [round(float(c) / len(flat), 5) for c in cnts]

@@ -68,7 +68,13 @@ TUNES: dict[str, Tune] = {
     "ttbar__scaledown": replace(TT, isr_mean=0.92, fsr_prob=0.18, mtt_scale=93.0),
     "ttbar__scaleup": replace(TT, isr_mean=1.32, fsr_prob=0.27, mtt_scale=97.0),
     "ttbar__ME_var": replace(
-        TT, isr_mean=1.6, isr_alpha=2.15, mtt_scale=105.0, eff_b=0.82, neg_weight_frac=0.24, gen_weight=149.3
+        TT,
+        isr_mean=1.6,
+        isr_alpha=2.15,
+        mtt_scale=105.0,
+        eff_b=0.82,
+        neg_weight_frac=0.24,
+        gen_weight=149.3,
     ),
     "ttbar__PS_var": replace(TT, isr_mean=1.25, fsr_prob=0.30, eff_b=0.80, b_response=0.92),
     "single_top_s_chan__nominal": Tune(
@@ -76,9 +82,7 @@ TUNES: dict[str, Tune] = {
     ),
     "single_top_t_chan__nominal": Tune(isr_mean=0.12, mtt_scale=60.0),
     "single_top_tW__nominal": Tune(isr_mean=0.9, mtt_scale=100.0),
-    "wjets__nominal": Tune(
-        isr_mean=0.0, pu_mean=0.9, neg_weight_frac=0.135, gen_weight=225892.45
-    ),
+    "wjets__nominal": Tune(isr_mean=0.0, pu_mean=0.9, neg_weight_frac=0.135, gen_weight=225892.45),
 }
 
 # ------------------------------------------------------------------------------------------
@@ -211,8 +215,24 @@ def _add_quark_with_fsr(rng, jets, tune, valid, p4, flav, pflav):
     z = rng.uniform(0.08, 0.45, n)
     dr = rng.uniform(0.45, 1.3, n)
     ang = rng.uniform(-np.pi, np.pi, n)
-    jets.add(valid, pt=np.where(split, (1 - z) * pt, pt), eta=eta, phi=phi, flav=flav, pflav=pflav, kind=0)
-    jets.add(split, pt=z * pt, eta=eta + dr * np.cos(ang), phi=phi + dr * np.sin(ang), flav=0, pflav=21, kind=4)
+    jets.add(
+        valid,
+        pt=np.where(split, (1 - z) * pt, pt),
+        eta=eta,
+        phi=phi,
+        flav=flav,
+        pflav=pflav,
+        kind=0,
+    )
+    jets.add(
+        split,
+        pt=z * pt,
+        eta=eta + dr * np.cos(ang),
+        phi=phi + dr * np.sin(ang),
+        flav=0,
+        pflav=21,
+        kind=4,
+    )
 
 
 def _add_isr(rng, jets, tune, n, mean, alpha=None, ptmin=None, kmax=6):
@@ -246,7 +266,9 @@ def _decay_w(rng, jets, leps, tune, valid, w, mw, charge, br):
     a, b = decay2(rng, w, mw, m1, m2)
     had = valid & (mode >= 3)
     # hadronic: ud or cs (c jet + light jet)
-    _add_quark_with_fsr(rng, jets, tune, had, a, np.where(mode == 4, 4, 0), np.where(mode == 4, 4, 2))
+    _add_quark_with_fsr(
+        rng, jets, tune, had, a, np.where(mode == 4, 4, 0), np.where(mode == 4, 4, 2)
+    )
     _add_quark_with_fsr(rng, jets, tune, had, b, 0, np.where(mode == 4, 3, 1))
     # leptonic
     tmode = np.searchsorted(np.cumsum(TAU_BR), rng.uniform(0, 1, n) * 0.999999)
@@ -255,7 +277,16 @@ def _decay_w(rng, jets, leps, tune, valid, w, mw, charge, br):
     flav = np.where(mode == 0, 11, np.where(mode == 1, 13, np.where(tmode == 0, 11, 13)))
     lep_valid = valid & (mode < 2) | (valid & is_tau & (tmode < 2))
     pt, eta, phi = ptetaphi(vis)
-    leps.add(lep_valid, pt=pt, eta=eta, phi=phi, flav=flav, charge=charge, origin=np.where(is_tau, 1, 0), jet=-1)
+    leps.add(
+        lep_valid,
+        pt=pt,
+        eta=eta,
+        phi=phi,
+        flav=flav,
+        charge=charge,
+        origin=np.where(is_tau, 1, 0),
+        jet=-1,
+    )
     tauh = valid & is_tau & (tmode == 2)
     jets.add(tauh, pt=pt, eta=eta, phi=phi, flav=0, pflav=0, kind=5)
     return mode
@@ -335,7 +366,9 @@ def _single_top_tw(rng, n, tune, jets, leps):
     _decay_w(rng, jets, leps, tune, yes, w, mw, -charge, W_BR)
     # NLO real emission g b -> t W b (the part overlapping with ttbar): an extra b quark
     xb = rng.uniform(0, 1, n) < 0.7
-    bq = p4_from_ptetaphim(pareto(rng, n, 20.0, 2.8), rng.normal(0, 1.5, n), rng.uniform(-np.pi, np.pi, n), M_B)
+    bq = p4_from_ptetaphim(
+        pareto(rng, n, 20.0, 2.8), rng.normal(0, 1.5, n), rng.uniform(-np.pi, np.pi, n), M_B
+    )
     _add_quark_with_fsr(rng, jets, tune, xb, bq, 5, -5 * charge)
 
 
@@ -454,18 +487,24 @@ def _lepton_props(rng, flav, origin, pt, eta, tune):
     )
     iso = np.where(
         prompt,
-        rng.exponential(0.025, n) + np.where(rng.uniform(0, 1, n) < 0.08, rng.uniform(0.05, 0.6, n), 0),
+        rng.exponential(0.025, n)
+        + np.where(rng.uniform(0, 1, n) < 0.08, rng.uniform(0.05, 0.6, n), 0),
         rng.lognormal(np.log(np.where(origin == 2, 0.6, 0.3)), 0.8, n),
     )
     iso = np.where(rng.uniform(0, 1, n) < np.where(prompt, 0.25, 0.02), 0.0, iso)
     # electron cut-based ID (includes isolation): 0 fail, 1 veto, 2 loose, 3 medium, 4 tight
     crack = (np.abs(eta) > 1.444) & (np.abs(eta) < 1.566)
-    ptight = np.where(prompt, tune.ele_tight * np.where(crack, 0.3, 1.0) * np.where(pt < 20, 0.7, 1.0), 0.02)
+    ptight = np.where(
+        prompt, tune.ele_tight * np.where(crack, 0.3, 1.0) * np.where(pt < 20, 0.7, 1.0), 0.02
+    )
     ptight = np.where(iso > 0.1, ptight * 0.1, ptight)
     u = rng.uniform(0, 1, n)
     cut = np.where(
-        u < ptight, 4,
-        np.where(u < ptight + 0.12, 3, np.where(u < ptight + 0.2, 2, np.where(u < ptight + 0.3, 1, 0))),
+        u < ptight,
+        4,
+        np.where(
+            u < ptight + 0.12, 3, np.where(u < ptight + 0.2, 2, np.where(u < ptight + 0.3, 1, 0))
+        ),
     )
     mtight = rng.uniform(0, 1, n) < np.where(prompt, tune.mu_tight, 0.25 * tune.mu_tight)
     return sip, iso, cut, mtight
@@ -546,7 +585,9 @@ def simulate(rng, process: str, tune: Tune, n: int) -> dict:
     eta = jets.column("eta")
     phi = jets.column("phi")
     pt_safe = np.maximum(ppt, 1.0)
-    reso = np.sqrt((3.5 / pt_safe) ** 2 + 1.0 / pt_safe + 0.05**2) * np.where(np.abs(eta) > 2.5, 1.3, 1.0)
+    reso = np.sqrt((3.5 / pt_safe) ** 2 + 1.0 / pt_safe + 0.05**2) * np.where(
+        np.abs(eta) > 2.5, 1.3, 1.0
+    )
     mean = np.where(flav == 5, tune.b_response, np.where(kind == 3, 1.0, 0.975))
     resp = mean + reso * rng.standard_normal(shape)
     resp = np.where(kind == 3, 1.0, np.maximum(resp, 0.2))
@@ -554,7 +595,9 @@ def simulate(rng, process: str, tune: Tune, n: int) -> dict:
     eta = eta + rng.normal(0, 0.02, shape) * (kind != 3)
     phi = phi + rng.normal(0, 0.02, shape) * (kind != 3)
     phi = (phi + np.pi) % (2 * np.pi) - np.pi
-    mfrac = rng.lognormal(np.log(np.where(pflav == 21, 0.14, np.where(flav == 5, 0.15, 0.12))), 0.35, shape)
+    mfrac = rng.lognormal(
+        np.log(np.where(pflav == 21, 0.14, np.where(flav == 5, 0.15, 0.12))), 0.35, shape
+    )
     mass = np.where(kind == 3, rng.uniform(0.0, 2.0, shape), np.minimum(pt * mfrac, 0.6 * pt))
     stored = (pt > 15.0) & (np.abs(eta) < 4.7)
     btag = _btag(rng, flav, pt, eta, tune, kind)

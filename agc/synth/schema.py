@@ -176,9 +176,11 @@ def physics_branches(phys: dict, n: int) -> dict[str, np.ndarray]:
         "Electron_cutBased": e["cut"], "Electron_sip3d": e["sip3d"],
         "Electron_pfRelIso03_all": e["iso"], "Electron_miniPFRelIso_all": e["iso"] * 0.9,
         "Electron_jetIdx": e["jetIdx"], "Electron_genPartIdx": np.full(ne, -1),
-        "Electron_photonIdx": np.full(ne, -1), "Electron_genPartFlav": _origin_to_genflav(e["origin"]),
+        "Electron_photonIdx": np.full(ne, -1),
+        "Electron_genPartFlav": _origin_to_genflav(e["origin"]),
         "Electron_cleanmask": np.ones(ne, dtype=np.uint8),
-        "Electron_mvaFall17V2Iso_WP90": e["cut"] >= 3, "Electron_mvaFall17V2Iso_WP80": e["cut"] >= 4,
+        "Electron_mvaFall17V2Iso_WP90": e["cut"] >= 3,
+        "Electron_mvaFall17V2Iso_WP80": e["cut"] >= 4,
     })  # fmt: skip
     out.update({
         "Muon_pt": m["pt"], "Muon_eta": m["eta"], "Muon_phi": m["phi"],

@@ -79,7 +79,9 @@ def parse_compression(compression: str | None):
     algo = algo.upper()
     classes = {"ZLIB": uproot.ZLIB, "LZ4": uproot.LZ4, "ZSTD": uproot.ZSTD, "LZMA": uproot.LZMA}
     if algo not in classes:
-        raise ValueError(f"unknown compression {compression!r}; use ZLIB:n, LZ4:n, ZSTD:n, LZMA:n or none")
+        raise ValueError(
+            f"unknown compression {compression!r}; use ZLIB:n, LZ4:n, ZSTD:n, LZMA:n or none"
+        )
     level = int(level) if level else 1
     if algo == "ZLIB" and level == 1 and _isal_available():
         return IsalZLIB()
@@ -297,7 +299,9 @@ def _nanoaod_tree_declaration():
 
 
 def _branch_types(chunk: dict) -> dict:
-    return {k: (v.layout.form.type if isinstance(v, ak.Array) else v.dtype) for k, v in chunk.items()}
+    return {
+        k: (v.layout.form.type if isinstance(v, ak.Array) else v.dtype) for k, v in chunk.items()
+    }
 
 
 def _basket_capacity(nbaskets: int) -> int:

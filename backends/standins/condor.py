@@ -31,7 +31,7 @@ def condor_args(text: str) -> list[str]:
     while i < len(s):
         c = s[i]
         if in_quote:
-            if c == "'" and s[i + 1:i + 2] == "'":
+            if c == "'" and s[i + 1 : i + 2] == "'":
                 cur.append("'")
                 i += 2
                 continue
@@ -79,6 +79,7 @@ def parse_submit(text: str) -> tuple[dict[str, str], int]:
 
 def expand(value: str, attrs: dict[str, str], depth: int = 0) -> str:
     """Expand ``$(name)`` and ``$F(name)`` (quotes stripped) macros, recursively."""
+
     def lookup(match: re.Match) -> str:
         strip, name = match.group(1), match.group(2).lower()
         found = attrs.get(name, attrs.get("my." + name, ""))
@@ -104,8 +105,13 @@ def submit(argv: list[str]) -> int:
         out = expand(job.get("output", ""), job) or str(state / "jobs" / f"{job_id}.out")
         err = expand(job.get("error", ""), job) or str(state / "jobs" / f"{job_id}.err")
         pid = localjobs.spawn([executable, *arguments], Path(out), Path(err))
-        localjobs.record(state, job_id, pid=pid, universe=job.get("universe", "vanilla"),
-                         batch_name=expand(job.get("batch_name", ""), job))
+        localjobs.record(
+            state,
+            job_id,
+            pid=pid,
+            universe=job.get("universe", "vanilla"),
+            batch_name=expand(job.get("batch_name", ""), job),
+        )
     print("Submitting job(s).")
     print(f"{count} job(s) submitted to cluster {cluster}.")
     return 0

@@ -20,8 +20,11 @@ from backends.standins import localjobs
 
 SYSTEM = "dirac"
 
-_TOKEN = re.compile(r'\s*(?:(?P<str>"(?:[^"\\]|\\.)*")|(?P<num>-?\d+(?:\.\d+)?)'
-                    r'|(?P<word>[A-Za-z_][A-Za-z0-9_.]*)|(?P<punct>[\[\]{};=,]))', re.S)
+_TOKEN = re.compile(
+    r'\s*(?:(?P<str>"(?:[^"\\]|\\.)*")|(?P<num>-?\d+(?:\.\d+)?)'
+    r"|(?P<word>[A-Za-z_][A-Za-z0-9_.]*)|(?P<punct>[\[\]{};=,]))",
+    re.S,
+)
 
 
 def parse_jdl(text: str) -> dict:
@@ -32,13 +35,14 @@ def parse_jdl(text: str) -> dict:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
-            raise ValueError(f"cannot parse JDL at: {text[pos:pos + 40]!r}")
+            raise ValueError(f"cannot parse JDL at: {text[pos : pos + 40]!r}")
         pos = m.end()
         if m.group("str") is not None:
             tokens.append(("v", json.loads(m.group("str"))))
         elif m.group("num") is not None:
-            tokens.append(("v", float(m.group("num")) if "." in m.group("num")
-                           else int(m.group("num"))))
+            tokens.append(
+                ("v", float(m.group("num")) if "." in m.group("num") else int(m.group("num")))
+            )
         elif m.group("word") is not None:
             tokens.append(("w", m.group("word")))
         else:
@@ -84,8 +88,12 @@ def submit(argv: list[str]) -> int:
     argv_job = [jdl["Executable"], *shlex.split(str(jdl.get("Arguments", "")))]
     site = jdl.get("Site", "ANY")
     site = site[0] if isinstance(site, list) and len(site) == 1 else site
-    pid = localjobs.spawn(argv_job, workdir / jdl.get("StdOutput", "std.out"),
-                          workdir / jdl.get("StdError", "std.err"), cwd=workdir)
+    pid = localjobs.spawn(
+        argv_job,
+        workdir / jdl.get("StdOutput", "std.out"),
+        workdir / jdl.get("StdError", "std.err"),
+        cwd=workdir,
+    )
     localjobs.record(state, job_id, pid=pid, site=site, name=jdl.get("JobName", ""))
     print(f"JobID = {job_id}")
     return 0

@@ -45,8 +45,15 @@ def spawn(argv: Sequence[str], stdout: Path, stderr: Path, cwd: Path | None = No
     stdout.parent.mkdir(parents=True, exist_ok=True)
     stderr.parent.mkdir(parents=True, exist_ok=True)
     with open(stdout, "ab") as out, open(stderr, "ab") as err:
-        proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                cwd=cwd, start_new_session=True, close_fds=True)
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            cwd=cwd,
+            start_new_session=True,
+            close_fds=True,
+        )
     return proc.pid
 
 
