@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -35,8 +34,6 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS_FILE = REPO_ROOT / "benchmarks" / "scenarios.yaml"
 CACHE_SCENARIOS_FILE = REPO_ROOT / "benchmarks" / "cache_scenarios.py"
-#: Options of a point that go into ``backend_options``; the others are RunConfig fields.
-BACKEND_OPTIONS = ("workers", "mode", "profile")
 #: Point options that say how and whether a point runs, not what it runs.
 #: ``requires``: a shell command that must succeed (e.g. ``sinfo`` answering) or the point is
 #: skipped and the report says why; ``standins``: run with the named stand-in batch commands
@@ -73,6 +70,13 @@ def load_scenarios(path: str | os.PathLike | None = None) -> dict:
                 f"{path}: scenario {name!r} names dataset {sc.get('dataset')!r}, "
                 f"which is not one of {', '.join(spec['datasets'])}"
             )
+        for point in points(sc):  # every point is a run: checked against the run schema now
+            try:
+                run_config("<catalog>", point)
+            except BenchError as err:
+                raise BenchError(
+                    f"{path}: scenario {name!r}, point {point['label']!r}: {err}"
+                ) from None
     return spec
 
 
@@ -124,19 +128,23 @@ def ensure_dataset(
     return catalog
 
 
-def run_config(catalog: Path, options: Mapping, label: str = ""):
-    """The :class:`agc.run.RunConfig` of a point's options."""
-    from agc.run import RunConfig
+def run_config(catalog: Path | str, options: Mapping, label: str = ""):
+    """The :class:`agc.config.RunConfig` of a point's options (no fit unless asked)."""
+    from agc.config import RUN_SCHEMA, ConfigError, RunConfig
 
-    names = {f.name for f in dataclasses.fields(RunConfig)}
-    backend_options = {k: options[k] for k in BACKEND_OPTIONS if k in options}
-    fields = {k: v for k, v in options.items() if k in names and k not in POINT_CONTROLS}
-    unknown = set(options) - names - set(BACKEND_OPTIONS) - set(POINT_CONTROLS)
+    fields = {k: v for k, v in options.items() if k not in POINT_CONTROLS}
+    unknown = sorted(set(fields) - set(RUN_SCHEMA["properties"]))
     if unknown:
-        raise BenchError(f"scenario option(s) {', '.join(sorted(unknown))}: not a run option")
-    if "fit" in names:
-        fields.setdefault("fit", False)
-    return RunConfig(catalog=str(catalog), backend_options=backend_options, label=label, **fields)
+        raise BenchError(
+            f"scenario option(s) {', '.join(unknown)}: not a run option; run options: "
+            f"{', '.join(RUN_SCHEMA['properties'])}"
+        )
+    fields.setdefault("fit", False)
+    fields.setdefault("label", label)
+    try:
+        return RunConfig(catalog=str(catalog), **fields)
+    except ConfigError as err:
+        raise BenchError(f"option {err}") from None
 
 
 def _schedule(pts: list[dict], repeats: int, warmup: int) -> list[tuple[dict, int, bool]]:
@@ -204,7 +212,7 @@ def _runs(
 
     from agc.metrics import phases_frame, runs_frame, tasks_frame
     from agc.reader import close_open_files
-    from agc.run import run
+    from agc.runner import run
 
     runs, phases, tasks = [], [], []
     skipped = {p["label"]: reason for p in pts if (reason := unavailable(p))}
@@ -213,10 +221,7 @@ def _runs(
     schedule = _schedule([p for p in pts if p["label"] not in skipped], repeats, warmup)
     for n, (point, repeat, is_warmup) in enumerate(schedule, 1):
         if progress:
-            print(
-                f"[{n}/{len(schedule)}] {point['label']}{' (warm-up)' if is_warmup else ''}",
-                file=sys.stderr,
-            )
+            log.info("[%d/%d] %s%s", n, len(schedule), point["label"], " (warm-up)" * is_warmup)
         # every run starts with no input file open in this process (forked workers would
         # inherit them and skip the open an in-process run before them has paid)
         close_open_files()
@@ -272,12 +277,20 @@ def _standins(enabled: bool):
 
 
 #: Runs one configuration in a fresh interpreter whose ``agc`` comes from PYTHONPATH; works
-#: with older source trees (it passes only the RunConfig fields that tree knows).
+#: with older source trees (it passes only the RunConfig fields that tree knows, and the
+#: backend options as ``backend_options`` where workers/mode/profile were not fields yet).
 _SUBPROCESS_RUN = """
 import dataclasses, json, sys
-from agc.run import RunConfig, run
+try:
+    from agc.runner import RunConfig, run
+except ImportError:
+    from agc.run import RunConfig, run
 opts = json.loads(sys.argv[1])
 names = {f.name for f in dataclasses.fields(RunConfig)}
+backend = {k: opts.pop(k) for k in ("workers", "mode", "profile") if k not in names and k in opts}
+if backend:
+    opts["backend_options"] = {**opts.get("backend_options", {}),
+                               **{k: v for k, v in backend.items() if v is not None}}
 result = run(RunConfig(**{k: v for k, v in opts.items() if k in names}), progress=False,
              write=False)
 row = result.record.row()
@@ -298,7 +311,7 @@ def source_tree(ref: str, root: Path | None = None) -> Path:
     except (OSError, subprocess.CalledProcessError) as err:
         raise BenchError(f"baseline {ref!r}: not a commit of {REPO_ROOT} ({err})") from err
     target = Path(root or default_data_root()) / f"src-{commit[:12]}"
-    if not (target / "agc" / "run.py").exists():
+    if not (target / "agc" / "__init__.py").exists():
         target.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile() as tar:
             subprocess.run(
@@ -314,10 +327,7 @@ def source_tree(ref: str, root: Path | None = None) -> Path:
 
 def run_in_subprocess(tree: Path, catalog: Path, options: Mapping) -> dict:
     """One run with the source tree ``tree``, in a fresh interpreter; its runs-table row."""
-    config = run_config(catalog, options, options.get("label", ""))
-    opts = {
-        k: (dict(v) if isinstance(v, Mapping) else v) for k, v in dataclasses.asdict(config).items()
-    }
+    opts = run_config(catalog, options, options.get("label", "")).to_dict()
     env = {**os.environ, "PYTHONPATH": str(tree)}
     out = subprocess.run(
         [sys.executable, "-c", _SUBPROCESS_RUN, json.dumps(opts)],
@@ -349,9 +359,7 @@ def _before_after(
     schedule += [(code, i, False) for i in range(repeats) for code in trees]
     for n, (code, repeat, is_warmup) in enumerate(schedule, 1):
         if progress:
-            print(
-                f"[{n}/{len(schedule)}] {code}{' (warm-up)' if is_warmup else ''}", file=sys.stderr
-            )
+            log.info("[%d/%d] %s%s", n, len(schedule), code, " (warm-up)" * is_warmup)
         row = run_in_subprocess(trees[code], catalog, {**point, "label": code})
         measured = row.pop("phases")
         extra = {"point": code, "repeat": repeat, "warmup": is_warmup, "code": code}
@@ -387,11 +395,12 @@ def _cache_scenario(
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     base = dict(scenario.get("base", {}))
-    options = {k: base.pop(k) for k in BACKEND_OPTIONS if k in base}
+    chunksize = int(base.pop("chunksize", 100_000))
+    options = {k: v for k, v in base.items() if k not in POINT_CONTROLS}
     rows = []
     for repeat in range(repeats):
         for row in module.result_cache_scenarios(
-            str(catalog), backend_options=options, chunksize=int(base.get("chunksize", 100_000))
+            str(catalog), run_options=options, chunksize=chunksize
         ):
             rows.append(
                 {
@@ -412,7 +421,7 @@ def _cache_scenario(
     else:
         for repeat in range(repeats):
             for row in module.xcache_scenarios(
-                str(catalog), backend_options=options, chunksize=int(base.get("chunksize", 100_000))
+                str(catalog), run_options=options, chunksize=chunksize
             ):
                 rows.append(
                     {
@@ -430,6 +439,12 @@ def _cache_scenario(
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if not args.quiet:  # progress lines ([3/12] point label) on stderr
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
     names = args.scenario
     spec = load_scenarios(args.scenarios)
     if names == ["list"]:

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from agc.config import CROSS_SECTIONS_PB, sample_weight
+from agc.config import REAL_CATALOG
+from agc.constants import CROSS_SECTIONS_PB, sample_weight
 from agc.errors import UserError
+from agc.vocabulary import sample_key
 
-REAL_CATALOG = "agc"
 TREE_NAME = "Events"
 
 #: Prefix of the canonical AGC URLs and its known mirrors (spec §1.5).
@@ -48,7 +49,7 @@ class Sample:
 
     @property
     def name(self) -> str:
-        return f"{self.process}__{self.variation}"
+        return sample_key(self.process, self.variation)
 
     @property
     def nevts(self) -> int:
@@ -186,7 +187,7 @@ def build_fileset(
                 f"{', '.join(CROSS_SECTIONS_PB)}"
             )
         for variation, entry in variations.items():
-            key = f"{process}__{variation}"
+            key = sample_key(process, variation)
             if samples is not None and key not in samples:
                 continue
             chosen = entry["files"] if n_files == -1 else entry["files"][:n_files]

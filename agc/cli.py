@@ -9,49 +9,24 @@ import os
 import sys
 from pathlib import Path
 
-from agc.engines import ENGINES
+from agc.config import RUN_SCHEMA, ConfigError
 
 log = logging.getLogger("agc")
-
-SYNTHETIC = "synthetic"
 
 #: Modules that add their own subcommands through ``register(subparsers)``.
 COMMAND_MODULES: tuple[str, ...] = ("backends.cli", "agc.cache.cli", "agc.bench")
 
-
-def default_data_dir() -> Path:
-    """Where the default synthetic dataset lives: $AGC_DATA_DIR, else the user cache directory."""
-    if os.environ.get("AGC_DATA_DIR"):
-        return Path(os.environ["AGC_DATA_DIR"])
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return cache / "agc-harness"
-
-
-def default_dataset_key() -> str:
-    """Content key of the default dataset: the generator's source and the dataset definition.
-
-    A changed generator gets a new directory instead of silently reusing stale files.
-    """
-    import hashlib
-
-    from agc import synth
-
-    digest = hashlib.sha256(json.dumps(synth.DEFAULT_DATASET, sort_keys=True).encode())
-    for source in sorted(Path(synth.__file__).parent.glob("*.py")):
-        digest.update(source.name.encode() + source.read_bytes())
-    return digest.hexdigest()[:12]
+#: ``agc run`` flags whose name is not ``--`` + the run option's name.
+FLAGS: dict[str, str] = {
+    "output_dir": "--output",
+    "systematics": "--no-systematics",
+    "fit": "--no-fit",
+}
 
 
-def ensure_default_dataset(progress: bool = True) -> Path:
-    """The catalog of the default synthetic dataset, generating it the first time."""
-    from agc import synth
-
-    target = default_data_dir() / f"synthetic-default-{default_dataset_key()}"
-    catalog = target / "catalog.json"
-    if catalog.exists():
-        return catalog
-    print(f"Generating the default synthetic dataset in {target} (once) ...", file=sys.stderr)
-    return synth.generate(target, progress=progress)
+def flag(key: str) -> str:
+    """The ``agc run`` flag of a run option (``chunksize`` -> ``--chunksize``)."""
+    return FLAGS.get(key, "--" + key.replace("_", "-"))
 
 
 def _positive_int(text: str) -> int:
@@ -61,127 +36,72 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _option(
+    group: argparse._ArgumentGroup, key: str, *, metavar: str | None = None, **kwargs
+) -> None:
+    """One ``agc run`` option with its help and choices from :data:`agc.config.RUN_SCHEMA`."""
+    schema = RUN_SCHEMA["properties"][key]
+    choices = [c for c in schema.get("enum", []) if c is not None]
+    help_text = schema.get("description", "")
+    if schema.get("type") == "boolean":
+        group.add_argument(flag(key), action="store_true", help=help_text, **kwargs)
+        return
+    if choices:
+        kwargs["choices"] = choices
+    group.add_argument(flag(key), metavar=metavar, help=help_text, **kwargs)
+
+
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    from backends.base import available_backends
+
     g = p.add_argument_group("inputs")
-    g.add_argument(
-        "--catalog",
-        default=SYNTHETIC,
-        help="'synthetic' (default: generated once, then reused), 'agc' (the real AGC "
-        "inputs), or a catalog.json path",
-    )
-    g.add_argument(
-        "--n-files",
-        type=int,
-        default=-1,
-        metavar="N",
-        help="first N files per sample (-1 = all; default %(default)s)",
-    )
-    g.add_argument(
-        "--samples",
-        nargs="+",
-        metavar="KEY",
-        help="only these fileset keys, e.g. ttbar__nominal wjets__nominal",
-    )
-    g.add_argument("--eos", action="store_true", help="read the real inputs from CERN EOS")
-    g.add_argument(
-        "--xcache", metavar="PREFIX", help="read through an XCache, e.g. root://host:1094"
-    )
-    g.add_argument("--mirror", metavar="DIR", help="local directory mirroring /store/... paths")
+    _option(g, "catalog", metavar="CATALOG")
+    _option(g, "n_files", type=int, metavar="N")
+    _option(g, "samples", nargs="+", metavar="KEY")
+    _option(g, "eos")
+    _option(g, "xcache", metavar="URL")
+    _option(g, "mirror", metavar="DIR")
     g = p.add_argument_group("analysis")
     g.add_argument("--no-systematics", action="store_true", help="nominal selection only")
-    g.add_argument("--seed", type=int, default=None, help="seed of the pt_res_up smear")
+    _option(g, "seed", type=int)
     g = p.add_argument_group("execution")
-    g.add_argument("--backend", default="local", help="backend name (see 'agc backends')")
     g.add_argument(
-        "--profile",
-        default=None,
-        metavar="FILE_OR_NAME",
-        help="site profile (YAML) for the backend; see backends/profiles/",
+        "--backend",
+        choices=sorted(available_backends()),
+        help=RUN_SCHEMA["properties"]["backend"]["description"],
     )
-    g.add_argument("--mode", default=None, help="local backend: inprocess, processes or dask")
-    g.add_argument("--workers", type=_positive_int, default=None, help="workers (default: cores)")
-    g.add_argument(
-        "--engine",
-        choices=tuple(ENGINES),
-        default="chunked",
-        help="chunked (one read+analyse task per chunk, any backend) or dask-awkward "
-        "(an uproot.dask collection and analysis tasks in one Dask graph; needs "
-        "--mode dask or a batch backend)",
-    )
-    g.add_argument(
-        "--chunksize",
-        type=_positive_int,
-        default=100_000,
-        help="events per chunk (default %(default)s)",
-    )
-    g.add_argument(
-        "--io-only",
-        action="store_true",
-        help="I/O-only mode: read the branches and do nothing else (the I/O ceiling)",
-    )
-    g.add_argument(
-        "--io-branches",
-        default="analysis",
-        metavar="SET",
-        help="with --io-only: 'analysis' (default) or a reference IO_FILE_PERCENT set "
-        "(4.1, 15, 25)",
-    )
+    _option(g, "profile", metavar="FILE_OR_NAME")
+    _option(g, "mode")
+    _option(g, "workers", type=int)
+    _option(g, "engine")
+    _option(g, "chunksize", type=int)
+    _option(g, "io_only")
+    _option(g, "io_branches", metavar="SET")
     g = p.add_argument_group("caching")
-    g.add_argument(
-        "--cache",
-        default=None,
-        metavar="URL",
-        help="step-level cache store (directory, root:// or s3:// URL)",
-    )
-    g.add_argument(
-        "--data-lake",
-        choices=("copy", "only", "off"),
-        default="copy",
-        help="keep run outputs in the cache store too (copy), only there (only; "
-        "fetch with 'agc fetch RUN_ID'), or not (off)",
-    )
+    _option(g, "cache", metavar="URL")
+    _option(g, "data_lake")
     g = p.add_argument_group("outputs")
     g.add_argument(
-        "--no-fit", action="store_true", help="skip the cabinetry/pyhf fit and the plots at the end"
+        "--no-fit", action="store_true", help="skip the cabinetry/pyhf fit and the plots"
     )
-    g.add_argument("--output", metavar="DIR", help="run directory (default agc-output/<run-id>)")
+    _option(g, "output_dir", metavar="DIR")
+    _option(g, "label")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _config_from_args(args: argparse.Namespace):
-    from agc.analysis import DEFAULT_SEED
-    from agc.run import RunConfig
+def config_from_args(args: argparse.Namespace):
+    """The :class:`agc.config.RunConfig` of ``agc run``'s arguments (the defaults are its own:
+    an option left out is not passed)."""
+    from agc.config import RunConfig
 
-    catalog = args.catalog
-    if catalog == SYNTHETIC:
-        catalog = str(ensure_default_dataset(progress=not args.quiet))
-    backend_options = {}
-    if args.workers is not None:
-        backend_options["workers"] = args.workers
-    if args.mode is not None:
-        backend_options["mode"] = args.mode
-    if args.profile is not None:
-        backend_options["profile"] = args.profile
-    return RunConfig(
-        catalog=catalog,
-        n_files=args.n_files,
-        samples=tuple(args.samples) if args.samples else None,
-        systematics=not args.no_systematics,
-        seed=DEFAULT_SEED if args.seed is None else args.seed,
-        eos=args.eos,
-        xcache=args.xcache,
-        mirror=args.mirror,
-        io_only=args.io_only,
-        io_branches=args.io_branches,
-        backend=args.backend,
-        backend_options=backend_options,
-        engine=args.engine,
-        chunksize=args.chunksize,
-        cache=args.cache,
-        data_lake=args.data_lake,
-        fit=not args.no_fit,
-        output_dir=args.output,
-    )
+    given = {}
+    for key in RUN_SCHEMA["properties"]:
+        value = getattr(args, key, None)
+        if value is not None and value is not False:
+            given[key] = value
+    given["systematics"] = not args.no_systematics
+    given["fit"] = not args.no_fit
+    return RunConfig(**given)
 
 
 def summary_table(result) -> str:
@@ -208,9 +128,18 @@ def summary_table(result) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agc.run import run
+    from agc import synth
+    from agc.config import SYNTHETIC_CATALOG
+    from agc.runner import run
 
-    result = run(_config_from_args(args), progress=not args.quiet)
+    config = config_from_args(args)
+    if config.catalog == SYNTHETIC_CATALOG and not synth.default_dataset_dir().exists():
+        print(
+            f"Generating the default synthetic dataset in {synth.default_dataset_dir()} "
+            "(once; later runs reuse it) ...",
+            file=sys.stderr,
+        )
+    result = run(config, progress=not args.quiet)
     print(summary_table(result))
     print(
         f"\n{result.events:,} events in {result.chunks} chunks on {result.workers} worker(s): "
@@ -219,6 +148,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{result.bytes_read / 1e6:,.1f} MB read"
     )
     fit = result.summary.get("fit")
+    if result.record.cache_hits:
+        print(
+            f"{result.record.cache_hits} of {result.chunks} chunks came from the cache {args.cache}"
+        )
     if fit and "bestfit" in fit:
         print(
             f"Fit to pseudodata: {fit['poi']} = {fit['bestfit']:.3f} ± {fit['uncertainty']:.3f}"
@@ -312,13 +245,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
-    from backends.base import _load, available_backends
+    from backends.base import available_backends, get_backend
 
-    for name, target in sorted(available_backends().items()):
+    for name in sorted(available_backends()):
         try:
-            description = _load(target).description
+            description = get_backend(name).description
         except Exception as err:  # a broken third-party backend must not hide the others
-            description = f"(cannot load {target}: {err})"
+            description = f"({err})"
         print(f"{name:10s} {description}")
     return 0
 
@@ -383,9 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.WARNING - 10 * args.verbose, format="%(levelname)s %(name)s: %(message)s"
     )
-    if not args.verbose:  # cabinetry warns once per empty template bin; keep the summary readable
-        logging.getLogger("cabinetry").setLevel(logging.ERROR)
-        # Dask logs every scheduler and worker event at INFO; read when dask is first imported
+    if args.verbose:  # asked for: cabinetry's warnings too (one per empty template bin)
+        logging.getLogger("cabinetry").setLevel(logging.WARNING - 10 * (args.verbose - 1))
+    else:  # Dask logs every scheduler and worker event at INFO; read when dask is imported
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     if args.command is None:
         parser.print_help()
@@ -394,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
+    except ConfigError as err:  # a run option: named as the flag it came from
+        print(f"error: {flag(err.key)} {err.value!r}: {err.problem}", file=sys.stderr)
+        return 2
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,41 +1,325 @@
-"""Physics constants of the AGC CMS ttbar analysis (spec §1.2, §1.3, §3).
+"""``RunConfig``: everything that defines a run, validated when it is made.
 
-These are the values of the reference *code*, which the reference histograms were made
-with (the AGC docs list other cross sections; the code wins, spec §11.1).
+One schema, :data:`RUN_SCHEMA`, says what every option may be. It is the only place that does:
+
+* ``RunConfig(...)`` checks its values against it at construction, before any catalog, profile
+  or cluster work, and a bad value raises :class:`ConfigError` naming the key and what is
+  allowed (``chunksize=-5: -5 is less than the minimum 1``);
+* the ``agc run`` options take their choices and help from it (:mod:`agc.cli`);
+* the points of ``benchmarks/scenarios.yaml`` are run options, checked the same way
+  (:mod:`agc.bench`);
+* the run-level keys of site profiles (``workers``, ``local.mode``) use its definitions
+  (:mod:`backends.profiles`).
+
+A ``RunConfig`` is frozen and hashable: it can key a dict of results, and
+``dataclasses.replace(config, chunksize=...)`` makes a checked variant.
 """
 
 from __future__ import annotations
 
-#: Integrated luminosity in pb^-1, hard-coded in the reference processor.
-LUMINOSITY_PB = 3378.0
+import dataclasses
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-#: Cross sections in pb per process, exactly as computed in the reference code.
-CROSS_SECTIONS_PB: dict[str, float] = {
-    "ttbar": 396.87 + 332.97,
-    "single_top_s_chan": 2.0268 + 1.2676,
-    "single_top_t_chan": (36.993 + 22.175) / 0.252,
-    "single_top_tW": 37.936 + 37.906,
-    "wjets": 61457 * 0.252,
+from agc import vocabulary
+from agc.constants import DEFAULT_SEED
+from agc.errors import UserError, describe_schema_error
+
+#: ``catalog`` values that are not paths: the default synthetic dataset, the real AGC inputs.
+SYNTHETIC_CATALOG = "synthetic"
+REAL_CATALOG = "agc"
+
+#: Execution engines (:mod:`agc.engines` implements exactly these).
+ENGINES: dict[str, str] = {
+    "chunked": "one read+analyse task per chunk, on any backend",
+    "dask-awkward": "an uproot.dask collection (a partition per chunk) and analysis tasks in one "
+    "Dask graph; needs --mode dask or a batch backend",
+}
+#: How the local backend runs (:mod:`backends.local`).
+LOCAL_MODES: dict[str, str] = {
+    "inprocess": "every chunk in this process, one after the other",
+    "processes": "a pool of forked worker processes (default)",
+    "dask": "a Dask LocalCluster of worker processes",
+}
+#: ``data_lake``: keep run outputs in the cache store too, only there, or not.
+DATA_LAKE_MODES: dict[str, str] = {
+    "copy": "outputs in the run directory and, with a cache store, in the store too",
+    "only": "outputs only in the store (the default store without --cache); fetch with "
+    "'agc fetch RUN_ID'",
+    "off": "never in the store",
 }
 
-#: The nine fileset entries ("{process}__{variation}") of the AGC, in catalog order.
-SAMPLES: tuple[str, ...] = (
-    "ttbar__nominal",
-    "ttbar__scaledown",
-    "ttbar__scaleup",
-    "ttbar__ME_var",
-    "ttbar__PS_var",
-    "single_top_s_chan__nominal",
-    "single_top_t_chan__nominal",
-    "single_top_tW__nominal",
-    "wjets__nominal",
-)
-
-REGIONS: tuple[str, ...] = ("4j1b", "4j2b")
+#: Definitions shared with site profiles (``workers`` and ``local.mode`` of a profile).
+WORKERS_SCHEMA: dict[str, Any] = {
+    "type": "integer",
+    "minimum": 1,
+    "description": "number of workers (local: processes; batch backends: jobs)",
+}
+MODE_SCHEMA: dict[str, Any] = {"enum": list(LOCAL_MODES), "description": "local backend mode"}
 
 
-def sample_weight(process: str, nevts_processed: int) -> float:
-    """Per-event weight w = sigma * L / N (spec §1.3); N: the events of the files processed."""
-    if nevts_processed <= 0:
-        raise ValueError(f"sample {process!r}: number of processed events must be > 0")
-    return CROSS_SECTIONS_PB[process] * LUMINOSITY_PB / nevts_processed
+def _nullable(schema: Mapping[str, Any]) -> dict[str, Any]:
+    if "enum" in schema:
+        return {**schema, "enum": [*schema["enum"], None]}
+    return {**schema, "type": [schema["type"], "null"]}
+
+
+_PATH = {"type": "string", "minLength": 1}
+
+#: JSON Schema of the run options (one property per :class:`RunConfig` field).
+RUN_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        # physics
+        "catalog": {
+            **_PATH,
+            "description": "'synthetic' (the default dataset, generated once), 'agc' (the real "
+            "AGC inputs), or the path of a catalog.json",
+        },
+        "n_files": {
+            "type": "integer",
+            "anyOf": [{"const": -1}, {"minimum": 1}],
+            "x-expected": "a positive number of files per sample, or -1 for all",
+            "description": "first N files per sample (-1: all)",
+        },
+        "samples": {
+            "type": ["array", "null"],
+            "items": {
+                "type": "string",
+                "pattern": r"^\w+__\w+$",
+                "x-expected": "a fileset key such as ttbar__nominal",
+            },
+            "minItems": 1,
+            "uniqueItems": True,
+            "description": "only these fileset keys, e.g. ttbar__nominal wjets__nominal",
+        },
+        "systematics": {"type": "boolean", "description": "fill the systematic variations"},
+        "seed": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 2**64 - 1,
+            "description": "seed of the pt_res_up smear",
+        },
+        # where the inputs are read from
+        "eos": {"type": "boolean", "description": "read the real inputs from CERN EOS"},
+        "xcache": {
+            "type": ["string", "null"],
+            "pattern": r"^root://[^/]+",
+            "x-expected": "an XRootD URL such as root://host:1094",
+            "description": "read every input through this XCache",
+        },
+        "mirror": {
+            **_nullable(_PATH),
+            "description": "local directory mirroring the /store/... paths",
+        },
+        # I/O-only mode (spec §9): read, do nothing else
+        "io_only": {"type": "boolean", "description": "read the branches and do nothing else"},
+        "io_branches": {
+            "enum": [vocabulary.ANALYSIS_BRANCH_SET, *vocabulary.IO_BRANCH_SETS],
+            "description": "with io_only: 'analysis' or a reference IO_FILE_PERCENT set",
+        },
+        # execution
+        "backend": {**_PATH, "description": "backend name (see 'agc backends')"},
+        "workers": {**_nullable(WORKERS_SCHEMA), "description": "workers (default: cores)"},
+        "mode": {
+            **_nullable(MODE_SCHEMA),
+            "description": "local backend: " + ", ".join(LOCAL_MODES),
+        },
+        "profile": {
+            **_nullable(_PATH),
+            "description": "site profile (YAML file or shipped name) for the backend",
+        },
+        "backend_options": {
+            "type": "object",
+            "description": "further keyword arguments of a site's own backend class",
+        },
+        "engine": {"enum": list(ENGINES), "description": "how chunks become tasks"},
+        "chunksize": {"type": "integer", "minimum": 1, "description": "events per chunk"},
+        # caching
+        "cache": {
+            **_nullable(_PATH),
+            "description": "step-level cache store: a directory, root:// or s3:// URL",
+        },
+        "data_lake": {
+            "enum": list(DATA_LAKE_MODES),
+            "description": "keep run outputs in the store",
+        },
+        # outputs
+        "fit": {"type": "boolean", "description": "cabinetry/pyhf fit and plots at the end"},
+        "output_dir": {
+            **_nullable(_PATH),
+            "description": "run directory (default agc-output/<run-id>)",
+        },
+        "label": {"type": "string", "description": "free text kept with the run's records"},
+    },
+}
+
+#: Fields that name a backend option rather than something of the run; with the backend's own
+#: ``backend_options`` they are the backend's keyword arguments.
+BACKEND_FIELDS: tuple[str, ...] = ("workers", "mode", "profile")
+
+
+class ConfigError(UserError, ValueError):
+    """A run option with a value that is not allowed: ``key``, ``value`` and ``problem``."""
+
+    def __init__(self, key: str, value: Any, problem: str) -> None:
+        super().__init__(f"{key}={value!r}: {problem}")
+        self.key, self.value, self.problem = key, value, problem
+
+
+class FrozenOptions(Mapping[str, Any]):
+    """A read-only, hashable mapping (the ``backend_options`` of a frozen config)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, Any] | None = None) -> None:
+        self._items = dict(items or {})
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self._items.items())))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self) == dict(other)
+
+    def __repr__(self) -> str:
+        return repr(self._items)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run (the defaults are those of ``agc run``).
+
+    Physics options first, then inputs, execution, caching and outputs; :data:`RUN_SCHEMA`
+    describes each key. Raises :class:`ConfigError` for a bad value.
+    """
+
+    catalog: str = SYNTHETIC_CATALOG
+    n_files: int = -1
+    samples: tuple[str, ...] | None = None
+    systematics: bool = True
+    seed: int = DEFAULT_SEED
+    eos: bool = False
+    xcache: str | None = None
+    mirror: str | None = None
+    io_only: bool = False
+    io_branches: str = vocabulary.ANALYSIS_BRANCH_SET
+    backend: str = "local"
+    workers: int | None = None
+    mode: str | None = None
+    profile: str | None = None
+    backend_options: Mapping[str, Any] = field(default_factory=FrozenOptions)
+    engine: str = "chunked"
+    chunksize: int = 100_000
+    cache: str | None = None
+    data_lake: str = "copy"
+    fit: bool = True
+    output_dir: str | None = None
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("catalog", "mirror", "cache", "output_dir", "profile"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, name, os.fspath(value))
+        if self.samples is not None and not isinstance(self.samples, str):
+            object.__setattr__(self, "samples", tuple(self.samples))
+        if isinstance(self.backend_options, Mapping):
+            object.__setattr__(self, "backend_options", FrozenOptions(self.backend_options))
+        check({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+
+    @property
+    def branches(self) -> tuple[str, ...]:
+        """The branches each chunk reads."""
+        return vocabulary.branch_set(self.io_branches if self.io_only else "analysis")
+
+    def backend_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the backend class: the backend fields that are set, and
+        ``backend_options``."""
+        given = {k: getattr(self, k) for k in BACKEND_FIELDS if getattr(self, k) is not None}
+        return {**self.backend_options, **given}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (as recorded in ``summary.json``)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["backend_options"] = dict(self.backend_options)
+        if self.samples is not None:
+            out["samples"] = list(self.samples)
+        return out
+
+
+def check(options: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigError` for the first option that :data:`RUN_SCHEMA` does not allow.
+
+    Also checks what the schema cannot say: the backend is a registered one, ``io_branches``
+    only with ``io_only``, the dask-awkward engine only on Dask, backend fields given as fields.
+    """
+    import jsonschema
+
+    plain = {
+        k: list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, Mapping) else v
+        for k, v in options.items()
+    }
+    errors = _validator(jsonschema).iter_errors(plain)
+    for error in sorted(errors, key=lambda e: [str(p) for p in e.absolute_path]):
+        key = str(error.absolute_path[0]) if error.absolute_path else "RunConfig"
+        if error.validator == "additionalProperties":
+            unknown = sorted(set(error.instance) - set(RUN_SCHEMA["properties"]))
+            allowed = ", ".join(RUN_SCHEMA["properties"])
+            raise ConfigError(unknown[0], options[unknown[0]], f"not a run option ({allowed})")
+        problem = describe_schema_error(error, RUN_SCHEMA).split(": ", 1)[-1]
+        raise ConfigError(key, options.get(key), problem)
+    if "backend" in options:
+        from backends.base import available_backends
+
+        known = available_backends()
+        if options["backend"] not in known:
+            raise ConfigError(
+                "backend",
+                options["backend"],
+                f"unknown backend; choose one of {', '.join(sorted(known))} (see 'agc backends')",
+            )
+    if options.get("io_branches", "analysis") != "analysis" and not options.get("io_only"):
+        raise ConfigError(
+            "io_branches", options["io_branches"], "only applies with io_only (--io-only)"
+        )
+    local_without_dask = options.get("backend") == "local" and options.get("mode") != "dask"
+    if options.get("engine") == "dask-awkward" and local_without_dask:
+        raise ConfigError(
+            "engine",
+            "dask-awkward",
+            "needs a Dask executor: use --mode dask with the local backend, or a batch "
+            "backend (slurm, htcondor, dirac)",
+        )
+    for name in set(BACKEND_FIELDS) & set(options.get("backend_options") or {}):
+        raise ConfigError(
+            "backend_options",
+            dict(options["backend_options"]),
+            f"give {name!r} as the run option {name}=..., not in backend_options",
+        )
+
+
+def check_value(key: str, value: Any) -> None:
+    """Check one run option alone (e.g. a backend checking the ``mode`` it was given)."""
+    check({key: value})
+
+
+_VALIDATOR: Any = None
+
+
+def _validator(jsonschema: Any) -> Any:
+    global _VALIDATOR
+    if _VALIDATOR is None:
+        _VALIDATOR = jsonschema.Draft202012Validator(RUN_SCHEMA)
+    return _VALIDATOR

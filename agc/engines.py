@@ -1,145 +1,171 @@
-"""Execution engines: how chunk tasks become work on an executor.
+"""Execution engines: how the chunk tasks of a run become work on an executor.
 
-``chunked`` (the default)
-    Each chunk is one task (:func:`agc.run.process_chunk`: open, read, analyse) handed to the
-    backend's executor. Works on every backend.
+An engine takes the tasks and a started executor (:class:`backends.base.Executor`) and yields
+one :class:`agc.chunks.ChunkResult` per task, in completion order. Both engines yield the same
+results, so the run merges, caches and measures them the same way, and the histograms are
+identical whichever engine ran.
 
-``dask-awkward``
+``chunked`` (the default, :class:`ChunkedEngine`)
+    Each chunk is one task (:func:`agc.chunks.process_chunk`: open, read, analyse) handed to
+    the executor. Works on every backend.
+
+``dask-awkward`` (:class:`DaskAwkwardEngine`)
     The inputs are one dask-awkward collection built by :func:`uproot.dask`, one partition per
     chunk (explicit entry ranges, so the partitions are exactly the chunks of the chunked
-    engine); the analysis is a task per partition in the same Dask graph, and the graph is
-    computed on the backend's Dask client. Reading and analysis are separate tasks, as in a
-    coffea dask-awkward workflow; their timings come from Dask's task stream. Needs a Dask
-    executor (``--mode dask`` of the local backend, or a batch backend).
+    engine); the analysis is a task per partition in the same Dask graph, computed on the
+    executor's Dask client. Reading and analysis are separate tasks, as in a coffea
+    dask-awkward workflow; their timings come from Dask's task stream.
 
-Both engines yield the same :class:`agc.run.ChunkResult` objects, so the run merges, caches
-and measures them the same way: histograms are identical whichever engine ran.
+The result cache (:class:`agc.cache.CachingEngine`) wraps either of them.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
+import awkward as ak
+import numpy as np
+
+from agc.chunks import ChunkResult, ChunkTask, analyse, process_chunk
+from agc.config import ENGINES
 from agc.errors import UserError
-
-ENGINES = {
-    "chunked": "one task per chunk (read + analyse) on any backend's executor",
-    "dask-awkward": "uproot.dask collection (a partition per chunk) + analysis tasks in one Dask "
-    "graph; needs a Dask executor",
-}
+from agc.reader import InputFileError, open_tree
+from backends.base import Executor
 
 
 class EngineError(UserError, ValueError):
-    """An engine that does not exist, or cannot run on the chosen backend."""
+    """An engine that cannot run on the chosen backend."""
 
 
-def check(engine: str, *, cache: str | None = None) -> None:
-    """Refuse an unknown engine, or an option it does not support, before anything starts."""
-    if engine not in ENGINES:
-        raise EngineError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
-    if engine == "dask-awkward" and cache:
-        raise EngineError(
-            "--engine dask-awkward does not use the result cache; drop --cache "
-            "or use --engine chunked"
-        )
+class Engine(Protocol):
+    """How tasks become results on an executor."""
+
+    #: The ``engine`` option that selects it (a key of :data:`agc.config.ENGINES`).
+    name: str
+
+    def check(self, executor: Executor) -> None:
+        """Raise :class:`EngineError` if this engine cannot run on ``executor``."""
+        ...
+
+    def pending(self, tasks: Sequence[ChunkTask]) -> list[ChunkTask]:
+        """The tasks that need workers (all of them, unless results are kept somewhere)."""
+        ...
+
+    def run(self, tasks: Sequence[ChunkTask], executor: Executor | None) -> Iterator[ChunkResult]:
+        """One result per task, in completion order. ``executor`` may be None only when
+        :meth:`pending` returned no task."""
+        ...
 
 
-def wrap(engine: str, executor):
-    """The executor that runs tasks the way ``engine`` does."""
-    check(engine)
-    if engine == "chunked":
-        return executor
-    if getattr(executor, "client", None) is None:
-        raise EngineError(
-            "--engine dask-awkward needs a Dask executor: use --mode dask with the "
-            "local backend, or a batch backend (slurm, htcondor, dirac)"
-        )
-    return DaskAwkwardExecutor(executor)
+class _EngineBase:
+    name = ""
+
+    def check(self, executor: Executor) -> None:
+        return None
+
+    def pending(self, tasks: Sequence[ChunkTask]) -> list[ChunkTask]:
+        return list(tasks)
 
 
-class DaskAwkwardExecutor:
-    """Runs chunk tasks as a dask-awkward graph on a Dask executor's client.
+def _require(executor: Executor | None, tasks: Sequence[ChunkTask]) -> Executor:
+    if executor is None:
+        raise RuntimeError(f"{len(tasks)} task(s) to run but no executor was started")
+    return executor
 
-    Only the ``map_unordered`` path differs from the wrapped executor; everything else
-    (workers, waiting, latency hooks, close) is the wrapped executor's.
-    """
 
-    def __init__(self, executor):
-        self._executor = executor
-        self.client = executor.client
+class ChunkedEngine(_EngineBase):
+    """One read-and-analyse task per chunk, on any executor."""
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._executor, name)
+    name = "chunked"
 
-    def map_unordered(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
+    def run(self, tasks: Sequence[ChunkTask], executor: Executor | None) -> Iterator[ChunkResult]:
+        if not tasks:
+            return
+        yield from _require(executor, tasks).map_unordered(process_chunk, tasks)
+
+
+class DaskAwkwardEngine(_EngineBase):
+    """An ``uproot.dask`` collection (a partition per chunk) and analysis tasks in one graph."""
+
+    name = "dask-awkward"
+
+    def check(self, executor: Executor) -> None:
+        if executor.client is None:
+            raise EngineError(
+                "--engine dask-awkward needs a Dask executor: use --mode dask with the local "
+                "backend, or a batch backend (slurm, htcondor, dirac)"
+            )
+
+    def run(self, tasks: Sequence[ChunkTask], executor: Executor | None) -> Iterator[ChunkResult]:
         import dask
         import uproot
         from distributed import as_completed, get_task_stream
 
-        tasks = list(tasks)
         if not tasks:
             return
-        from agc.run import process_chunk
-
-        if fn is not process_chunk:
-            raise EngineError(
-                "--engine dask-awkward runs the analysis task only; drop --cache "
-                "or use --engine chunked"
-            )
-        branches = list(tasks[0].branches)
-        files: dict[str, dict] = {}
+        client = _require(executor, tasks).client
+        files: dict[str, dict[str, Any]] = {}
         for task in tasks:
             c = task.chunk
             entry = files.setdefault(c.path, {"object_path": c.tree, "steps": []})
             entry["steps"].append([c.entry_start, c.entry_stop])
-        order = {(t.chunk.path, t.chunk.entry_start): t for t in tasks}
-        partition_tasks = [
-            order[(path, start)] for path, spec in files.items() for start, _ in spec["steps"]
-        ]
+        # uproot.dask makes the partitions file by file, steps in the order given
+        file_order = {path: i for i, path in enumerate(files)}
+        partition_tasks = sorted(tasks, key=lambda t: file_order[t.chunk.path])
         nbytes = _compressed_bytes(partition_tasks)  # also checks every file and branch first
-        events = uproot.dask(files, filter_name=branches, open_files=False)
-        parts = events.to_delayed()
-        analyse = dask.delayed(_analyse, pure=True)
+        events = uproot.dask(files, filter_name=list(tasks[0].branches), open_files=False)
+        analyse_partition = dask.delayed(_analyse_partition, pure=True)
         graph = [
-            analyse(part, task, nbytes[i], dask_key_name=f"agc-{events.name}-analysis-{i}")
-            for i, (part, task) in enumerate(zip(parts, partition_tasks, strict=True))
+            analyse_partition(
+                part, task, nbytes[i], dask_key_name=f"agc-{events.name}-analysis-{i}"
+            )
+            for i, (part, task) in enumerate(zip(events.to_delayed(), partition_tasks, strict=True))
         ]
-        with get_task_stream(self.client) as stream:
-            futures = self.client.compute(graph)
-            index = {f.key: i for i, f in enumerate(futures)}
-            results = {}
+        with get_task_stream(client) as stream:
+            futures = client.compute(graph)
+            position = {f.key: i for i, f in enumerate(futures)}
+            results: dict[int, ChunkResult] = {}
             try:
                 for future in as_completed(futures):
-                    i = index[future.key]
+                    i = position[future.key]
                     try:
                         result = future.result()
                     except Exception as err:
                         c = partition_tasks[i].chunk
                         raise EngineError(
-                            f"{c.path}: reading or analysing entries "
-                            f"{c.entry_start}-{c.entry_stop} failed "
-                            f"({type(err).__name__}: {err})"
+                            f"{c.path}: reading or analysing entries {c.entry_start}-"
+                            f"{c.entry_stop} failed ({type(err).__name__}: {err})"
                         ) from err
                     results[i] = result
                     yield result
             finally:
-                self.client.cancel(futures)
+                client.cancel(futures)
         _add_read_times(results, stream.data, events.name)
 
 
-def _compressed_bytes(tasks) -> list[int]:
+#: The engines, by the ``engine`` option.
+ENGINE_CLASSES: dict[str, type[_EngineBase]] = {
+    ChunkedEngine.name: ChunkedEngine,
+    DaskAwkwardEngine.name: DaskAwkwardEngine,
+}
+
+
+def get_engine(name: str) -> Engine:
+    """The engine of the ``engine`` option (one of :data:`agc.config.ENGINES`)."""
+    if name not in ENGINE_CLASSES:
+        raise EngineError(f"--engine {name!r}: choose one of {', '.join(ENGINES)}")
+    return ENGINE_CLASSES[name]()
+
+
+def _compressed_bytes(tasks: Sequence[ChunkTask]) -> list[int]:
     """Compressed bytes of the baskets each chunk reads (what uproot fetches for it).
 
     Opens each file once on the client (the preprocessing a dask-awkward workflow does to know
     its inputs), which also turns a missing file, tree or branch into a clear error before any
     task is submitted.
     """
-    import numpy as np
-
-    from agc.reader import InputFileError, open_tree
-
     baskets: dict[str, np.ndarray] = {}  # path -> (entry start, entry stop, bytes) per basket
     out = []
     for task in tasks:
@@ -149,9 +175,8 @@ def _compressed_bytes(tasks) -> list[int]:
             missing = [b for b in task.branches if b not in tree]
             if missing:
                 raise InputFileError(
-                    f"{c.path}: tree {c.tree!r} lacks branch(es) "
-                    f"{', '.join(missing)} that the analysis reads; is this "
-                    "NanoAOD?"
+                    f"{c.path}: tree {c.tree!r} lacks branch(es) {', '.join(missing)} that "
+                    "the analysis reads; is this NanoAOD?"
                 )
             rows = [
                 (*branch.basket_entry_start_stop(i), branch.basket_compressed_bytes(i))
@@ -164,19 +189,15 @@ def _compressed_bytes(tasks) -> list[int]:
     return out
 
 
-def _analyse(events, task, nbytes: int):
+def _analyse_partition(events: ak.Array, task: ChunkTask, nbytes: int) -> ChunkResult:
     """The analysis task of one partition (runs on a worker; its read was another task)."""
-    import awkward as ak
-
-    from agc.run import analyse
-
     started, cpu0 = time.time(), time.process_time()
     if task.io_only:
         ak.materialize(events)
     return analyse(events, task, nbytes, started=started, cpu0=cpu0)
 
 
-def _add_read_times(results: dict, stream: list[dict], read_name: str) -> None:
+def _add_read_times(results: dict[int, ChunkResult], stream: list[dict], read_name: str) -> None:
     """Fill each result's read time (and start) from the read task of its partition."""
     for entry in stream:
         key = entry.get("key")

@@ -20,13 +20,20 @@ from pathlib import Path
 import hist
 import numpy as np
 
-from agc.config import REGIONS
 from agc.errors import UserError
+from agc.vocabulary import (
+    HIGH,
+    LOW,
+    N_BINS,
+    OBSERVABLE_LABELS,
+    PROCESSES,
+    PSEUDODATA,
+    REGIONS,
+    histogram_name,
+    parse_histogram_name,
+)
 
 log = logging.getLogger(__name__)
-
-N_BINS, LOW, HIGH = 25, 50.0, 550.0
-OBSERVABLE_LABELS = {"4j1b": "$H_T$ [GeV]", "4j2b": "$m_{bjj}$ [GeV]"}
 
 Histograms = dict[str, hist.Hist]
 
@@ -38,13 +45,6 @@ def new_histogram(region: str = "") -> hist.Hist:
         hist.axis.Regular(N_BINS, LOW, HIGH, name="observable", label=label),
         storage=hist.storage.Weight(),
     )
-
-
-def histogram_name(region: str, process: str, variation: str = "nominal") -> str:
-    """Output name of spec §6: ``{region}_{process}`` for nominal, else ``..._{variation}``."""
-    if variation == "nominal":
-        return f"{region}_{process}"
-    return f"{region}_{process}_{variation}"
 
 
 def merge(histograms: Iterable[Mapping[str, hist.Hist]]) -> Histograms:
@@ -63,10 +63,14 @@ def add_pseudodata(histograms: Histograms) -> Histograms:
     """
     out = dict(histograms)
     for region in REGIONS:
-        names = [f"{region}_ttbar_ME_var", f"{region}_ttbar_PS_var", f"{region}_wjets"]
+        names = [
+            histogram_name(region, "ttbar", "ME_var"),
+            histogram_name(region, "ttbar", "PS_var"),
+            histogram_name(region, "wjets"),
+        ]
         if all(n in histograms for n in names):
             me, ps, wjets = (histograms[n] for n in names)
-            out[f"{region}_pseudodata"] = (me + ps) / 2 + wjets
+            out[histogram_name(region, PSEUDODATA)] = (me + ps) / 2 + wjets
     return out
 
 
@@ -177,22 +181,21 @@ def read_histograms(path: str | os.PathLike) -> Histograms:
 
 
 def to_hist_dict(
-    histograms: Mapping[str, hist.Hist], processes: Iterable[str]
+    histograms: Mapping[str, hist.Hist], processes: Iterable[str] | None = None
 ) -> dict[str, hist.Hist]:
-    """The reference's per-region 3D view: observable x process (StrCat) x variation (StrCat)."""
-    processes = sorted(processes, key=len, reverse=True)  # longest prefix first
+    """The reference's per-region 3D view: observable x process (StrCat) x variation (StrCat).
+
+    ``processes``: the processes to take (default: all of :data:`agc.vocabulary.PROCESSES`
+    and the pseudodata).
+    """
+    known = tuple(processes) if processes is not None else (*PROCESSES, PSEUDODATA)
     out = {}
     for region in REGIONS:
         entries = []
         for name, h in histograms.items():
-            if not name.startswith(region + "_"):
-                continue
-            rest = name[len(region) + 1 :]
-            process = next((p for p in processes if rest == p or rest.startswith(p + "_")), None)
-            if process is None:
-                continue
-            variation = rest[len(process) + 1 :] or "nominal"
-            entries.append((process, variation, h))
+            parsed = parse_histogram_name(name, known)
+            if parsed is not None and parsed.region == region:
+                entries.append((parsed.process, parsed.variation, h))
         process_axis = sorted({p for p, _, _ in entries})
         variation_axis = sorted({v for _, v, _ in entries}, key=lambda v: (v != "nominal", v))
         h3 = hist.Hist(

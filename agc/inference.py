@@ -36,7 +36,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -46,31 +46,27 @@ import numpy as np
 
 from agc.errors import UserError
 from agc.histograms import HistogramFileError, read_histograms
+from agc.vocabulary import (
+    CABINETRY_REGIONS,
+    CABINETRY_SAMPLES,
+    FIT_BINNING,
+    FIT_REBIN,
+    FIT_START,
+    N_BTAG_VARIATIONS,
+    OBSERVABLE_LABELS,
+    POI,
+    PSEUDODATA,
+    histogram_name,
+    parse_histogram_name,
+    split_sample_key,
+)
 
 log = logging.getLogger(__name__)
 
 Histograms = dict[str, hist.Hist]
 
-POI = "ttbar_norm"
-
-#: Fit binning (GeV): 11 bins of 40 GeV from 110 to 550, made by the rebinning router.
-FIT_BINNING: list[float] = [float(x) for x in np.linspace(110.0, 550.0, 12)]
-
 #: The rebinning applied to each 25-bin input histogram to get :data:`FIT_BINNING`.
-REBIN = np.s_[110j :: hist.rebin(2)]
-
-#: cabinetry region name -> histogram region prefix.
-REGION_PATHS: dict[str, str] = {"4j1b CR": "4j1b", "4j2b SR": "4j2b"}
-
-#: cabinetry sample name -> histogram process name (Pseudodata is the "data").
-SAMPLE_PATHS: dict[str, str] = {
-    "Pseudodata": "pseudodata",
-    "ttbar": "ttbar",
-    "W+jets": "wjets",
-    "single top, s-channel": "single_top_s_chan",
-    "single top, t-channel": "single_top_t_chan",
-    "tW": "single_top_tW",
-}
+REBIN = np.s_[FIT_START * 1j :: hist.rebin(FIT_REBIN)]
 
 #: A Minuit strategy; ``None`` lets pyhf choose (1 for the numpy backend).
 Strategy = Literal[0, 1, 2] | None
@@ -80,9 +76,6 @@ DEFAULT_STRATEGIES: tuple[Strategy, ...] = (None, 2)
 
 #: Files-per-sample values for which reference JSONs exist (spec §1.4); -1 = all files.
 REFERENCE_N_FILES: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200, -1)
-
-#: The histogram variations that are separate samples (their own weight w), spec §4.
-_ALTERNATIVE_SAMPLES = ("scaleup", "scaledown", "ME_var", "PS_var")
 
 
 class MissingTemplateError(HistogramFileError):
@@ -137,21 +130,16 @@ def cabinetry_config(
         },
         "Regions": [
             {
-                "Name": "4j1b CR",
-                "RegionPath": "4j1b",
-                "Variable": "$H_T$ [GeV]",
-                "Binning": FIT_BINNING,
-            },
-            {
-                "Name": "4j2b SR",
-                "RegionPath": "4j2b",
-                "Variable": "$m_{bjj}$ [GeV]",
-                "Binning": FIT_BINNING,
-            },
+                "Name": channel,
+                "RegionPath": region,
+                "Variable": OBSERVABLE_LABELS[region],
+                "Binning": list(FIT_BINNING),
+            }
+            for channel, region in CABINETRY_REGIONS.items()
         ],
         "Samples": [
-            {"Name": name, "SamplePath": path, **({"Data": True} if name == "Pseudodata" else {})}
-            for name, path in SAMPLE_PATHS.items()
+            {"Name": name, "SamplePath": path, **({"Data": True} if path == PSEUDODATA else {})}
+            for name, path in CABINETRY_SAMPLES.items()
         ],
         "Systematics": [
             _systematic("ME variation", "_ME_var", None, "ttbar"),
@@ -161,7 +149,7 @@ def cabinetry_config(
             _systematic("Jet energy resolution", "_pt_res_up", None),
             *(
                 _systematic(f"b-tag NP {i + 1}", f"_btag_var_{i}_up", f"_btag_var_{i}_down")
-                for i in range(4)
+                for i in range(N_BTAG_VARIATIONS)
             ),
             _systematic("W+jets scale variations", "_scale_var_up", "_scale_var_down", "W+jets"),
             {
@@ -247,21 +235,6 @@ def rebinning_router(histograms: Mapping[str, hist.Hist]):
 # Input histograms and their variances
 
 
-def _process_and_variation(name: str, processes: Sequence[str]) -> tuple[str, str] | None:
-    """``4j2b_ttbar_PS_var`` -> (``ttbar``, ``PS_var``); ``None`` for pseudodata / unknown."""
-    rest = name.split("_", 1)[1] if "_" in name else ""
-    for process in sorted(processes, key=len, reverse=True):
-        if rest == process or rest.startswith(process + "_"):
-            return process, rest[len(process) + 1 :] or "nominal"
-    return None
-
-
-def _sample_key(process: str, variation: str) -> str:
-    """The fileset key whose events fill a histogram (``ttbar__PS_var``, ``wjets__nominal``)."""
-    sample_variation = variation if variation in _ALTERNATIVE_SAMPLES else "nominal"
-    return f"{process}__{sample_variation}"
-
-
 def with_mc_stat_variances(
     histograms: Mapping[str, hist.Hist], weights: Mapping[str, float]
 ) -> Histograms:
@@ -275,12 +248,12 @@ def with_mc_stat_variances(
         New histograms; names that belong to no sample in ``weights`` (pseudodata) are copied
         unchanged.
     """
-    processes = sorted({key.split("__")[0] for key in weights})
+    processes = tuple(sorted({split_sample_key(key)[0] for key in weights}))
     out: Histograms = {}
     for name, h in histograms.items():
         h = h.copy()
-        parsed = _process_and_variation(name, processes)
-        if parsed is not None and (key := _sample_key(*parsed)) in weights:
+        parsed = parse_histogram_name(name, processes)
+        if parsed is not None and (key := parsed.sample) in weights:
             view: Any = h.view(flow=True)  # a WeightedSumView (typed as a plain ndarray)
             view.variance = np.abs(view.value) * weights[key]
         out[name] = h
@@ -315,8 +288,7 @@ def _contents_are_multiples(
 ) -> bool:
     checked = 0
     for key, w in weights.items():
-        process, variation = key.split("__")
-        name = f"4j1b_{process}" if variation == "nominal" else f"4j1b_{process}_{variation}"
+        name = histogram_name("4j1b", *split_sample_key(key))
         h = histograms.get(name)
         if h is None:
             continue
@@ -408,13 +380,18 @@ def _atomic_write_text(path: Path, text: str) -> None:
 def build_workspace(
     histograms_or_path: Mapping[str, hist.Hist] | str | os.PathLike,
     workdir: str | os.PathLike | None = None,
+    *,
+    config: Mapping[str, Any] | None = None,
+    source: str | None = None,
 ) -> dict[str, Any]:
     """Build the pyhf workspace: ``templates.build`` -> ``postprocess`` -> ``workspace.build``.
 
     Args:
         histograms_or_path: histograms by name, or anything :func:`load_fit_input` reads.
-        workdir: if given, ``workspace.json`` is written there (atomically). cabinetry's
-            intermediate template files always go to a temporary directory.
+        workdir: if given, ``workspace.json`` is written there (atomically).
+        config: the :func:`cabinetry_config` to use, whose ``HistogramFolder`` takes cabinetry's
+            intermediate template files; by default one with a temporary folder.
+        source: how error messages name the histograms.
 
     Returns:
         The workspace (a pyhf JSON dict).
@@ -425,21 +402,38 @@ def build_workspace(
     import cabinetry
 
     if isinstance(histograms_or_path, Mapping):
-        histograms, source = dict(histograms_or_path), "the histograms"
+        histograms = dict(histograms_or_path)
     else:
         fit_input = load_fit_input(histograms_or_path)
-        histograms, source = fit_input.histograms, str(fit_input.source)
-    config = cabinetry_config()
-    check_templates(histograms, config, source)
-    with tempfile.TemporaryDirectory(prefix="agc-templates-") as tmp:
-        config = cabinetry_config(histogram_folder=tmp)
-        cabinetry.templates.build(config, router=rebinning_router(histograms))
-        cabinetry.templates.postprocess(config)
-        workspace = cabinetry.workspace.build(config)
+        histograms, source = fit_input.histograms, source or str(fit_input.source)
+    if config is None:
+        with tempfile.TemporaryDirectory(prefix="agc-templates-") as tmp:
+            folder = cabinetry_config(histogram_folder=tmp)
+            return build_workspace(histograms, workdir, config=folder, source=source)
+    check_templates(histograms, config, source or "the histograms")
+    with quiet_cabinetry():
+        cabinetry.templates.build(dict(config), router=rebinning_router(histograms))
+        cabinetry.templates.postprocess(dict(config))
+        workspace = cabinetry.workspace.build(dict(config))
     _repair_normsys(workspace)
     if workdir is not None:
         _atomic_write_text(Path(workdir) / "workspace.json", json.dumps(workspace, indent=1))
     return workspace
+
+
+@contextlib.contextmanager
+def quiet_cabinetry() -> Iterator[None]:
+    """cabinetry warns once per empty template bin (expected with few events): its warnings
+    are hidden unless its logger was given a level (``logging.getLogger("cabinetry")``)."""
+    logger = logging.getLogger("cabinetry")
+    if logger.level != logging.NOTSET:
+        yield
+        return
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(logging.NOTSET)
 
 
 def _repair_normsys(workspace: dict[str, Any]) -> list[str]:
@@ -602,10 +596,11 @@ def fit(
     """
     import cabinetry
 
-    model, data = cabinetry.model_utils.model_and_data(dict(workspace))
-    result, strategy, attempts = _try_strategies(
-        lambda s: cabinetry.fit.fit(model, data, strategy=s), strategies
-    )
+    with quiet_cabinetry():
+        model, data = cabinetry.model_utils.model_and_data(dict(workspace))
+        result, strategy, attempts = _try_strategies(
+            lambda s: cabinetry.fit.fit(model, data, strategy=s), strategies
+        )
     labels = list(result.labels)
     i = labels.index(POI)
     return FitResult(
@@ -623,6 +618,38 @@ def fit(
         model=model,
         data=data,
     )
+
+
+def fit_histograms(
+    histograms: Mapping[str, hist.Hist],
+    *,
+    output_dir: str | os.PathLike | None = None,
+    strategies: Sequence[Strategy] = DEFAULT_STRATEGIES,
+    source: str = "the histograms",
+    info: Mapping[str, Any] | None = None,
+) -> FitResult:
+    """Build the workspace of ``histograms`` and fit it (the cabinetry config is made once).
+
+    Args:
+        histograms: the templates by name, with the variances the MC-statistics terms need.
+        output_dir: if given, ``workspace.json`` and ``fit_result.json`` are written there.
+        source: how error messages name the histograms.
+        info: recorded in the result's ``info`` (where the input came from).
+
+    Raises:
+        MissingTemplateError: a template the model needs is missing (nothing is written).
+        FitError: the fit did not converge.
+    """
+    with tempfile.TemporaryDirectory(prefix="agc-templates-") as tmp:
+        config = cabinetry_config(histogram_folder=tmp)
+        workspace = build_workspace(histograms, output_dir, config=config, source=source)
+    result = fit(workspace, strategies=strategies)
+    result.info.update(info or {})
+    if output_dir is not None:
+        text = json.dumps(result.to_dict(), indent=1)
+        _atomic_write_text(Path(output_dir) / "fit_result.json", text)
+    log.info("%s", result)
+    return result
 
 
 def fit_run(
@@ -643,20 +670,17 @@ def fit_run(
         The fit result (also written to ``fit_result.json``).
     """
     fit_input = load_fit_input(path)
-    out = Path(output_dir) if output_dir is not None else fit_input.source.parent
-    check_templates(fit_input.histograms, cabinetry_config(), str(fit_input.source))
-    workspace = build_workspace(fit_input.histograms, out)
-    result = fit(workspace, strategies=strategies)
-    result.info.update(
-        {
+    return fit_histograms(
+        fit_input.histograms,
+        output_dir=Path(output_dir) if output_dir is not None else fit_input.source.parent,
+        strategies=strategies,
+        source=str(fit_input.source),
+        info={
             "input": str(fit_input.source),
             "variances": fit_input.variances,
             "n_files": fit_input.n_files,
-        }
+        },
     )
-    _atomic_write_text(out / "fit_result.json", json.dumps(result.to_dict(), indent=1))
-    log.info("%s", result)
-    return result
 
 
 def load_fit_result(path: str | os.PathLike) -> FitResult:

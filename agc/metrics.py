@@ -8,18 +8,19 @@ Three tables, all plain pandas DataFrames so reports, notebooks and asv read the
   ``first_result``, ``processing``, ``merge``, ``write``, ``fit``), in seconds;
 * **tasks** — one row per chunk as the executor ran it (start, stop, CPU, worker, bytes).
 
-Phases are measured by :class:`PhaseClock`, owned by :func:`agc.run.run`; per-task timings come
+Phases are measured by :class:`PhaseClock`, owned by :func:`agc.runner.run`; per-task timings come
 from the task results the executor returns. Nothing else in the package times anything.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -62,6 +63,15 @@ class PhaseClock:
         self.t0 = time.perf_counter()
         self.durations: dict[str, float] = {}
         self._open: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time the ``with`` block as phase ``name`` (added to earlier time of that phase)."""
+        self.start(name)
+        try:
+            yield
+        finally:
+            self.stop(name)
 
     def start(self, phase: str) -> None:
         self._open[phase] = time.perf_counter()

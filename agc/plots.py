@@ -29,8 +29,19 @@ import mplhep
 import numpy as np
 from matplotlib.figure import Figure
 
-from agc.config import LUMINOSITY_PB
-from agc.histograms import OBSERVABLE_LABELS
+from agc.constants import LUMINOSITY_PB
+from agc.vocabulary import (
+    FIT_BINNING,
+    FIT_REBIN,
+    FIT_START,
+    N_BTAG_VARIATIONS,
+    OBSERVABLE_LABELS,
+    PSEUDODATA,
+    btag_variation,
+    histogram_name,
+    process_of_cabinetry_sample,
+    region_of_channel,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +56,7 @@ SYNTHETIC_LABEL = "Simulation (synthetic)"
 REGION_TITLES = {"4j1b": r"$\geq$4 jets, 1 b-tag", "4j2b": r"$\geq$4 jets, $\geq$2 b-tags"}
 
 #: Processes in stacking order (bottom to top) and their legend labels.
-PROCESSES: dict[str, str] = {
+PROCESS_LABELS: dict[str, str] = {
     "single_top_s_chan": "Single top, s-channel",
     "single_top_t_chan": "Single top, t-channel",
     "single_top_tW": "tW",
@@ -62,9 +73,6 @@ COLORS: dict[str, str] = {
     "single_top_s_chan": "#9c9ca1",
 }
 VARIATION_COLORS = ("black", "#5790fc", "#f89c20", "#e42536", "#964a8b", "#7a21dd")
-
-#: cabinetry channel -> histogram region prefix.
-CHANNEL_REGIONS = {"4j1b CR": "4j1b", "4j2b SR": "4j2b"}
 
 FORMATS = ("png", "pdf")
 
@@ -132,7 +140,7 @@ def stacked_region(
     experiment: str,
 ) -> Figure:
     """Stacked nominal MC of ``region`` with the pseudodata as points."""
-    names = [(p, f"{region}_{p}") for p in PROCESSES]
+    names = [(p, histogram_name(region, p)) for p in PROCESS_LABELS]
     present = [(p, histograms[n]) for p, n in names if n in histograms]
     if not present:
         raise ValueError(f"no nominal {region} histograms to plot")
@@ -145,14 +153,14 @@ def stacked_region(
         ax=ax,
         stack=True,
         histtype="fill",
-        label=[PROCESSES[p] for p, _ in present],
+        label=[PROCESS_LABELS[p] for p, _ in present],
         color=[COLORS[p] for p, _ in present],
         edgecolor="black",
         linewidth=0.5,
         flow=None,
     )
     top = float(np.sum([s.values() for s in stack], axis=0).max())
-    data_name = f"{region}_pseudodata"
+    data_name = histogram_name(region, PSEUDODATA)
     if data_name in histograms:
         data = _rebinned(histograms[data_name], start, rebin)
         values = data.values()
@@ -179,7 +187,7 @@ def stacked_region(
 def _legend(ax, *, title: str, ncols: int = 1, fontsize: str = "small") -> None:
     """Legend with data first, then the uncertainty, then the stack from top to bottom."""
     handles, labels = ax.get_legend_handles_labels()
-    stack_rank = {text: i for i, text in enumerate(PROCESSES.values())}
+    stack_rank = {text: i for i, text in enumerate(PROCESS_LABELS.values())}
 
     def rank(text: str) -> float:
         if text == "Pseudodata":
@@ -213,12 +221,12 @@ def variations(
     title: str,
 ) -> Figure:
     """Nominal vs variations of one process in one region, with a variation/nominal panel."""
-    nominal_name = f"{region}_{process}"
+    nominal_name = histogram_name(region, process)
     if nominal_name not in histograms:
         raise ValueError(f"histogram {nominal_name!r} is missing")
     curves = {"nominal": ("Nominal", _rebinned(histograms[nominal_name], start, rebin))}
     for variation, text in variation_labels.items():
-        name = f"{region}_{process}_{variation}"
+        name = histogram_name(region, process, variation)
         if name in histograms:
             curves[variation] = (text, _rebinned(histograms[name], start, rebin))
         else:
@@ -326,8 +334,8 @@ def data_mc_prefit_postfit(
     observed = np.asarray(data[: sum(config.channel_nbins.values())], dtype=float)
     observed = observed[config.channel_slices[channel]]
     observed_err = np.sqrt(np.abs(observed))
-    region = CHANNEL_REGIONS.get(channel, channel)
-    edges = np.linspace(110.0, 550.0, len(observed) + 1)  # the fit binning (agc.inference)
+    region = region_of_channel(channel)
+    edges = np.asarray(FIT_BINNING)
     centers = 0.5 * (edges[1:] + edges[:-1])
     samples = _stack_order(config.samples)
     order = [config.samples.index(s) for s in samples]
@@ -411,25 +419,16 @@ def data_mc_prefit_postfit(
     return fig
 
 
-_SAMPLE_PROCESSES = {
-    "ttbar": "ttbar",
-    "W+jets": "wjets",
-    "single top, s-channel": "single_top_s_chan",
-    "single top, t-channel": "single_top_t_chan",
-    "tW": "single_top_tW",
-}
-
-
 def _sample_process(sample: str) -> str:
-    return _SAMPLE_PROCESSES.get(sample, sample)
+    return process_of_cabinetry_sample(sample)
 
 
 def _sample_label(sample: str) -> str:
-    return PROCESSES.get(_sample_process(sample), sample)
+    return PROCESS_LABELS.get(_sample_process(sample), sample)
 
 
 def _stack_order(samples: Sequence[str]) -> list[str]:
-    rank = {p: i for i, p in enumerate(PROCESSES)}
+    rank = {p: i for i, p in enumerate(PROCESS_LABELS)}
     return sorted(samples, key=lambda s: rank.get(_sample_process(s), -1))
 
 
@@ -493,7 +492,10 @@ def make_plots(
                 return
             written.extend(_save(fig, output_dir, name, formats))
 
-    draw("stack_4j1b", lambda: stacked_region(histograms, "4j1b", start=110, rebin=2, **common))
+    draw(
+        "stack_4j1b",
+        lambda: stacked_region(histograms, "4j1b", start=FIT_START, rebin=FIT_REBIN, **common),
+    )
     draw("stack_4j2b", lambda: stacked_region(histograms, "4j2b", start=None, rebin=1, **common))
     draw(
         "ttbar_btag_variations",
@@ -501,9 +503,9 @@ def make_plots(
             histograms,
             "4j1b",
             "ttbar",
-            {f"btag_var_{i}_up": f"b-tag NP {i + 1} up" for i in range(4)},
-            start=110,
-            rebin=2,
+            {btag_variation(i, "up"): f"b-tag NP {i + 1} up" for i in range(N_BTAG_VARIATIONS)},
+            start=FIT_START,
+            rebin=FIT_REBIN,
             title=r"$t\bar{t}$, " + REGION_TITLES["4j1b"],
             **common,
         ),
@@ -538,7 +540,7 @@ def make_plots(
             model, fit_results=_cabinetry_fit_results(fit_result)
         )
         for channel in model.config.channels:
-            region = CHANNEL_REGIONS.get(channel, channel.replace(" ", "_"))
+            region = region_of_channel(channel)
             draw(
                 f"data_mc_{region}",
                 lambda channel=channel: data_mc_prefit_postfit(

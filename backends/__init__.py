@@ -4,6 +4,6 @@ A backend is found by name in the ``agc.backends`` entry-point group, so a site 
 as a separate package. See :mod:`backends.base`.
 """
 
-from backends.base import Backend, Executor, available_backends, get_backend
+from backends.base import Backend, BaseExecutor, Executor, available_backends, get_backend
 
-__all__ = ["Backend", "Executor", "available_backends", "get_backend"]
+__all__ = ["Backend", "BaseExecutor", "Executor", "available_backends", "get_backend"]

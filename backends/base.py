@@ -29,10 +29,19 @@ BUILTIN_BACKENDS = {
 
 @runtime_checkable
 class Executor(Protocol):
-    """A started backend."""
+    """A started backend: runs a picklable function over tasks on its workers.
+
+    Every member is part of the protocol; :class:`BaseExecutor` gives the defaults of those
+    that only some executors need (a Dask client, several cores per worker, timed worker
+    arrival), so callers never probe for them.
+    """
 
     #: Number of worker processes (or threads) that run tasks in parallel.
     workers: int
+    #: Cores (threads) of each worker.
+    cores_per_worker: int
+    #: The ``distributed.Client`` of a Dask executor, else None.
+    client: Any
 
     def map_unordered(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
         """Run ``fn(task)`` for every task; yield the results in completion order."""
@@ -42,13 +51,40 @@ class Executor(Protocol):
         """Block until ``n`` workers are up (the "time to first worker" of a batch system)."""
         ...
 
+    def time_to_all_workers(self) -> float | None:
+        """Seconds from the start of the backend until all its workers had joined, if known."""
+        ...
+
     def close(self) -> None:
         """Stop the workers and release every resource (jobs, clusters, processes)."""
         ...
 
 
+class BaseExecutor:
+    """Defaults of the :class:`Executor` protocol: no Dask client, one core per worker, no
+    waiting and no arrival times (workers that exist as soon as the executor does)."""
+
+    workers: int = 1
+    cores_per_worker: int = 1
+    client: Any = None
+
+    def map_unordered(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def wait_for_workers(self, n: int = 1) -> None:
+        return None
+
+    def time_to_all_workers(self) -> float | None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
 class Backend(Protocol):
-    """What a backend class provides. ``name`` and ``description`` are shown by ``agc backends``."""
+    """What a backend class provides. ``name`` and ``description`` are shown by ``agc backends``;
+    the class is called with the run's backend keyword arguments
+    (:meth:`agc.config.RunConfig.backend_kwargs`)."""
 
     name: str
     description: str

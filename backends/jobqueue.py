@@ -19,6 +19,7 @@ from dask.utils import parse_bytes
 from distributed.core import Status
 from distributed.diagnostics.plugin import SchedulerPlugin
 
+from agc.config import ConfigError, check_value
 from backends.base import BackendError
 from backends.local import DaskExecutor
 from backends.profiles import Profile, load_profile
@@ -142,8 +143,10 @@ class JobQueueBackend:
                 f"the site, e.g. --profile {self.example_profile} "
                 "(see 'agc profiles list')"
             )
-        if workers is not None and workers < 1:
-            raise BackendError(f"--workers {workers}: must be at least 1")
+        try:
+            check_value("workers", workers)
+        except ConfigError as err:
+            raise BackendError(f"--workers {workers}: {err.problem}") from None
         self.profile: Profile = load_profile(profile, backend=self.name)
         self.jobs = workers or self.profile.workers
         self.check()

@@ -6,34 +6,25 @@ import logging
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
-from backends.base import BackendError
+from agc.config import ConfigError, check_value
+from backends.base import BackendError, BaseExecutor
 
 log = logging.getLogger(__name__)
 
-MODES = ("inprocess", "processes", "dask")
 
-
-class InProcessExecutor:
+class InProcessExecutor(BaseExecutor):
     """Runs every task in this process, one after the other (debugging, profiling)."""
-
-    workers = 1
-
-    def wait_for_workers(self, n: int = 1) -> None:
-        pass
 
     def map_unordered(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
         for task in tasks:
             yield fn(task)
 
-    def close(self) -> None:
-        pass
 
-
-class ProcessPoolTaskExecutor:
+class ProcessPoolTaskExecutor(BaseExecutor):
     """A pool of forked worker processes; at most ``2 * workers`` tasks are in flight."""
 
     def __init__(self, workers: int):
@@ -46,7 +37,7 @@ class ProcessPoolTaskExecutor:
             future.result()
 
     def map_unordered(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
-        pending = set()
+        pending: set[Future] = set()
         todo = iter(tasks)
         try:
             while True:
@@ -58,7 +49,8 @@ class ProcessPoolTaskExecutor:
                 if not pending:
                     return
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
+                # every result that arrived is handed on before a failed task raises
+                for future in sorted(done, key=lambda f: f.exception() is not None):
                     yield future.result()
         finally:
             for future in pending:
@@ -68,7 +60,7 @@ class ProcessPoolTaskExecutor:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-class DaskExecutor:
+class DaskExecutor(BaseExecutor):
     """Tasks submitted to a Dask client; results gathered as they complete."""
 
     def __init__(self, client, cluster=None, workers: int | None = None):
@@ -118,14 +110,13 @@ class LocalBackend:
             self.workers = self.workers or p.data.get("workers")
             self.mode = self.mode or p.section("local").get("mode")
         self.mode = self.mode or "processes"
-        if self.mode not in MODES:
-            raise BackendError(
-                f"--mode {self.mode!r}: the local backend runs one of {', '.join(MODES)}"
-            )
-        if self.workers is not None and self.workers < 1:
-            raise BackendError(f"--workers {self.workers}: must be at least 1")
+        try:
+            check_value("mode", self.mode)
+            check_value("workers", self.workers)
+        except ConfigError as err:
+            raise BackendError(f"--{err.key} {err.value}: {err.problem}") from None
 
-    def start(self):
+    def start(self) -> BaseExecutor:
         workers = self.workers or os.cpu_count() or 1
         if self.mode == "inprocess":
             return InProcessExecutor()

@@ -29,7 +29,8 @@ from typing import Any
 
 import yaml
 
-from agc.errors import UserError
+from agc.config import MODE_SCHEMA, WORKERS_SCHEMA
+from agc.errors import UserError, describe_schema_error
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,7 @@ PROFILE_SCHEMA: dict = _obj(
         },
         "description": {"type": "string", "description": "one line shown by 'agc profiles list'"},
         "workers": {
-            "type": "integer",
-            "minimum": 1,
+            **WORKERS_SCHEMA,
             "description": "number of batch jobs (default 1; --workers overrides; DIRAC: the "
             "sum of dirac.sites when per-site counts are given)",
         },
@@ -197,7 +197,7 @@ PROFILE_SCHEMA: dict = _obj(
         "log_directory": {"type": "string", "description": "where job stdout/stderr go"},
         "local": _obj(
             {
-                "mode": {"enum": ["inprocess", "processes", "dask"]},
+                "mode": MODE_SCHEMA,
             },
             description="local backend options",
         ),
@@ -399,41 +399,4 @@ def validate(data: Any, source: str = "<inline>") -> None:
         key=lambda e: (len(e.absolute_path), [str(p) for p in e.absolute_path]),
     )
     if errors:
-        raise ProfileError(f"profile {source}: {_describe(errors[0])}")
-
-
-def _describe(error) -> str:
-    """``key.path: what is wrong`` for one jsonschema error."""
-    path = ".".join(str(p) for p in error.absolute_path)
-    where = f"{path}." if path else ""
-    schema = error.schema
-    if error.validator == "additionalProperties":
-        allowed = sorted(schema.get("properties", {}))
-        unknown = sorted(set(error.instance) - set(allowed))
-        return f"{where}{unknown[0]}: unknown key" + (
-            f" (allowed here: {', '.join(allowed)})" if allowed else ""
-        )
-    if error.validator == "required":
-        missing = [k for k in error.validator_value if k not in error.instance][0]
-        hint = schema.get("properties", {}).get(missing, {}).get("description", "")
-        if not hint:  # the allOf rules do not repeat the descriptions
-            hint = (
-                PROFILE_SCHEMA["properties"]
-                .get(path, {})
-                .get("properties", {})
-                .get(missing, {})
-                .get("description", "")
-            )
-        return f"{where}{missing}: required" + (f" ({hint})" if hint else "")
-    key = path or "(top level)"
-    if error.validator == "pattern":
-        return f"{key}: {error.instance!r} is not {schema.get('x-expected', 'valid')}"
-    if error.validator == "type":
-        expected = error.validator_value
-        expected = " or ".join(expected) if isinstance(expected, list) else expected
-        return f"{key}: expected {expected}, got {error.instance!r}"
-    if error.validator == "enum":
-        return f"{key}: {error.instance!r} is not one of {', '.join(map(str, schema['enum']))}"
-    if error.validator in ("oneOf", "anyOf") and schema.get("description"):
-        return f"{key}: {error.instance!r} is not valid; expected {schema['description']}"
-    return f"{key}: {error.message}"
+        raise ProfileError(f"profile {source}: {describe_schema_error(errors[0], PROFILE_SCHEMA)}")

@@ -15,8 +15,6 @@ from __future__ import annotations
 import os
 import tempfile
 
-import numpy as np
-
 #: one chunk of ttbar events (the busiest sample: systematics, trijets)
 EVENTS = {"ttbar__nominal": (1, 20_000), "wjets__nominal": (1, 5_000)}
 
@@ -34,8 +32,8 @@ def _dataset() -> str:
 def _events(catalog: str):
     import json
 
-    from agc.analysis import ANALYSIS_BRANCHES
     from agc.reader import read_chunk
+    from agc.vocabulary import ANALYSIS_BRANCHES
 
     entry = json.load(open(catalog))["ttbar"]["nominal"]["files"][0]
     path = os.path.join(os.path.dirname(catalog), entry["path"])
@@ -51,38 +49,47 @@ class Chunk:
         return _dataset()
 
     def setup(self, catalog):
-        from agc.analysis.processor import _flat
-
-        self.events = _events(catalog)
-        self.jets, self.counts = _flat(
-            self.events, "Jet", ("pt", "eta", "phi", "mass", "btagCSVV2", "jetId")
-        )
-        pt, eta, _, _, _, jet_id = self.jets
+        from agc.analysis import objects
         from agc.analysis.selection import jet_mask
 
-        self.selected = jet_mask(pt, eta, jet_id)
+        self.events = _events(catalog)
+        self.objects = objects(self.events)
+        jets = self.objects.jets
+        self.selected = jet_mask(jets["pt"], jets["eta"], jets["jetId"])
 
     def time_read_chunk(self, catalog):
         _events(catalog)
 
+    def time_objects(self, catalog):
+        from agc.analysis import objects
+
+        objects(self.events)
+
     def time_jet_selection(self, catalog):
         from agc.analysis.selection import jet_mask
 
-        pt, eta, _, _, _, jet_id = self.jets
-        jet_mask(pt, eta, jet_id)
+        jets = self.objects.jets
+        jet_mask(jets["pt"], jets["eta"], jets["jetId"])
+
+    def time_select_regions(self, catalog):
+        from agc.analysis import select_regions
+
+        select_regions(self.objects, self.objects.jets["pt"])
 
     def time_trijet_mass(self, catalog):
+        from agc.analysis import count_per_event
         from agc.analysis.observables import trijet_mass_flat
 
-        pt, eta, phi, mass, btag, _ = (c[self.selected] for c in self.jets)
-        cs = np.concatenate([[0], np.cumsum(self.selected)])
-        ends = np.cumsum(self.counts)
-        trijet_mass_flat(pt, eta, phi, mass, btag, cs[ends] - cs[ends - self.counts])
+        jets = {k: v[self.selected] for k, v in self.objects.jets.items()}
+        counts = count_per_event(self.selected, self.objects.jet_counts)
+        trijet_mass_flat(
+            jets["pt"], jets["eta"], jets["phi"], jets["mass"], jets["btagCSVV2"], counts
+        )
 
     def time_histogram_fill(self, catalog):
         from agc.histograms import new_histogram
 
-        new_histogram("4j2b").fill(observable=self.jets[0], weight=0.5)
+        new_histogram("4j2b").fill(observable=self.objects.jets["pt"], weight=0.5)
 
     def time_process_events(self, catalog):
         from agc.analysis import process_events
@@ -127,12 +134,10 @@ class EndToEnd:
 
     @staticmethod
     def _run(catalog):
-        from agc.run import RunConfig, run
+        from agc import RunConfig, run
 
         return run(
-            RunConfig(
-                catalog=catalog, backend_options={"mode": "inprocess"}, chunksize=10_000, fit=False
-            ),
+            RunConfig(catalog=catalog, mode="inprocess", chunksize=10_000, fit=False),
             progress=False,
             write=False,
         )

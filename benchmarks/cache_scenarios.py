@@ -23,7 +23,8 @@ from pathlib import Path
 
 from agc.cache import ResultStore
 from agc.cache.keys import _modules
-from agc.run import RunConfig, RunResult, run
+from agc.config import RunConfig
+from agc.runner import RunResult, run
 
 
 def row(scenario: str, result: RunResult, **extra) -> dict:
@@ -63,15 +64,15 @@ def changed_cut(name: str = "BTAG_THRESHOLD", value: float = 0.6) -> Iterator[No
 
 
 def _config(
-    catalog: str, store: str | None, backend_options: Mapping, chunksize: int, **kw
+    catalog: str, store: str | None, run_options: Mapping, chunksize: int, **kw
 ) -> RunConfig:
+    """The run of a scenario: ``run_options`` (mode, workers...) and ``kw`` are RunConfig's."""
     return RunConfig(
         catalog=str(catalog),
         cache=store,
-        backend_options=dict(backend_options),
         chunksize=chunksize,
         label=kw.pop("label", "cache-bench"),
-        **kw,
+        **{**run_options, **kw},
     )
 
 
@@ -79,7 +80,7 @@ def result_cache_scenarios(
     catalog: str,
     store_url: str | None = None,
     *,
-    backend_options: Mapping | None = None,
+    run_options: Mapping | None = None,
     chunksize: int = 100_000,
 ) -> list[dict]:
     """Cold, warm, partial and code-changed runs against a store (default: a fresh temp dir).
@@ -87,7 +88,7 @@ def result_cache_scenarios(
     The store is cleared first; with ``store_url`` pointing at a shared store that removes its
     chunk entries (not its stored runs).
     """
-    options = backend_options or {"mode": "processes"}
+    options = run_options or {"mode": "processes"}
     tmp = None
     if store_url is None:
         tmp = tempfile.mkdtemp(prefix="agc-cache-bench-")
@@ -133,9 +134,7 @@ def cold(catalog: str, store_url: str, **kw) -> dict:
     return row(
         "cold",
         run(
-            _config(
-                catalog, store_url, kw.get("backend_options") or {}, kw.get("chunksize", 100_000)
-            ),
+            _config(catalog, store_url, kw.get("run_options") or {}, kw.get("chunksize", 100_000)),
             progress=False,
             write=False,
         ),
@@ -147,9 +146,7 @@ def warm(catalog: str, store_url: str, **kw) -> dict:
     return row(
         "warm",
         run(
-            _config(
-                catalog, store_url, kw.get("backend_options") or {}, kw.get("chunksize", 100_000)
-            ),
+            _config(catalog, store_url, kw.get("run_options") or {}, kw.get("chunksize", 100_000)),
             progress=False,
             write=False,
         ),
@@ -171,7 +168,7 @@ def _readable_copy(catalog: str, into: Path) -> str:
 def xcache_scenarios(
     catalog: str,
     *,
-    backend_options: Mapping | None = None,
+    run_options: Mapping | None = None,
     chunksize: int = 100_000,
     work_dir: str | None = None,
 ) -> list[dict]:
@@ -187,7 +184,7 @@ def xcache_scenarios(
     reason = xcache.missing_tools()
     if reason:
         raise RuntimeError(f"XCache benchmark cannot run: {reason}")
-    options = dict(backend_options or {"mode": "processes"})
+    options = dict(run_options or {"mode": "processes"})
     work = Path(work_dir or tempfile.mkdtemp(prefix="agc-xcache-bench-"))
     rows = []
     try:

@@ -38,16 +38,18 @@ def reference_histograms(catalog: str) -> dict:
     return backend_run(catalog, "local", mode="inprocess").histograms
 
 
-def backend_run(catalog: str, backend: str, **backend_options):
-    """The backend test samples run on ``backend`` (nothing written)."""
-    from agc.run import RunConfig, run
+def backend_run(catalog: str, backend: str, **options):
+    """The backend test samples run on ``backend`` (nothing written); ``options`` are run
+    options (mode, workers, profile...)."""
+    from agc import RunConfig, run
 
     config = RunConfig(
         catalog=catalog,
         samples=BACKEND_SAMPLES,
         chunksize=BACKEND_CHUNKSIZE,
         backend=backend,
-        backend_options=backend_options,
+        fit=False,
+        **options,
     )
     return run(config, progress=False, write=False)
 

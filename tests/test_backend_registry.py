@@ -7,8 +7,8 @@ import textwrap
 
 import pytest
 
+from agc import RunConfig, run
 from agc.errors import UserError
-from agc.run import RunConfig, run
 from backends.base import BackendError, available_backends, get_backend
 
 
@@ -70,7 +70,7 @@ def test_third_party_backend_found_through_entry_points(site_backend_dist, small
             catalog=str(small_catalog),
             samples=("wjets__nominal",),
             backend="mysite",
-            backend_options={"workers": 1},
+            workers=1,
         ),
         progress=False,
         write=False,
@@ -93,7 +93,11 @@ def test_unknown_backend_lists_the_available_ones():
             {"profile": "htcondor-standin", "mode": "processes"},
             "--mode 'processes': the htcondor backend always runs Dask workers",
         ),
-        ("dirac", {"profile": "dirac-standin", "workers": 0}, "--workers 0: must be at least 1"),
+        (
+            "dirac",
+            {"profile": "dirac-standin", "workers": 0},
+            "--workers 0: 0 is less than the minimum of 1",
+        ),
     ],
 )
 def test_bad_batch_backend_options(name, options, message):

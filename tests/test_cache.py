@@ -11,13 +11,15 @@ import hist
 import numpy as np
 import pytest
 
-import agc.run
-from agc.analysis import ANALYSIS_BRANCHES
-from agc.cache import ChunkCache, ComputeAndStore, KeyedTask, codec, keys
+import agc.engines
+from agc import RunConfig, run
+from agc.cache import CachingEngine, codec, keys
 from agc.cache.store import CacheStoreError, ResultStore, parse_age, parse_size
+from agc.chunks import ChunkTask, process_chunk
+from agc.engines import ChunkedEngine
 from agc.errors import UserError
 from agc.histograms import new_histogram
-from agc.run import ChunkTask, RunConfig, run
+from agc.vocabulary import ANALYSIS_BRANCHES
 
 SAMPLES = ("ttbar__nominal", "ttbar__PS_var", "wjets__nominal", "single_top_tW__nominal")
 EVENTS_PER_FILE = 1500
@@ -36,15 +38,9 @@ def catalog(tmp_path_factory) -> str:
 
 
 def config(catalog, store, **kw) -> RunConfig:
-    options = {"mode": kw.pop("mode", "inprocess")}
-    if "workers" in kw:
-        options["workers"] = kw.pop("workers")
+    kw.setdefault("mode", "inprocess")
     return RunConfig(
-        catalog=catalog,
-        chunksize=CHUNKSIZE,
-        cache=str(store) if store else None,
-        backend_options=options,
-        **kw,
+        catalog=catalog, chunksize=CHUNKSIZE, cache=str(store) if store else None, **kw
     )
 
 
@@ -99,6 +95,7 @@ def _task(catalog, **kw) -> ChunkTask:
     cat, base = load_catalog(catalog)
     chunk = make_chunks(build_fileset(cat, base, samples=("ttbar__nominal",)), CHUNKSIZE)[0]
     return ChunkTask(
+        0,
         chunk,
         ANALYSIS_BRANCHES,
         kw.get("systematics", True),
@@ -108,7 +105,7 @@ def _task(catalog, **kw) -> ChunkTask:
 
 
 def test_key_is_stable_and_changes_with_physics_config(catalog):
-    cache = ChunkCache(ResultStore(os.devnull + "-unused"))
+    cache = CachingEngine(ChunkedEngine(), ResultStore(os.devnull + "-unused"))
     base, _ = cache.key(_task(catalog))
     assert base == cache.key(_task(catalog))[0]
     assert (
@@ -307,7 +304,7 @@ def test_restart_after_crash_computes_only_missing_chunks(
     catalog, reference, tmp_path, monkeypatch
 ):
     store, computed = tmp_path / "store", []
-    real = agc.run.process_chunk
+    real = process_chunk
 
     def crash_after_five(task):
         if len(computed) == 5:
@@ -315,17 +312,17 @@ def test_restart_after_crash_computes_only_missing_chunks(
         computed.append(task)
         return real(task)
 
-    monkeypatch.setattr(agc.run, "process_chunk", crash_after_five)
+    monkeypatch.setattr(agc.engines, "process_chunk", crash_after_five)
     with pytest.raises(Interrupted):
         run(config(catalog, store), progress=False, write=False)
     assert len(ResultStore(store).entries()) == 5
-    monkeypatch.setattr(agc.run, "process_chunk", real)
+    monkeypatch.setattr(agc.engines, "process_chunk", real)
     again = run(config(catalog, store), progress=False, write=False)
     assert (again.record.cache_hits, again.record.cache_misses) == (5, N_CHUNKS - 5)
     assert_same(again.histograms, reference)
 
 
-_REAL_PROCESS_CHUNK = agc.run.process_chunk
+_REAL_PROCESS_CHUNK = process_chunk
 
 
 def _die_on_fifth_chunk(task):
@@ -344,57 +341,77 @@ def test_restart_after_worker_process_dies(catalog, reference, tmp_path, monkeyp
 
     store = tmp_path / "store"
     monkeypatch.setenv("AGC_TEST_CRASH_COUNTER", str(tmp_path / "count"))
-    monkeypatch.setattr(agc.run, "process_chunk", _die_on_fifth_chunk)
+    monkeypatch.setattr(agc.engines, "process_chunk", _die_on_fifth_chunk)
     with pytest.raises(BrokenProcessPool):
         run(config(catalog, store, mode="processes", workers=2), progress=False, write=False)
     stored = len(ResultStore(store).entries())
     assert 1 <= stored < N_CHUNKS
-    monkeypatch.setattr(agc.run, "process_chunk", _REAL_PROCESS_CHUNK)
+    monkeypatch.setattr(agc.engines, "process_chunk", _REAL_PROCESS_CHUNK)
     again = run(config(catalog, store, mode="processes", workers=2), progress=False, write=False)
     assert (again.record.cache_hits, again.record.cache_misses) == (stored, N_CHUNKS - stored)
     assert_same(again.histograms, reference, exact=False)
 
 
-def test_worker_skips_a_chunk_stored_meanwhile(catalog, tmp_path):
+def test_results_are_stored_as_they_arrive_not_at_the_end(catalog, tmp_path):
+    """The wrapper stores each computed result before the next one is asked for."""
     store = ResultStore(tmp_path / "store")
-    cache = ChunkCache(store)
-    task = _task(catalog)
-    key, meta = cache.key(task)
-    calls = []
+    engine = CachingEngine(ChunkedEngine(), store)
+    import dataclasses
 
-    def compute(t):
-        calls.append(t)
-        return agc.run.process_chunk(t)
+    from backends.local import InProcessExecutor
 
-    worker_fn = ComputeAndStore(compute, store.url)
-    first = worker_fn(KeyedTask(key, task, meta))
-    second = worker_fn(KeyedTask(key, task, meta))  # e.g. a retried task
-    assert len(calls) == 1 and second.timing.cached and not first.timing.cached
-    assert second.histograms == first.histograms
+    tasks = [_task(catalog), dataclasses.replace(_task(catalog, seed=3), index=1)]
+
+    results = engine.run(tasks, InProcessExecutor())
+    first = next(results)
+    assert not first.timing.cached and len(store.entries()) == 1
+    next(results)
+    assert len(store.entries()) == 2
+    again = list(CachingEngine(ChunkedEngine(), store).run(tasks, None))  # no executor needed
+    assert [r.timing.cached for r in again] == [True, True]
+    assert again[0].histograms == first.histograms
 
 
-def test_dask_plugins_store_as_tasks_finish_and_count(catalog, tmp_path):
-    from distributed import Client, LocalCluster
+def test_store_cleared_during_a_run(catalog, reference, tmp_path, monkeypatch):
+    """Entries vanish while the run runs (``agc cache clear`` or another run's eviction):
+    the run still finishes with the right histograms, storing what it computes afterwards."""
+    store, computed = tmp_path / "store", []
+    run(config(catalog, store, samples=SAMPLES[:2]), progress=False, write=False)
 
-    from agc.cache.dask import install_plugins, ledger
+    def clear_on_third(task):
+        computed.append(task)
+        if len(computed) == 3:
+            ResultStore(store).clear()
+        return process_chunk(task)
 
-    store = ResultStore(tmp_path / "store")
-    cache = ChunkCache(store)
-    tasks = [_task(catalog), _task(catalog, seed=3)]
-    fn, todo, cached = cache.split(agc.run.process_chunk, tasks)
-    with (
-        LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster,
-        Client(cluster) as client,
-    ):
-        install_plugins(client, store.url)
-        results = client.gather(client.map(fn, todo, pure=False))
-        assert all(getattr(r, "cache_pending", None) is None for r in results)
-        assert len(store.entries()) == 2
-        again = client.gather(client.map(fn, todo, pure=False))  # stored: skipped by workers
-        counts = ledger(client)
-    assert cached == [] and all(r.timing.cached for r in again)
-    assert counts["stored"] == 2 and counts["skipped"] == 2
-    assert sorted(counts["stored_keys"]) == sorted(k.key for k in todo)
+    monkeypatch.setattr(agc.engines, "process_chunk", clear_on_third)
+    half = N_CHUNKS // 2
+    full = run(config(catalog, store), progress=False, write=False)
+    assert (full.record.cache_hits, full.record.cache_misses) == (half, half)
+    assert_same(full.histograms, reference)
+    assert len(ResultStore(store).entries()) == half - 2  # stored after the clear
+    monkeypatch.setattr(agc.engines, "process_chunk", process_chunk)
+    again = run(config(catalog, store), progress=False, write=False)
+    assert (again.record.cache_hits, again.record.cache_misses) == (half - 2, half + 2)
+    assert_same(again.histograms, reference)
+
+
+def test_eviction_at_the_end_of_a_run_keeps_the_store_under_its_limit(
+    catalog, reference, tmp_path, monkeypatch
+):
+    store = tmp_path / "store"
+    cold = run(config(catalog, store), progress=False, write=False)
+    sizes = [e.size for e in ResultStore(store).entries()]
+    one_entry = max(sizes)
+    monkeypatch.setenv("AGC_CACHE_MAX_SIZE", str(3 * one_entry))
+    again = run(config(catalog, store), progress=False, write=False)
+    assert again.record.cache_hits == N_CHUNKS  # the limit applies after the run's lookups
+    kept = ResultStore(store).entries()
+    assert 1 <= len(kept) <= 3 and sum(e.size for e in kept) <= 3 * one_entry
+    third = run(config(catalog, store), progress=False, write=False)
+    assert third.record.cache_hits == len(kept)
+    assert_same(third.histograms, reference)
+    assert_same(cold.histograms, reference)
 
 
 def test_dask_run_results_outlive_the_cluster(catalog, reference, tmp_path):
@@ -440,7 +457,7 @@ def test_copy_mode_keeps_both_and_bad_mode_is_a_user_error(catalog, tmp_path):
     result = run(config(catalog, store, output_dir=str(tmp_path / "out")), progress=False)
     assert (tmp_path / "out" / "histograms.root").exists()
     assert ResultStore(store).list_runs() == [result.run_id]
-    with pytest.raises(UserError, match="--data-lake"):
+    with pytest.raises(UserError, match="data_lake='sometimes': 'sometimes' is not one of copy"):
         run(config(catalog, store, data_lake="sometimes"), progress=False)
 
 

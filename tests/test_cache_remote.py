@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agc import xcache
+from agc import RunConfig, run, xcache
 from agc.cache.store import ResultStore
-from agc.run import RunConfig, run
 
 KEY = "cd" * 32
 
@@ -79,7 +78,8 @@ def test_run_with_xrootd_store_cold_then_warm(xrootd_store, small_catalog):
         catalog=small_catalog,
         chunksize=500,
         cache=url,
-        backend_options={"mode": "processes", "workers": 2},
+        mode="processes",
+        workers=2,
     )
     cold = run(cfg, progress=False, write=False)
     warm = run(cfg, progress=False, write=False)
@@ -124,9 +124,7 @@ def test_s3_store_commit_markers(s3_url, small_catalog):
     assert store.get(KEY)[0] == b"data"
     store.fs.rm_file(store._path(KEY) + ".ok")  # as if the writer died before committing
     assert store.get(KEY) is None and store.entries() == []
-    cfg = RunConfig(
-        catalog=small_catalog, chunksize=500, cache=s3_url, backend_options={"mode": "inprocess"}
-    )
+    cfg = RunConfig(catalog=small_catalog, chunksize=500, cache=s3_url, mode="inprocess")
     cold = run(cfg, progress=False, write=False)
     warm = run(cfg, progress=False, write=False)
     assert (cold.record.cache_misses, warm.record.cache_hits) == (4, 4)

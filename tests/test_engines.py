@@ -6,9 +6,10 @@ import pytest
 import uproot
 from conftest import assert_same_histograms
 
-from agc.engines import EngineError
+from agc import RunConfig, run
+from agc.config import ConfigError
+from agc.engines import EngineError, get_engine
 from agc.errors import UserError
-from agc.run import RunConfig, run
 
 DASK = {"mode": "dask", "workers": 2}
 
@@ -16,9 +17,7 @@ DASK = {"mode": "dask", "workers": 2}
 @pytest.fixture(scope="module")
 def chunked_run(small_catalog):
     return run(
-        RunConfig(
-            catalog=str(small_catalog), chunksize=1500, backend_options={"mode": "inprocess"}
-        ),
+        RunConfig(catalog=str(small_catalog), chunksize=1500, mode="inprocess"),
         progress=False,
         write=False,
     )
@@ -27,9 +26,7 @@ def chunked_run(small_catalog):
 @pytest.fixture(scope="module")
 def dask_awkward_run(small_catalog):
     return run(
-        RunConfig(
-            catalog=str(small_catalog), chunksize=1500, backend_options=DASK, engine="dask-awkward"
-        ),
+        RunConfig(catalog=str(small_catalog), chunksize=1500, **DASK, engine="dask-awkward"),
         progress=False,
         write=False,
     )
@@ -62,7 +59,7 @@ def test_bytes_are_the_baskets_of_each_chunk(small_catalog, dask_awkward_run):
     tree = uproot.open(t.path)["Events"]
     expected = sum(
         tree[b].basket_compressed_bytes(i)
-        for b in RunConfig().branches()
+        for b in RunConfig().branches
         for i in range(tree[b].num_baskets)
         if tree[b].basket_entry_start_stop(i)[0] < t.entry_stop
         and tree[b].basket_entry_start_stop(i)[1] > t.entry_start
@@ -73,20 +70,42 @@ def test_bytes_are_the_baskets_of_each_chunk(small_catalog, dask_awkward_run):
 @pytest.mark.parametrize(
     ("kw", "needle"),
     [
-        ({"engine": "graph"}, "--engine 'graph': choose one of chunked, dask-awkward"),
+        ({"engine": "graph"}, "engine='graph': 'graph' is not one of chunked, dask-awkward"),
         (
-            {"engine": "dask-awkward", "backend_options": {"mode": "inprocess"}},
+            {"engine": "dask-awkward", "mode": "inprocess"},
             "needs a Dask executor: use --mode dask",
-        ),
-        (
-            {"engine": "dask-awkward", "backend_options": DASK, "cache": "unused"},
-            "does not use the result cache",
         ),
     ],
 )
-def test_refused_before_any_work(small_catalog, kw, needle):
-    with pytest.raises(EngineError, match=needle):
-        run(RunConfig(catalog=str(small_catalog), **kw), progress=False, write=False)
+def test_refused_when_the_config_is_made(small_catalog, kw, needle):
+    with pytest.raises(ConfigError, match=needle):
+        RunConfig(catalog=str(small_catalog), **kw)
+
+
+def test_refused_on_an_executor_without_dask_before_any_task():
+    from backends.local import InProcessExecutor
+
+    with pytest.raises(EngineError, match="needs a Dask executor"):
+        get_engine("dask-awkward").check(InProcessExecutor())
+
+
+def test_the_result_cache_wraps_the_dask_awkward_engine(small_catalog, chunked_run, tmp_path):
+    """Cold: every partition computed in the graph and stored; warm: every chunk from the
+    store, no graph at all. Both give the chunked engine's histograms to the last bit."""
+    config = RunConfig(
+        catalog=str(small_catalog),
+        chunksize=1500,
+        engine="dask-awkward",
+        cache=str(tmp_path / "store"),
+        **DASK,
+    )
+    cold = run(config, progress=False, write=False)
+    warm = run(config, progress=False, write=False)
+    assert (cold.record.cache_hits, cold.record.cache_misses) == (0, cold.chunks)
+    assert (warm.record.cache_hits, warm.record.cache_misses) == (warm.chunks, 0)
+    assert "cluster_start" in warm.record.phases and "first_worker" not in warm.record.phases
+    assert_same_histograms(chunked_run.histograms, cold.histograms, rtol=0)
+    assert_same_histograms(chunked_run.histograms, warm.histograms, rtol=0)
 
 
 def test_missing_branch_named_before_submission(tmp_path, small_catalog):
@@ -114,7 +133,7 @@ def test_missing_branch_named_before_submission(tmp_path, small_catalog):
     )
     with pytest.raises(UserError, match="nojets.root: tree 'Events' lacks branch\\(es\\) Jet_"):
         run(
-            RunConfig(catalog=str(catalog), backend_options=DASK, engine="dask-awkward"),
+            RunConfig(catalog=str(catalog), **DASK, engine="dask-awkward"),
             progress=False,
             write=False,
         )

@@ -111,8 +111,8 @@ def test_phase_clock_accumulates_and_records():
 
 def test_bytes_read_count_the_file_metadata_once_and_a_changed_file_is_reopened(tmp_path):
     from agc import synth
-    from agc.analysis import ANALYSIS_BRANCHES
     from agc.reader import close_open_files, open_tree, read_chunk
+    from agc.vocabulary import ANALYSIS_BRANCHES
 
     synth.generate(
         tmp_path, events={"ttbar__nominal": (1, 2000)}, layout="minimal", seed=1, workers=1

@@ -54,7 +54,7 @@ def test_stacked_region_content(histograms):
     assert ax.get_xlim() == pytest.approx((110, 550))
     labels = legend_texts(ax)
     assert labels[0] == "Pseudodata" and labels[1] == r"$t\bar{t}$"  # data, then stack top-down
-    assert set(labels) == {"Pseudodata", *plots.PROCESSES.values()}
+    assert set(labels) == {"Pseudodata", *plots.PROCESS_LABELS.values()}
     assert ax.get_legend().get_title().get_text() == plots.REGION_TITLES["4j1b"]
     # legend and label fit above the highest point
     assert ax.get_ylim()[1] >= 1.5 * max(h.values().max() for h in histograms.values())

@@ -7,13 +7,13 @@ import pytest
 import uproot
 from conftest import assert_same_histograms
 
+from agc import RunConfig, run
 from agc.cli import main
 from agc.errors import UserError
-from agc.run import RunConfig, run
 
 
 def _config(catalog, **kw):
-    kw.setdefault("backend_options", {"mode": "inprocess"})
+    kw.setdefault("mode", "inprocess")
     return RunConfig(catalog=str(catalog), **kw)
 
 
@@ -58,7 +58,7 @@ def test_same_histograms_whatever_chunking_and_workers(
     small_catalog, reference_run, chunksize, options
 ):
     other = run(
-        _config(small_catalog, chunksize=chunksize, backend_options=options),
+        _config(small_catalog, chunksize=chunksize, **options),
         progress=False,
         write=False,
     )
@@ -208,12 +208,14 @@ def test_catalog_promising_more_events_than_the_file(tmp_path, small_catalog):
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--chunksize", "0"], "--chunksize"),
-        (["--workers", "-2"], "--workers"),
-        (["--n-files", "0"], "--n-files 0"),
-        (["--backend", "nope"], "--backend 'nope': unknown backend"),
-        (["--mode", "threads"], "--mode 'threads'"),
-        (["--io-only", "--io-branches", "99"], "--io-branches '99'"),
+        (["--chunksize", "0"], "--chunksize 0: 0 is less than the minimum of 1"),
+        (["--workers", "-2"], "--workers -2: -2 is less than the minimum of 1"),
+        (["--n-files", "0"], "--n-files 0: 0 is not a positive number of files per sample"),
+        (["--backend", "nope"], "--backend: invalid choice: 'nope'"),
+        (["--mode", "threads"], "--mode: invalid choice: 'threads'"),
+        (["--io-only", "--io-branches", "99"], "--io-branches: invalid choice: '99'"),
+        (["--io-branches", "4.1"], "--io-branches '4.1': only applies with io_only"),
+        (["--xcache", "http://cache"], "--xcache 'http://cache': 'http://cache' is not an XRootD"),
     ],
 )
 def test_bad_options(small_catalog, tmp_path, capsys, args, needle):
@@ -254,8 +256,9 @@ def test_coffea_nanoevents_give_the_same_histograms(small_catalog):
     from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
     from conftest import assert_same_histograms
 
-    from agc.analysis import ANALYSIS_BRANCHES, process_events
+    from agc.analysis import process_events
     from agc.reader import read_chunk
+    from agc.vocabulary import ANALYSIS_BRANCHES
 
     path = str(
         small_catalog.parent
@@ -277,9 +280,7 @@ def test_coffea_nanoevents_give_the_same_histograms(small_catalog):
 def test_bit_identical_whatever_the_workers(small_catalog, reference_run):
     """Same chunks on 2 pool workers: results are merged in chunk order, so not a bit differs."""
     other = run(
-        _config(
-            small_catalog, chunksize=100_000, backend_options={"mode": "processes", "workers": 2}
-        ),
+        _config(small_catalog, chunksize=100_000, mode="processes", workers=2),
         progress=False,
         write=False,
     )

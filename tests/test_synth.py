@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import uproot
 
-from agc import synth
+from agc import synth, vocabulary
 from agc.synth import physics, schema, writer
 
 REAL_FILE = "nanoAOD_2015_CMS_Open_Data_ttbar.root"
@@ -89,7 +89,7 @@ def test_public_api():
     )
     total = sum(n * m for n, m in synth.DEFAULT_DATASET.values())
     assert 100_000 <= total <= 1_000_000
-    assert len(schema.CORE_BRANCHES) == 15 and len(schema.ANALYSIS_BRANCHES) == 18
+    assert len(vocabulary.CORE_BRANCHES) == 15 and len(vocabulary.SPEC_BRANCHES) == 18
 
 
 def test_generator_does_not_import_analysis():
@@ -110,7 +110,7 @@ def test_branches_match_real_file(layout, minimal_ds, realistic_ds, real_tree):
     for name in sorted(names):
         assert _describe(ours[name]) == _describe(real_tree[name]), name
     # real counters are unsigned
-    for c in schema.COUNTERS:
+    for c in vocabulary.COUNTER_BRANCHES:
         assert ours[c].interpretation.from_dtype == np.dtype(">u4")
 
 
@@ -269,7 +269,7 @@ def test_realistic_layout_byte_fraction(realistic_ds):
     for sample, paths in _files(realistic_ds).items():
         t = _tree(paths[0])
         total = sum(b.compressed_bytes for b in t.values())
-        analysis = sum(t[name].compressed_bytes for name in schema.ANALYSIS_BRANCHES)
+        analysis = sum(t[name].compressed_bytes for name in vocabulary.SPEC_BRANCHES)
         frac = analysis / total
         assert REAL_FRACTION / 2 <= frac <= REAL_FRACTION * 2, (sample, frac)
         # filler compresses like data: neither incompressible nor trivial

@@ -57,7 +57,8 @@ def yields(tmp_path_factory):
     )
     catalog = json.loads(cat_path.read_text())
     try:
-        from agc.analysis import ANALYSIS_BRANCHES, process_events
+        from agc.analysis import process_events
+        from agc.vocabulary import ANALYSIS_BRANCHES
     except ImportError:  # pragma: no cover - analysis package absent
         process_events = None
     out = {}

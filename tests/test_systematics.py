@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 from conftest import electron, jet, make_events
 
-from agc.analysis import histogram_names, process_events
-from agc.analysis.events import collections
-from agc.analysis.systematics import btag_weight, jet_resolution_factors
+from agc.analysis import objects, process_events
+from agc.analysis.systematics import btag_weight, resolution_factors_flat
+from agc.analysis.xp import to_flat_xp
+from agc.vocabulary import SAMPLES, histogram_names, split_sample_key
 
 
 def _yield(hists, name):
@@ -78,12 +79,9 @@ def test_alternative_samples_get_no_systematics():
 
 
 def test_full_run_has_124_histograms():
-    from agc.config import SAMPLES
-
     names = set()
     for sample in SAMPLES:
-        process, variation = sample.split("__")
-        names |= set(histogram_names(process, variation))
+        names |= set(histogram_names(*split_sample_key(sample)))
     names |= {"4j1b_pseudodata", "4j2b_pseudodata"}
     assert len(names) == 124
     # 15 ttbar, 11 per single top, 13 wjets, 1 pseudodata per region
@@ -93,10 +91,10 @@ def test_full_run_has_124_histograms():
 
 
 def _smear(events, dataset="ttbar__nominal", seed=1):
-    _, _, jets = collections(events)
-    return jet_resolution_factors(
-        jets, events.run, events.luminosityBlock, events.event, dataset=dataset, seed=seed
-    )
+    """The per-jet factors of the pt_res_up variation, as process_events draws them."""
+    counts = objects(events).jet_counts
+    ids = (to_flat_xp(events[b]) for b in ("run", "luminosityBlock", "event"))
+    return ak.unflatten(resolution_factors_flat(counts, *ids, dataset=dataset, seed=seed), counts)
 
 
 def test_resolution_smear_is_independent_of_chunking():

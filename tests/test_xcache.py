@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agc import xcache
+from agc import RunConfig, run, xcache
 from agc.cache import keys
 from agc.catalog import build_fileset, load_catalog
-from agc.run import RunConfig, run
 
 pytestmark = pytest.mark.skipif(
     xcache.missing_tools() is not None, reason=f"XCache not testable: {xcache.missing_tools()}"
@@ -67,9 +66,7 @@ def test_second_read_served_from_cache_and_survives_origin_loss(dataset, servers
     # process workers exit at the end of each run, closing their files: the XCache records
     # every access in the file's .cinfo
     direct = run(
-        RunConfig(
-            catalog=catalog, chunksize=1000, backend_options={"mode": "processes", "workers": 2}
-        ),
+        RunConfig(catalog=catalog, chunksize=1000, mode="processes", workers=2),
         progress=False,
         write=False,
     )
@@ -77,7 +74,8 @@ def test_second_read_served_from_cache_and_survives_origin_loss(dataset, servers
         catalog=catalog,
         chunksize=1000,
         xcache=cache.url,
-        backend_options={"mode": "processes", "workers": 2},
+        mode="processes",
+        workers=2,
     )
     cold = run(cfg, progress=False, write=False)
     for path in paths:

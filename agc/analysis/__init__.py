@@ -1,18 +1,25 @@
 """The AGC CMS ttbar analysis as pure functions on awkward arrays (spec §3-4).
 
-Entry point: :func:`process_events`. The building blocks (:mod:`.selection`,
-:mod:`.observables`, :mod:`.systematics`) are public for tests, notebooks and the GPU path.
+Entry point: :func:`process_events`, which runs :func:`objects` and :func:`select_regions` and
+fills the histograms. The building blocks (:mod:`.selection`, :mod:`.observables`,
+:mod:`.systematics`) are public for tests, notebooks and the GPU path; the names of samples,
+regions, branches and histograms are in :mod:`agc.vocabulary`.
 """
 
-from agc.analysis.events import ANALYSIS_BRANCHES, CORE_BRANCHES, IO_BRANCH_SETS, collections
-from agc.analysis.processor import DEFAULT_SEED, histogram_names, process_events
+from agc.analysis.processor import (
+    Objects,
+    RegionEvents,
+    count_per_event,
+    objects,
+    process_events,
+    select_regions,
+)
 
 __all__ = [
-    "ANALYSIS_BRANCHES",
-    "CORE_BRANCHES",
-    "DEFAULT_SEED",
-    "IO_BRANCH_SETS",
-    "collections",
-    "histogram_names",
+    "Objects",
+    "RegionEvents",
+    "count_per_event",
+    "objects",
     "process_events",
+    "select_regions",
 ]

@@ -15,13 +15,16 @@ import itertools
 import awkward as ak
 import numpy as np
 
-from agc.analysis.selection import BTAG_THRESHOLD
+from agc.analysis.selection import btag_mask
 from agc.analysis.xp import flat_namespace, to_flat_xp
 
 
-def ht(jets: ak.Array) -> ak.Array:
-    """Scalar sum of the pT of *all* selected jets per event, in GeV."""
-    return ak.sum(jets.pt, axis=-1)
+def ht_flat(pt, counts):
+    """H_T per event: the scalar sum of the pT of its jets, from flat per-jet pT (GeV).
+
+    ``counts`` = jets per event; the jets are those selected (all of them enter the sum).
+    """
+    return to_flat_xp(ak.sum(ak.unflatten(pt, counts), axis=1))
 
 
 @functools.cache
@@ -63,7 +66,7 @@ def trijet_mass_flat(pt, eta, phi, mass, btag, counts):
         trijet_pt = xp.sqrt(px**2 + py**2)
         tau2 = e**2 - (px**2 + py**2 + pz**2)
         trijet_m = xp.copysign(xp.sqrt(xp.absolute(tau2)), tau2)
-        has_btag = xp.maximum(btag[i1], xp.maximum(btag[i2], btag[i3])) > BTAG_THRESHOLD
+        has_btag = btag_mask(xp.maximum(btag[i1], xp.maximum(btag[i2], btag[i3])))
         ranked = xp.where(has_btag, trijet_pt, -xp.inf)
         best = xp.argmax(ranked, axis=1)  # first of equal maxima, like ak.argmax
         rows = xp.arange(len(events))
@@ -71,14 +74,3 @@ def trijet_mass_flat(pt, eta, phi, mass, btag, counts):
         valid[events] = has_btag[rows, best]
     out[~valid] = xp.nan
     return out, valid
-
-
-def trijet_mass(jets: ak.Array) -> ak.Array:
-    """Mass of the trijet with the largest |sum pT| among those with max(btagCSVV2) > 0.5, in GeV.
-
-    Combinations are taken in stored (pT-ordered) order; on ties the first one wins (argmax).
-    Events without such a trijet give None. Every 4j2b event has at least one valid trijet.
-    """
-    columns = [to_flat_xp(ak.flatten(jets[f])) for f in ("pt", "eta", "phi", "mass", "btagCSVV2")]
-    mass, valid = trijet_mass_flat(*columns, to_flat_xp(ak.num(jets, axis=1)))
-    return ak.mask(ak.Array(mass), ak.Array(valid))

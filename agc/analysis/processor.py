@@ -2,73 +2,144 @@
 
 :func:`process_events` is a pure function of the events and the sample's metadata. It knows
 nothing about files, Dask or backends; the array namespace comes from the data (numpy on CPU,
-cupy on a CUDA awkward backend).
+cupy on a CUDA awkward backend). It works on flat per-object columns in three steps, each a
+public function that tests drive directly:
+
+1. :func:`objects` -- the flat jet columns, jets per event, and the tight leptons per event;
+2. :func:`select_regions` -- for one (possibly varied) jet pT: the selected jets, their counts
+   and b tags, the region of each event, and the region's observable (H_T or m_bjj);
+3. the fills: nominal, jet-pT variations, b-tag and W+jets weight variations.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import awkward as ak
 import hist
 import numpy as np
 
-from agc.analysis.observables import trijet_mass_flat
-from agc.analysis.selection import (
-    BTAG_THRESHOLD,
-    electron_mask,
-    jet_mask,
-    muon_mask,
-    region_masks_from_counts,
-)
+from agc.analysis.observables import ht_flat, trijet_mass_flat
+from agc.analysis.selection import btag_mask, electron_mask, jet_mask, muon_mask, region_masks
 from agc.analysis.systematics import (
     JET_PT_SCALE_UP,
-    N_BTAG_VARIATIONS,
     WJETS_SCALE_VAR,
     btag_weight,
     resolution_factors_flat,
 )
 from agc.analysis.xp import flat_namespace, to_flat_xp, to_host
-from agc.config import REGIONS
-from agc.histograms import histogram_name, new_histogram
+from agc.constants import DEFAULT_SEED
+from agc.histograms import new_histogram
+from agc.vocabulary import (
+    DIRECTIONS,
+    EVENT_ID_BRANCHES,
+    N_BTAG_VARIATIONS,
+    NOMINAL,
+    REGIONS,
+    WJETS_SCALE_VARIATION,
+    btag_variation,
+    histogram_name,
+    histogram_names,
+)
 
-DEFAULT_SEED = 20240501
-
-JET_PT_VARIATIONS = ("pt_scale_up", "pt_res_up")
-
-
-def weight_variations(process: str) -> list[str]:
-    """Event-weight systematics filled for a nominal sample (without the _up/_down suffix)."""
-    names = [f"btag_var_{i}" for i in range(N_BTAG_VARIATIONS)]
-    if process == "wjets":
-        names.append("scale_var")
-    return names
-
-
-def histogram_labels(process: str, variation: str, systematics: bool = True) -> list[str]:
-    """Variation labels a sample produces: only nominal samples get systematics (spec §4)."""
-    if variation != "nominal":
-        return [variation]
-    labels = ["nominal"]
-    if systematics:
-        labels += list(JET_PT_VARIATIONS)
-        labels += [f"{w}_{d}" for w in weight_variations(process) for d in ("up", "down")]
-    return labels
+JET_FIELDS = ("pt", "eta", "phi", "mass", "btagCSVV2", "jetId")
+ELECTRON_FIELDS = ("pt", "eta", "cutBased", "sip3d")
+MUON_FIELDS = ("pt", "eta", "tightId", "sip3d", "pfRelIso04_all")
 
 
-def histogram_names(process: str, variation: str, systematics: bool = True) -> list[str]:
-    """All output names one sample contributes to (before pseudodata)."""
-    return [
-        histogram_name(r, process, label)
-        for r in REGIONS
-        for label in histogram_labels(process, variation, systematics)
-    ]
+@dataclass(frozen=True)
+class Objects:
+    """The flat columns one chunk's selection works on (numpy or cupy arrays).
+
+    ``jets`` maps :data:`JET_FIELDS` to one entry per jet; ``jet_counts`` is jets per event,
+    ``event_of_jet`` the event of each jet, ``n_leptons`` the tight leptons per event.
+    """
+
+    jets: dict[str, Any]
+    jet_counts: Any
+    event_of_jet: Any
+    n_leptons: Any
+    xp: Any
 
 
-def _fill(h: hist.Hist, observable, weight) -> None:
-    """Fill on the host; ``weight`` is a scalar or an array matching ``observable``."""
-    h.fill(
-        observable=to_host(observable),
-        weight=weight if isinstance(weight, float) else to_host(weight),
+@dataclass(frozen=True)
+class RegionEvents:
+    """The events of one region for one jet pT: their selected jets (flat) and observable."""
+
+    #: Per event of the chunk: is it in the region?
+    mask: Any
+    #: Per event in the region: its selected jets, and its observable (H_T or m_bjj, GeV).
+    counts: Any
+    observable: Any
+    #: Per selected jet of those events, in event order (pT as varied).
+    pt: Any
+    eta: Any
+    phi: Any
+    mass: Any
+    btag: Any
+
+
+def objects(events: ak.Array) -> Objects:
+    """The jet columns and the tight-lepton count per event of a chunk.
+
+    ``events``: flat branches as uproot reads them (``Jet_pt``...) or coffea NanoEvents.
+    """
+    jets, jet_counts = _flat(events, "Jet", JET_FIELDS)
+    electrons, electron_counts = _flat(events, "Electron", ELECTRON_FIELDS)
+    muons, muon_counts = _flat(events, "Muon", MUON_FIELDS)
+    xp = flat_namespace(jet_counts)
+    n_leptons = count_per_event(electron_mask(*electrons), electron_counts) + count_per_event(
+        muon_mask(*muons), muon_counts
     )
+    event_of_jet = xp.repeat(xp.arange(len(jet_counts)), jet_counts)
+    return Objects(
+        dict(zip(JET_FIELDS, jets, strict=True)), jet_counts, event_of_jet, n_leptons, xp
+    )
+
+
+def select_regions(obj: Objects, pt) -> dict[str, RegionEvents]:
+    """The events of each region, with the jets selected on the jet pT ``pt`` (flat, per jet).
+
+    Regions without events are left out.
+    """
+    jets = obj.jets
+    selected = jet_mask(pt, jets["eta"], jets["jetId"])
+    n_jets = count_per_event(selected, obj.jet_counts)
+    n_btags = count_per_event(selected & btag_mask(jets["btagCSVV2"]), obj.jet_counts)
+    masks = region_masks(obj.n_leptons, n_jets, n_btags)
+    out = {}
+    for region in REGIONS:
+        in_region = masks[region]
+        if not bool(in_region.any()):
+            continue
+        take = selected & in_region[obj.event_of_jet]
+        counts = n_jets[in_region]
+        region_pt = pt[take]
+        eta, phi, mass, btag = (jets[f][take] for f in ("eta", "phi", "mass", "btagCSVV2"))
+        if region == "4j1b":
+            observable = ht_flat(region_pt, counts)
+        else:
+            observable, _ = trijet_mass_flat(region_pt, eta, phi, mass, btag, counts)
+        out[region] = RegionEvents(in_region, counts, observable, region_pt, eta, phi, mass, btag)
+    return out
+
+
+def jet_pt_variations(
+    events: ak.Array, obj: Objects, *, dataset: str, seed: int
+) -> list[tuple[str, Any]]:
+    """(label, flat jet pT) of the nominal and of the jet-pT systematics (spec §4)."""
+    pt = obj.jets["pt"]
+    # float64 factor: the reference multiplies by a per-event float64 field, which promotes
+    # the float32 jet pT to float64; a Python float would keep float32 and move cut edges
+    scaled = pt * np.float64(JET_PT_SCALE_UP)
+    factors = resolution_factors_flat(
+        obj.jet_counts,
+        *(to_flat_xp(events[b]) for b in EVENT_ID_BRANCHES),
+        dataset=dataset,
+        seed=seed,
+    )
+    return [(NOMINAL, pt), ("pt_scale_up", scaled), ("pt_res_up", pt * factors)]
 
 
 def process_events(
@@ -84,7 +155,7 @@ def process_events(
     """Histograms of one chunk of events, keyed by the output names of spec §6.
 
     Args:
-        events: awkward array with the branches of :data:`agc.analysis.events.ANALYSIS_BRANCHES`
+        events: awkward array with the branches of :data:`agc.vocabulary.ANALYSIS_BRANCHES`
             (flat, as read by uproot) or coffea NanoEvents with Electron/Muon/Jet collections.
         process: e.g. ``"ttbar"``; ``variation``: e.g. ``"nominal"``, ``"ME_var"``.
         weight: per-event normalisation w = sigma * L / N (spec §1.3).
@@ -94,67 +165,56 @@ def process_events(
         systematics: False runs the nominal selection only (for quick checks).
 
     Returns:
-        One 1D histogram per name of :func:`histogram_names`, empty ones included.
+        One 1D histogram per name of :func:`agc.vocabulary.histogram_names`, empty ones
+        included.
     """
     dataset = dataset or f"{process}__{variation}"
     hists = {
         name: new_histogram(name.split("_", 1)[0])
         for name in histogram_names(process, variation, systematics)
     }
-    jets, jet_counts = _flat(events, "Jet", ("pt", "eta", "phi", "mass", "btagCSVV2", "jetId"))
-    el, el_counts = _flat(events, "Electron", ("pt", "eta", "cutBased", "sip3d"))
-    mu, mu_counts = _flat(events, "Muon", ("pt", "eta", "tightId", "sip3d", "pfRelIso04_all"))
-    xp = flat_namespace(jet_counts)
-    n_leptons = _count(electron_mask(*el), el_counts, xp) + _count(muon_mask(*mu), mu_counts, xp)
-    pt, eta, phi, mass, btag, jet_id = jets
-
-    pt_variations = [("nominal", pt)]
-    if variation == "nominal" and systematics:
-        # float64 factor: the reference multiplies by a per-event float64 field, which promotes
-        # the float32 jet pT to float64; a Python float would keep float32 and move cut edges
-        pt_variations.append(("pt_scale_up", pt * np.float64(JET_PT_SCALE_UP)))
-        factors = resolution_factors_flat(
-            jet_counts,
-            *(to_flat_xp(events[b]) for b in ("run", "luminosityBlock", "event")),
-            dataset=dataset,
-            seed=seed,
-        )
-        pt_variations.append(("pt_res_up", pt * factors))
-
-    event_of_jet = xp.repeat(xp.arange(len(jet_counts)), jet_counts)
+    obj = objects(events)
+    with_systematics = variation == NOMINAL and systematics
+    if with_systematics:
+        pt_variations = jet_pt_variations(events, obj, dataset=dataset, seed=seed)
+    else:
+        pt_variations = [(NOMINAL, obj.jets["pt"])]
+    xp = obj.xp
     for pt_label, varied_pt in pt_variations:
-        selected = jet_mask(varied_pt, eta, jet_id)
-        n_jets = _count(selected, jet_counts, xp)
-        n_btags = _count(selected & (btag > BTAG_THRESHOLD), jet_counts, xp)
-        masks = region_masks_from_counts(n_leptons, n_jets, n_btags)
-        for region in REGIONS:
-            in_region = masks[region]
-            if not bool(in_region.any()):
-                continue
-            take = selected & in_region[event_of_jet]
-            counts = n_jets[in_region]
-            region_pt = varied_pt[take]
-            if region == "4j1b":
-                observable = ak.sum(ak.unflatten(region_pt, counts), axis=1)
-            else:
-                observable, _ = trijet_mass_flat(
-                    region_pt, eta[take], phi[take], mass[take], btag[take], counts
-                )
-            label = variation if (pt_label == "nominal" and variation != "nominal") else pt_label
+        for region, selection in select_regions(obj, varied_pt).items():
+            label = variation if pt_label == NOMINAL else pt_label
+            observable = selection.observable
             _fill(hists[histogram_name(region, process, label)], observable, weight)
-            if pt_label != "nominal" or variation != "nominal" or not systematics:
+            if pt_label != NOMINAL or not with_systematics:
                 continue
-            first_jet = xp.cumsum(counts) - counts
+            # b-tag weights: one nuisance parameter per leading jet (the i-th jet's pT)
+            first_jet = xp.cumsum(selection.counts) - selection.counts
             for i in range(N_BTAG_VARIATIONS):
-                jet_pt = to_host(region_pt[first_jet + i])
-                for direction in ("up", "down"):
-                    name = histogram_name(region, process, f"btag_var_{i}_{direction}")
+                jet_pt = to_host(selection.pt[first_jet + i])
+                for direction in DIRECTIONS:
+                    name = histogram_name(region, process, btag_variation(i, direction))
                     _fill(hists[name], observable, weight * btag_weight(jet_pt, direction))
             if process == "wjets":
                 for direction, factor in WJETS_SCALE_VAR.items():
-                    name = histogram_name(region, process, f"scale_var_{direction}")
+                    name = histogram_name(region, process, f"{WJETS_SCALE_VARIATION}_{direction}")
                     _fill(hists[name], observable, weight * factor)
     return hists
+
+
+def count_per_event(mask, counts):
+    """Per event: how many of its objects pass the flat per-object ``mask``."""
+    xp = flat_namespace(counts)
+    ends = xp.cumsum(counts)
+    passed = xp.concatenate([xp.zeros(1, dtype=xp.int64), xp.cumsum(mask, dtype=xp.int64)])
+    return passed[ends] - passed[ends - counts]
+
+
+def _fill(h: hist.Hist, observable, weight) -> None:
+    """Fill on the host; ``weight`` is a scalar or an array matching ``observable``."""
+    h.fill(
+        observable=to_host(observable),
+        weight=weight if isinstance(weight, float) else to_host(weight),
+    )
 
 
 def _flat(events: ak.Array, collection: str, fields: tuple[str, ...]):
@@ -168,10 +228,3 @@ def _flat(events: ak.Array, collection: str, fields: tuple[str, ...]):
         columns.append(events[name] if name in events.fields else events[collection][f])
     counts = to_flat_xp(ak.num(columns[0], axis=1))
     return [to_flat_xp(ak.flatten(c, axis=1)) for c in columns], counts
-
-
-def _count(mask, counts, xp):
-    """Per event: how many of its objects pass the flat ``mask``."""
-    ends = xp.cumsum(counts)
-    passed = xp.concatenate([xp.zeros(1, dtype=xp.int64), xp.cumsum(mask, dtype=xp.int64)])
-    return passed[ends] - passed[ends - counts]

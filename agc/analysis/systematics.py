@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import zlib
 
-import awkward as ak
 import numpy as np
 
-from agc.analysis.xp import flat_namespace, to_flat_xp
+from agc.analysis.xp import flat_namespace
 
 JET_PT_SCALE_UP = 1.03
 JET_PT_RESOLUTION = 0.05
 WJETS_SCALE_VAR = {"up": 1.025, "down": 0.975}
-N_BTAG_VARIATIONS = 4
 
 _GOLDEN = 0x9E3779B97F4A7C15
 _MASK64 = (1 << 64) - 1
@@ -48,25 +46,16 @@ def dataset_key(dataset: str) -> int:
     return zlib.crc32(dataset.encode())
 
 
-def jet_resolution_factors(
-    jets: ak.Array, run: ak.Array, lumi: ak.Array, event: ak.Array, *, dataset: str, seed: int
-) -> ak.Array:
+def resolution_factors_flat(counts, run, lumi, event, *, dataset: str, seed: int):
     """Per-jet factors r ~ Normal(1, 0.05), deterministic per (seed, dataset, event id, jet index).
 
-    Returns an awkward array with the jagged structure of ``jets`` (float64, like the
-    reference's ``np.random.normal`` draws, so the smeared pT is float64 as there).
-    """
-    counts = to_flat_xp(ak.num(jets, axis=1))
-    factors = resolution_factors_flat(
-        counts, to_flat_xp(run), to_flat_xp(lumi), to_flat_xp(event), dataset=dataset, seed=seed
-    )
-    return ak.unflatten(factors, counts)
+    Args:
+        counts: jets per event; ``run``, ``lumi``, ``event``: the event ids (numpy or cupy).
+        dataset: the fileset key; ``seed``: the run's smear seed.
 
-
-def resolution_factors_flat(counts, run, lumi, event, *, dataset: str, seed: int):
-    """:func:`jet_resolution_factors` on flat arrays: jets per event and event ids (numpy/cupy).
-
-    Returns one float64 factor per jet, in the order of the flattened jets.
+    Returns:
+        One float64 factor per jet, in the order of the flattened jets (float64 like the
+        reference's ``np.random.normal`` draws, so the smeared pT is float64 as there).
     """
     xp = flat_namespace(counts)
     starts = xp.cumsum(counts) - counts
@@ -83,11 +72,6 @@ def resolution_factors_flat(counts, run, lumi, event, *, dataset: str, seed: int
         u2 = _unit_uniform(_splitmix64(per_jet, xp), xp)
     gauss = xp.sqrt(-2.0 * xp.log(u1)) * xp.cos(2.0 * xp.pi * u2)
     return 1.0 + JET_PT_RESOLUTION * gauss
-
-
-def with_jet_pt(jets: ak.Array, pt: ak.Array) -> ak.Array:
-    """The jets with their pT replaced (mass and angles unchanged, as in the reference)."""
-    return ak.with_field(jets, pt, "pt")
 
 
 def btag_weight(jet_pt, direction: str):

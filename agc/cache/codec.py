@@ -1,9 +1,17 @@
-"""Chunk results <-> bytes, without pickle.
+"""Chunk results <-> bytes, with hist's own serialization and without pickle.
+
+Each histogram is described by hist's UHI serialization (:func:`hist.serialization.to_uhi`:
+axes, storage type, metadata), which round-trips values, variances, flow bins and axes
+exactly and knows every axis type hist has. The bin contents of all histograms of a chunk go
+into one flat float64 array (and the variances into another), each histogram's description
+pointing at its slice, in one ``numpy.savez`` archive loaded with ``allow_pickle=False``.
+
+Why not ``uhi.io.zip`` as it is: it writes one zip member per array, so a chunk's 72
+histograms become 144 ``.npy`` members plus 72 JSON files; measured on such a chunk it was
+5x slower to encode and decode and 2x bigger than the two-array layout used here.
 
 A shared store (XRootD, S3) is written by many people; unpickling what it holds would run
-whatever code it contains. Results are therefore stored as a ``numpy.savez`` archive of plain
-arrays (no object arrays, loaded with ``allow_pickle=False``) plus a JSON description of the
-histograms' axes and storage. Values and variances are copied bit for bit, flow bins included.
+whatever code it contains, hence no pickle anywhere.
 """
 
 from __future__ import annotations
@@ -11,73 +19,41 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Mapping
+from typing import Any
 
 import hist
 import numpy as np
+from hist import serialization
 
-FORMAT = "agc-chunk-npz-2"
-
-
-def _axis_spec(axis) -> dict:
-    spec = {
-        "name": axis.name,
-        "label": axis.label,
-        "underflow": bool(axis.traits.underflow),
-        "overflow": bool(axis.traits.overflow),
-    }
-    if isinstance(axis, hist.axis.Regular) and not axis.transform:
-        return {
-            "type": "regular",
-            "bins": len(axis),
-            "start": float(axis.edges[0]),
-            "stop": float(axis.edges[-1]),
-            **spec,
-        }
-    if isinstance(axis, hist.axis.Variable):
-        return {"type": "variable", "edges": [float(e) for e in axis.edges], **spec}
-    raise TypeError(f"cannot cache histograms with a {type(axis).__name__} axis")
-
-
-def _axis(spec: dict):
-    common = {
-        "name": spec["name"],
-        "label": spec["label"],
-        "underflow": spec["underflow"],
-        "overflow": spec["overflow"],
-    }
-    if spec["type"] == "regular":
-        return hist.axis.Regular(spec["bins"], spec["start"], spec["stop"], **common)
-    return hist.axis.Variable(spec["edges"], **common)
+FORMAT = "agc-chunk-uhi-1"
+#: Storage entries that hold arrays (the rest of the description is JSON).
+_ARRAYS = ("values", "variances")
 
 
 def encode(nevents: int, histograms: Mapping[str, hist.Hist], bytes_read: int = 0) -> bytes:
-    """The bytes of one chunk result (histograms with Weight or Double storage).
-
-    All bin contents go into one flat float64 array (and the variances into another), with
-    each histogram's offset in the JSON description: one array read per entry, not one per
-    histogram.
-    """
-    described, values, variances, offset = [], [], [], 0
+    """The bytes of one chunk result."""
+    described: dict[str, Any] = {}
+    arrays: dict[str, list[np.ndarray]] = {k: [] for k in _ARRAYS}
+    offset = 0
     for name, h in histograms.items():
-        weighted = isinstance(h.storage_type(), hist.storage.Weight)
-        if not weighted and not isinstance(h.storage_type(), hist.storage.Double):
-            raise TypeError(f"cannot cache histogram {name!r} with {h.storage_type.__name__}")
-        view = h.view(flow=True)
-        flat = np.asarray(view.value if weighted else view, dtype=np.float64).ravel()
-        values.append(flat)
-        variances.append(
-            np.asarray(view.variance, dtype=np.float64).ravel() if weighted else np.zeros_like(flat)
-        )
-        described.append(
-            {
-                "name": name,
-                "axes": [_axis_spec(a) for a in h.axes],
-                "weighted": weighted,
-                "offset": offset,
-                "shape": list(view.shape),
-            }
-        )
-        offset += flat.size
+        ir = serialization.to_uhi(h)
+        ir.pop("writer_info", None)  # library versions: already part of the cache key
+        for axis in ir["axes"]:  # variable edges, categories: exact as JSON numbers / strings
+            for key, value in axis.items():
+                if isinstance(value, np.ndarray):
+                    axis[key] = value.tolist()
+        storage = ir["storage"]
+        size = 0
+        for key in _ARRAYS:
+            if key in storage:
+                flat = np.asarray(storage[key], dtype=np.float64).ravel()
+                arrays[key].append(flat)
+                size = flat.size
+                storage[key] = {"offset": offset, "shape": list(np.shape(storage[key]))}
+        if set(storage) - {"type", *_ARRAYS}:
+            raise TypeError(f"cannot cache histogram {name!r} with {storage['type']} storage")
+        offset += size
+        described[name] = ir
     meta = {
         "format": FORMAT,
         "nevents": int(nevents),
@@ -88,8 +64,7 @@ def encode(nevents: int, histograms: Mapping[str, hist.Hist], bytes_read: int = 
     np.savez(
         buffer,
         meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-        values=np.concatenate(values) if values else np.zeros(0),
-        variances=np.concatenate(variances) if variances else np.zeros(0),
+        **{k: np.concatenate(v) if v else np.zeros(0) for k, v in arrays.items()},
     )
     return buffer.getvalue()
 
@@ -100,18 +75,15 @@ def decode(data: bytes) -> tuple[int, dict[str, hist.Hist], int]:
         meta = json.loads(archive["meta"].tobytes())
         if meta.get("format") != FORMAT:
             raise ValueError(f"unknown chunk format {meta.get('format')!r}")
-        values, variances = archive["values"], archive["variances"]
+        arrays = {k: archive[k] for k in _ARRAYS}
     histograms = {}
-    for d in meta["histograms"]:
-        storage = hist.storage.Weight() if d["weighted"] else hist.storage.Double()
-        h = hist.Hist(*(_axis(a) for a in d["axes"]), storage=storage)
-        view = h.view(flow=True)
-        n = int(np.prod(d["shape"]))
-        part = slice(d["offset"], d["offset"] + n)
-        if d["weighted"]:
-            view.value[...] = values[part].reshape(d["shape"])
-            view.variance[...] = variances[part].reshape(d["shape"])
-        else:
-            view[...] = values[part].reshape(d["shape"])
-        histograms[d["name"]] = h
+    for name, ir in meta["histograms"].items():
+        storage = ir["storage"]
+        for key in _ARRAYS:
+            if key in storage:
+                where = storage[key]
+                n = int(np.prod(where["shape"]))
+                part = arrays[key][where["offset"] : where["offset"] + n]
+                storage[key] = part.reshape(where["shape"])
+        histograms[name] = serialization.from_uhi(ir)
     return meta["nevents"], histograms, meta["bytes_read"]

@@ -33,16 +33,18 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 #: Bump when the stored entry format or the key recipe changes.
-KEY_VERSION = 2
+KEY_VERSION = 3
 
 #: What the analysis code fingerprint is made of: ``"module"`` (a package means all its
 #: modules) for the whole source and its UPPER_CASE constants, or ``"module:name,name"`` for
 #: selected definitions only (histogram binning, not the ROOT/JSON writers).
 CODE_SOURCES: tuple[str, ...] = (
     "agc.analysis",
-    "agc.config",
+    "agc.constants",
+    "agc.vocabulary",
     "agc.reader",
-    "agc.histograms:new_histogram,histogram_name,N_BINS,LOW,HIGH",
+    "agc.chunks:process_chunk,analyse",
+    "agc.histograms:new_histogram",
 )
 
 #: Libraries whose version can change a histogram; their versions enter every key.
@@ -158,7 +160,7 @@ def input_identity(url: str) -> dict[str, Any] | None:
 def chunk_key_parts(task, *, code: str, identity: Mapping[str, Any]) -> dict[str, Any]:
     """Everything a chunk result depends on, as a JSON-able dict (also stored with the entry).
 
-    ``task`` is an :class:`agc.run.ChunkTask`.
+    ``task`` is an :class:`agc.chunks.ChunkTask`.
     """
     c = task.chunk
     return {

@@ -15,6 +15,7 @@ This package never imports the analysis code (``agc.analysis``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -23,20 +24,16 @@ from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from .schema import ANALYSIS_BRANCHES, CORE_BRANCHES, COUNTERS, MINIMAL_BRANCHES, ML_BRANCHES
+from agc.vocabulary import SAMPLES, split_sample_key
+
+from .schema import MINIMAL_BRANCHES
 from .writer import BLOCK_SIZE, FileTask, write_file
 
 __all__ = [
     "SAMPLES", "DEFAULT_DATASET", "LAYOUTS", "COMPRESSIONS", "CATALOG_NAME", "generate",
-    "file_tasks", "ANALYSIS_BRANCHES", "CORE_BRANCHES", "COUNTERS", "ML_BRANCHES",
-    "MINIMAL_BRANCHES", "BLOCK_SIZE",
+    "file_tasks", "MINIMAL_BRANCHES", "BLOCK_SIZE", "default_dataset_dir",
+    "ensure_default_dataset",
 ]  # fmt: skip
-
-SAMPLES = (
-    "ttbar__nominal", "ttbar__scaledown", "ttbar__scaleup", "ttbar__ME_var", "ttbar__PS_var",
-    "single_top_s_chan__nominal", "single_top_t_chan__nominal", "single_top_tW__nominal",
-    "wjets__nominal",
-)  # fmt: skip
 LAYOUTS = ("realistic", "minimal")
 COMPRESSIONS = ("ZLIB:1", "LZ4:4", "ZSTD:5", "LZMA:1", "none")
 CATALOG_NAME = "catalog.json"
@@ -160,7 +157,7 @@ def generate(
 
     catalog: dict = {}
     for sample in events:
-        process, variation = sample.split("__")
+        process, variation = split_sample_key(sample)
         files = [
             {"path": Path(t.path).relative_to(out).as_posix(), "nevts": t.nevents}
             for t in tasks
@@ -174,3 +171,28 @@ def generate(
     tmp.write_text(json.dumps(catalog, indent=4) + "\n")
     os.replace(tmp, catalog_path)
     return catalog_path
+
+
+def default_dataset_dir() -> Path:
+    """Where the default dataset of ``agc run`` lives, by content key.
+
+    ``$AGC_DATA_DIR`` (default ``~/.cache/agc-harness``, honouring ``$XDG_CACHE_HOME``), then
+    ``synthetic-default-<key>``: the key hashes :data:`DEFAULT_DATASET` and the generator's
+    source, so a changed generator gets a new directory instead of silently reusing stale files.
+    """
+    if os.environ.get("AGC_DATA_DIR"):
+        root = Path(os.environ["AGC_DATA_DIR"])
+    else:
+        root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "agc-harness"
+    digest = hashlib.sha256(json.dumps(DEFAULT_DATASET, sort_keys=True).encode())
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(source.name.encode() + source.read_bytes())
+    return root / f"synthetic-default-{digest.hexdigest()[:12]}"
+
+
+def ensure_default_dataset(progress: bool = False) -> Path:
+    """The catalog of the default dataset, generated the first time (about half a minute)."""
+    catalog = default_dataset_dir() / CATALOG_NAME
+    if catalog.exists():
+        return catalog
+    return generate(catalog.parent, progress=progress)

@@ -1,0 +1,427 @@
+"""``run(config) -> RunResult``: the AGC analysis as a row of stages.
+
+::
+
+    plan      catalog -> fileset -> chunks -> tasks; the backend and engine made (checked)
+    execute   the engine runs the tasks on the backend's executor (the cache wraps the engine)
+    merge     chunk results, in plan order -> histograms and pseudodata
+    write     histograms.root / histograms.json into the run's staging directory
+    fit       cabinetry/pyhf fit of the in-memory histograms, and the plots
+    record    run record, summary.json and metrics/, then the staging directory moves into place
+    publish   a copy of the run directory in the data lake (when configured)
+
+Each stage is a function of plain data that a test can call alone; the phases of the run
+record are timed at the stage boundaries. The physics is in :mod:`agc.analysis`, the worker
+side in :mod:`agc.chunks`, execution in :mod:`agc.engines` and :mod:`backends`, caching in
+:mod:`agc.cache`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+import hist
+
+from agc import vocabulary
+from agc._version import __version__
+from agc.cache import CachingEngine, ResultStore, lake_store, publish_run, staging_dir
+from agc.catalog import Chunk, Sample, build_fileset, is_synthetic, load_catalog, make_chunks
+from agc.chunks import ChunkResult, ChunkTask, worker_name
+from agc.config import SYNTHETIC_CATALOG, RunConfig
+from agc.engines import Engine, get_engine
+from agc.errors import UserError
+from agc.histograms import add_pseudodata, is_written, merge
+from agc.metrics import PhaseClock, RunRecord, TaskTiming, task_totals
+from agc.outputs import StagedRunDirectory, check_output_dir, write_histograms, write_record
+from backends.base import Backend, Executor, get_backend
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OUTPUT_ROOT = Path("agc-output")
+
+__all__ = ["RunConfig", "RunResult", "Plan", "run"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run will do: its inputs, chunks and tasks, and where its outputs go."""
+
+    run_id: str
+    fileset: dict[str, Sample]
+    chunks: list[Chunk]
+    tasks: list[ChunkTask]
+    #: The run directory (None: nothing is written).
+    run_dir: Path | None
+    synthetic: bool
+
+
+@dataclass(frozen=True)
+class Execution:
+    """The chunk results (in completion order) and the executor they ran on."""
+
+    results: list[ChunkResult]
+    workers: int
+    cores_per_worker: int
+
+
+@dataclass(frozen=True)
+class FitSummary:
+    """The fit's outcome as ``summary.json`` keeps it: the POI, or why there is no fit."""
+
+    poi: str | None = None
+    bestfit: float | None = None
+    uncertainty: float | None = None
+    strategy: int | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"error": self.error}
+        return {
+            "poi": self.poi,
+            "bestfit": self.bestfit,
+            "uncertainty": self.uncertainty,
+            "strategy": self.strategy,
+        }
+
+
+@dataclass
+class RunResult:
+    """What a run produced and measured."""
+
+    run_id: str
+    histograms: dict[str, hist.Hist]
+    events_per_sample: dict[str, int]
+    yields: dict[str, dict[str, float]]
+    weights: dict[str, float]
+    record: RunRecord
+    tasks: list[TaskTiming]
+    summary: dict[str, Any]
+    fit: FitSummary | None = None
+    #: The run directory (None when nothing was written or the outputs are only in the lake).
+    run_dir: Path | None = None
+    #: URL of the run in the data lake, when it was published there.
+    stored_run: str | None = None
+
+    @property
+    def events(self) -> int:
+        return sum(self.events_per_sample.values())
+
+    @property
+    def wall_seconds(self) -> float:
+        return self.record.wall_seconds
+
+    @property
+    def events_per_second(self) -> float:
+        return self.record.events_per_second
+
+    @property
+    def workers(self) -> int:
+        return self.record.workers
+
+    @property
+    def chunks(self) -> int:
+        return self.record.chunks
+
+    @property
+    def bytes_read(self) -> int:
+        return self.record.bytes_read
+
+
+def run(config: RunConfig | None = None, *, progress: bool = True, write: bool = True) -> RunResult:
+    """Run the analysis as ``config`` says (default: ``RunConfig()``, as ``agc run``).
+
+    Args:
+        config: the run; its default catalog is the synthetic dataset, generated once.
+        progress: show progress bars (tqdm; in a notebook, its widget).
+        write: write the run directory (histograms, summary, metrics, fit and plots). Without
+            it nothing is written and no fit is made: the processing is measured alone.
+
+    Outputs are staged in a hidden directory and moved into place only when everything is
+    written, so a failed run never leaves a directory that looks complete.
+    """
+    config = RunConfig() if config is None else config
+    catalog = resolve_catalog(config.catalog, progress=progress)
+    clock, cpu0 = PhaseClock(), time.process_time()
+    with clock.phase("preprocessing"):
+        plan = make_plan(config, catalog, write=write)
+        backend = make_backend(config)
+        engine = make_engine(config)
+    execution = execute(plan, engine, backend, clock, progress=progress)
+    with clock.phase("merge"):
+        histograms = merge_results(plan, execution.results)
+    outputs = StagedRunDirectory(plan.run_dir, plan.run_id) if plan.run_dir is not None else None
+    try:
+        fit = None
+        if outputs is not None:
+            with clock.phase("write"):
+                write_histograms(outputs.staging, histograms)
+            if config.fit and not config.io_only:
+                with clock.phase("fit"):
+                    fit = fit_and_plot(histograms, outputs.staging, synthetic=plan.synthetic)
+        result = record(config, plan, execution, histograms, fit, clock, cpu0)
+        if outputs is not None:
+            write_record(outputs.staging, result.summary, result.record, result.tasks)
+            result.run_dir = outputs.commit()
+    except BaseException:
+        if outputs is not None:
+            outputs.discard()
+        raise
+    if result.run_dir is not None:
+        result.stored_run, result.run_dir = publish(config, result.run_id, result.run_dir)
+    return result
+
+
+# -- plan ---------------------------------------------------------------------------------
+def resolve_catalog(catalog: str, *, progress: bool = False) -> str:
+    """The catalog to load: the default synthetic dataset's (generated the first time) for
+    ``"synthetic"``, else ``catalog`` itself."""
+    if catalog != SYNTHETIC_CATALOG:
+        return catalog
+    from agc import synth
+
+    return str(synth.ensure_default_dataset(progress=progress))
+
+
+def make_plan(config: RunConfig, catalog: str, *, write: bool = True) -> Plan:
+    """Catalog -> fileset -> chunks -> tasks, and the run directory (checked, nothing made)."""
+    catalog_data, base_dir = load_catalog(catalog)
+    fileset = build_fileset(
+        catalog_data,
+        base_dir,
+        n_files=config.n_files,
+        samples=config.samples,
+        eos=config.eos,
+        xcache=config.xcache,
+        mirror=config.mirror,
+    )
+    chunks = make_chunks(fileset, config.chunksize)
+    tasks = [
+        ChunkTask(i, c, config.branches, config.systematics, config.seed, config.io_only)
+        for i, c in enumerate(chunks)
+    ]
+    run_id = new_run_id(config)
+    run_dir = None
+    if write:
+        if config.data_lake == "only":
+            run_dir = staging_dir(run_id)
+        else:
+            run_dir = Path(config.output_dir) if config.output_dir else DEFAULT_OUTPUT_ROOT / run_id
+            check_output_dir(run_dir)
+    return Plan(run_id, fileset, chunks, tasks, run_dir, is_synthetic(fileset))
+
+
+def new_run_id(config: RunConfig) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    return f"{stamp}-{config.backend}-{os.getpid()}"
+
+
+def make_backend(config: RunConfig) -> Backend:
+    """The configured backend, its options (and site profile) checked; nothing started."""
+    return get_backend(config.backend)(**config.backend_kwargs())
+
+
+def make_engine(config: RunConfig) -> Engine:
+    """The configured engine, wrapped by the result cache when ``config.cache`` is set."""
+    engine = get_engine(config.engine)
+    if config.cache is None:
+        return engine
+    return CachingEngine(engine, ResultStore(config.cache))
+
+
+# -- execute ------------------------------------------------------------------------------
+def execute(
+    plan: Plan, engine: Engine, backend: Backend, clock: PhaseClock, *, progress: bool = True
+) -> Execution:
+    """Run the plan's tasks; the backend is started only if the engine has work for it.
+
+    Phases: ``cluster_start``, ``first_worker``, ``processing`` (with ``first_result``, from
+    its start) and, when the executor knows it, ``all_workers``.
+    """
+    todo = engine.pending(plan.tasks)
+    executor: Executor | None = None
+    with clock.phase("cluster_start"):
+        if todo:
+            executor = backend.start()
+    try:
+        if executor is not None:
+            engine.check(executor)
+            with clock.phase("first_worker"):
+                executor.wait_for_workers(1)
+        results: list[ChunkResult] = []
+        bar = _progress(plan, progress)
+        with clock.phase("processing"):
+            started = time.perf_counter()
+            for result in engine.run(plan.tasks, executor):
+                if not results:
+                    clock.record("first_result", time.perf_counter() - started)
+                results.append(result)
+                bar.update(result.nevents)
+        bar.close()
+    finally:
+        if executor is not None:
+            if (seconds := executor.time_to_all_workers()) is not None:
+                clock.record("all_workers", seconds)
+            executor.close()
+    if executor is None:
+        return Execution(results, workers=1, cores_per_worker=1)
+    return Execution(results, executor.workers, executor.cores_per_worker)
+
+
+def _progress(plan: Plan, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=sum(c.nevents for c in plan.chunks),
+        unit="ev",
+        unit_scale=True,
+        disable=not enabled or None,
+        desc=f"{len(plan.tasks)} chunks",
+        leave=False,
+    )
+
+
+# -- merge --------------------------------------------------------------------------------
+def merge_results(plan: Plan, results: Iterable[ChunkResult]) -> dict[str, hist.Hist]:
+    """The run's histograms: chunk results summed in plan order, then the pseudodata.
+
+    Plan order, not completion order: float sums depend on the order, so the histograms are
+    bit-identical whatever the workers, backend, engine or cache hits.
+    """
+    by_index = {r.index: r.histograms for r in results}
+    missing = len(plan.tasks) - len(by_index)
+    if missing:
+        raise RuntimeError(f"{missing} of {len(plan.tasks)} chunks gave no result")
+    return add_pseudodata(merge(by_index[i] for i in sorted(by_index)))
+
+
+# -- fit ----------------------------------------------------------------------------------
+def fit_and_plot(
+    histograms: Mapping[str, hist.Hist], directory: Path, *, synthetic: bool
+) -> FitSummary:
+    """Fit the histograms as written (empty ones are not) and draw the plots into ``directory``.
+
+    A fit that cannot run (a sample missing from the run) or does not converge is reported
+    in the summary and on the log; the run's histograms are kept either way.
+    """
+    from agc import inference, plots
+
+    written = {name: h for name, h in histograms.items() if is_written(h)}
+    try:
+        result = inference.fit_histograms(written, output_dir=directory, source="this run")
+    except (UserError, inference.FitError) as err:
+        log.warning("no fit for this run: %s", err)
+        return FitSummary(error=str(err))
+    label, experiment = (
+        (plots.SYNTHETIC_LABEL, "AGC") if synthetic else (plots.OPEN_DATA_LABEL, "CMS")
+    )
+    plots.make_plots(written, directory, result, label=label, experiment=experiment)
+    return FitSummary(result.poi, result.bestfit, result.uncertainty, result.strategy)
+
+
+# -- record -------------------------------------------------------------------------------
+def record(
+    config: RunConfig,
+    plan: Plan,
+    execution: Execution,
+    histograms: dict[str, hist.Hist],
+    fit: FitSummary | None,
+    clock: PhaseClock,
+    cpu0: float,
+) -> RunResult:
+    """The run record (one row of the runs table), the summary, and the result."""
+    timings = [r.timing for r in execution.results]
+    events = dict.fromkeys(plan.fileset, 0)
+    for r in execution.results:
+        events[plan.tasks[r.index].chunk.sample] += r.nevents
+    worker_peaks: dict[str, float] = {}
+    for t in timings:
+        worker_peaks[t.worker] = max(worker_peaks.get(t.worker, 0.0), t.peak_rss_mb)
+    run_record = RunRecord(
+        run_id=plan.run_id,
+        backend=config.backend,
+        engine=config.engine if config.engine != "chunked" else (config.mode or config.backend),
+        workers=execution.workers,
+        cores_per_worker=execution.cores_per_worker,
+        chunksize=config.chunksize,
+        n_files=config.n_files,
+        io_only=config.io_only,
+        systematics=config.systematics,
+        events=sum(events.values()),
+        chunks=len(plan.chunks),
+        bytes_read=sum(t.bytes_read for t in timings),
+        wall_seconds=clock.elapsed(),
+        cpu_seconds=_cpu_seconds(time.process_time() - cpu0, timings),
+        peak_rss_mb_per_worker=max(worker_peaks.values(), default=0.0),
+        cache_hits=sum(t.cached for t in timings),
+        cache_misses=sum(not t.cached for t in timings) if config.cache is not None else 0,
+        phases=dict(clock.durations),
+        label=config.label,
+        **task_totals(timings),
+    )
+    weights = {k: s.weight for k, s in plan.fileset.items()}
+    yields = sample_yields(histograms, plan.fileset)
+    summary = {
+        "run_id": plan.run_id,
+        "agc_version": __version__,
+        "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": config.to_dict(),
+        "events": run_record.events,
+        "events_per_sample": events,
+        "weights": weights,
+        "yields": yields,
+        "wall_seconds": run_record.wall_seconds,
+        "events_per_second": run_record.events_per_second,
+        "events_per_second_per_core": run_record.events_per_second_per_core,
+        "workers": run_record.workers,
+        "chunks": run_record.chunks,
+        "bytes_read": run_record.bytes_read,
+        "phases_seconds": run_record.phases,
+        "histograms_written": sum(1 for h in histograms.values() if is_written(h)),
+    }
+    if fit is not None:
+        summary["fit"] = fit.to_dict()
+    return RunResult(
+        plan.run_id, histograms, events, yields, weights, run_record, timings, summary, fit
+    )
+
+
+def sample_yields(
+    histograms: Mapping[str, hist.Hist], fileset: Mapping[str, Sample]
+) -> dict[str, dict[str, float]]:
+    """Weighted yield (flow included) per sample and region, from the nominal-pT histograms."""
+    out: dict[str, dict[str, float]] = {}
+    for key, sample in fileset.items():
+        out[key] = {}
+        for region in vocabulary.REGIONS:
+            h = histograms.get(vocabulary.histogram_name(region, sample.process, sample.variation))
+            out[key][region] = float(cast(Any, h).sum(flow=True).value) if h is not None else 0.0
+    return out
+
+
+def _cpu_seconds(own: float, timings: list[TaskTiming]) -> float:
+    """CPU time of all processes: ours plus that of tasks run elsewhere (not counted twice)."""
+    me = worker_name()
+    return own + sum(t.cpu_seconds for t in timings if t.worker != me)
+
+
+# -- publish ------------------------------------------------------------------------------
+def publish(config: RunConfig, run_id: str, run_dir: Path) -> tuple[str | None, Path | None]:
+    """Copy (or, with ``--data-lake only``, move) the run directory to the data lake.
+
+    Returns the run's URL in the lake (None if not published) and its local directory (None
+    if it is only in the lake now).
+    """
+    store = lake_store(config.cache, config.data_lake)
+    if store is None:
+        return None, run_dir
+    only = config.data_lake == "only"
+    url = publish_run(store, run_id, run_dir, move=only)
+    return url, None if only else run_dir
