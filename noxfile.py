@@ -1,5 +1,5 @@
-"""nox sessions: ``nox -s run`` (the main job), ``nox -s tests``, ``nox -s notebooks``,
-``nox -s dirac``.
+"""nox sessions: ``nox -s run`` (the main job), ``nox -s tests``, ``nox -s lint``,
+``nox -s notebooks``, ``nox -s dirac``, ``nox -s bench``.
 
 Each session installs the project into its own virtualenv; ``nox -R`` reuses them.
 """
@@ -12,6 +12,8 @@ nox.options.sessions = ["tests"]
 nox.options.default_venv_backend = "venv"
 
 PYTHON = "3.11"
+#: The linters, pinned so that a new release cannot change what CI accepts.
+LINTERS = ("ruff==0.17.6", "mypy==2.4.1")
 #: The DIRAC release ``nox -s dirac`` installs.
 DIRAC_REQUIREMENT = "DIRAC==9.1.22"
 
@@ -28,6 +30,15 @@ def tests(session: nox.Session) -> None:
     """The test suite (tests needing ../shared/data or system daemons skip with a reason)."""
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check, ruff format --check, and mypy on agc/ and backends/ ([tool.mypy])."""
+    session.install("-e", ".", *LINTERS)
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy")
 
 
 @nox.session(python=PYTHON)

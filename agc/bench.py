@@ -392,6 +392,8 @@ def _cache_scenario(
             "cache cannot be measured; run the other scenarios"
         )
     spec = importlib.util.spec_from_file_location("agc_cache_scenarios", CACHE_SCENARIOS_FILE)
+    if spec is None or spec.loader is None:
+        raise BenchError(f"{CACHE_SCENARIOS_FILE}: cannot be loaded as a Python module")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     base = dict(scenario.get("base", {}))

@@ -22,7 +22,7 @@ The result cache (:class:`agc.cache.CachingEngine`) wraps either of them.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import awkward as ak
@@ -146,7 +146,7 @@ class DaskAwkwardEngine(_EngineBase):
 
 
 #: The engines, by the ``engine`` option.
-ENGINE_CLASSES: dict[str, type[_EngineBase]] = {
+ENGINE_CLASSES: dict[str, Callable[[], Engine]] = {
     ChunkedEngine.name: ChunkedEngine,
     DaskAwkwardEngine.name: DaskAwkwardEngine,
 }

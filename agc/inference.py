@@ -253,7 +253,8 @@ def with_mc_stat_variances(
     for name, h in histograms.items():
         h = h.copy()
         parsed = parse_histogram_name(name, processes)
-        if parsed is not None and (key := parsed.sample) in weights:
+        key = parsed.sample if parsed is not None else None
+        if key is not None and key in weights:
             view: Any = h.view(flow=True)  # a WeightedSumView (typed as a plain ndarray)
             view.variance = np.abs(view.value) * weights[key]
         out[name] = h

@@ -396,9 +396,10 @@ img{max-width:100%;border:1px solid #eee}
 
 def _fmt(v) -> str:
     if isinstance(v, float | np.floating):
-        if not np.isfinite(v):
+        x = float(v)
+        if not np.isfinite(x):
             return "—"
-        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+        return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
     return str(v)
 
 

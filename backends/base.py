@@ -110,7 +110,7 @@ def available_backends() -> dict[str, str]:
     return found
 
 
-def get_backend(name: str) -> type:
+def get_backend(name: str) -> type[Backend]:
     """The backend class registered under ``name``."""
     backends = available_backends()
     if name not in backends:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from datetime import datetime
 
@@ -68,7 +69,7 @@ def cmd_clear(args: argparse.Namespace) -> int:
     if args.older_than is not None or args.max_size is not None:
         removed = store.evict(
             max_age=parse_age(args.older_than),
-            max_bytes=parse_size(args.max_size) if args.max_size is not None else float("inf"),
+            max_bytes=parse_size(args.max_size) if args.max_size is not None else math.inf,
         )
         print(f"removed {len(removed)} entries from {store.url}")
         return 0

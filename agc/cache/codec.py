@@ -61,11 +61,9 @@ def encode(nevents: int, histograms: Mapping[str, hist.Hist], bytes_read: int = 
         "histograms": described,
     }
     buffer = io.BytesIO()
-    np.savez(
-        buffer,
-        meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-        **{k: np.concatenate(v) if v else np.zeros(0) for k, v in arrays.items()},
-    )
+    values, variances = (np.concatenate(arrays[k]) if arrays[k] else np.zeros(0) for k in _ARRAYS)
+    meta_bytes = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(buffer, meta=meta_bytes, values=values, variances=variances)
     return buffer.getvalue()
 
 

@@ -70,9 +70,10 @@ def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
 
 def _source_digest(obj: Any) -> str:
     """sha256 of a module's file, or of a function's/class's source."""
-    if inspect.ismodule(obj) and getattr(obj, "__file__", None):
-        st = os.stat(obj.__file__)
-        return _file_sha256(obj.__file__, st.st_mtime_ns, st.st_size)
+    file = getattr(obj, "__file__", None) if inspect.ismodule(obj) else None
+    if file:
+        st = os.stat(file)
+        return _file_sha256(file, st.st_mtime_ns, st.st_size)
     return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()
 
 

@@ -169,7 +169,7 @@ class ResultStore:
     def put(self, key: str, payload: bytes, meta: dict | None = None) -> None:
         """Store ``payload`` under ``key`` atomically, with its checksum and ``meta``."""
         path = self._path(key)
-        header = {
+        header: dict[str, Any] = {
             "sha256": hashlib.sha256(payload).hexdigest(),
             "size": len(payload),
             "created": time.time(),
@@ -283,8 +283,9 @@ class ResultStore:
             "runs": len(self.list_runs()),
         }
 
-    def evict(self, *, max_bytes: int | None = None, max_age: float | None = None) -> list[str]:
-        """Remove expired entries, then least recently used ones down to the size limit."""
+    def evict(self, *, max_bytes: float | None = None, max_age: float | None = None) -> list[str]:
+        """Remove expired entries, then least recently used ones down to the size limit
+        (``max_bytes=math.inf``: no size limit, expiry only)."""
         max_bytes = self.max_bytes if max_bytes is None else max_bytes
         max_age = self.max_age if max_age is None else max_age
         entries = sorted(self.entries(), key=lambda e: e.last_used)

@@ -23,6 +23,7 @@ import threading
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import Any
 
 from agc.vocabulary import SAMPLES, split_sample_key
 
@@ -158,7 +159,7 @@ def generate(
     catalog: dict = {}
     for sample in events:
         process, variation = split_sample_key(sample)
-        files = [
+        files: list[dict[str, Any]] = [
             {"path": Path(t.path).relative_to(out).as_posix(), "nevts": t.nevents}
             for t in tasks
             if t.sample == sample

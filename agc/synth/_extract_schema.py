@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -60,7 +61,7 @@ def extract(root_path: str, ratios_path: str) -> dict:
         flat = np.asarray(ak.flatten(arr, axis=None) if jagged else arr)
         if flat.dtype.kind == "f":
             flat = flat[np.isfinite(flat)]
-        entry = {
+        entry: dict[str, Any] = {
             "name": name,
             "dtype": dt.str.lstrip("<>|="),
             "counter": br.count_branch.name if jagged else None,
@@ -71,7 +72,7 @@ def extract(root_path: str, ratios_path: str) -> dict:
             entry["mbits"] = _mantissa_bits(flat)
         else:
             entry["kind"] = "bool" if dt.kind == "b" else "int"
-        vals, cnts = np.unique(flat, return_counts=True) if len(flat) else ([], [])
+        vals, cnts = np.unique(flat, return_counts=True)
         if len(vals) and len(vals) <= 16:
             entry["values"] = [_sig(v) if dt.kind == "f" else int(v) for v in vals]
             entry["probs"] = [round(float(c) / len(flat), 5) for c in cnts]

@@ -82,10 +82,10 @@ def parse_compression(compression: str | None):
         raise ValueError(
             f"unknown compression {compression!r}; use ZLIB:n, LZ4:n, ZSTD:n, LZMA:n or none"
         )
-    level = int(level) if level else 1
-    if algo == "ZLIB" and level == 1 and _isal_available():
+    number = int(level) if level else 1
+    if algo == "ZLIB" and number == 1 and _isal_available():
         return IsalZLIB()
-    return classes[algo](level)
+    return classes[algo](number)
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ def generate_block(task: FileTask, block_index: int, n: int) -> dict[str, np.nda
         if coll is not None and coll not in counts:
             counts[coll] = schema.filler_counts(spec["counter"], n, rng)
         size = n if coll is None else int(counts[coll].sum())
-        if "Idx" in name:  # cross references: valid indices only (coffea follows them)
+        if "Idx" in name and coll is not None:  # cross references: valid indices only
             out[name] = schema.to_branch_dtype(name, _index_filler(name, counts[coll], rng))
             continue
         out[name] = schema.filler_values(name, size, rng)
@@ -184,9 +184,8 @@ def _to_uproot(data: dict[str, np.ndarray], names: list[str]) -> dict:
 
 @functools.lru_cache(maxsize=4)
 def _collections_cached(names: tuple[str, ...]) -> frozenset[str]:
-    return frozenset(
-        schema.collection_of(schema.BRANCHES[n]) for n in names if schema.BRANCHES[n]["counter"]
-    )
+    found = (schema.collection_of(schema.BRANCHES[n]) for n in names)
+    return frozenset(c for c in found if c is not None)
 
 
 def _collections(names: list[str]) -> frozenset[str]:
