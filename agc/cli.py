@@ -44,11 +44,11 @@ def _option(
     choices = [c for c in schema.get("enum", []) if c is not None]
     help_text = schema.get("description", "")
     if schema.get("type") == "boolean":
-        group.add_argument(flag(key), action="store_true", help=help_text, **kwargs)
+        group.add_argument(flag(key), dest=key, action="store_true", help=help_text, **kwargs)
         return
     if choices:
         kwargs["choices"] = choices
-    group.add_argument(flag(key), metavar=metavar, help=help_text, **kwargs)
+    group.add_argument(flag(key), dest=key, metavar=metavar, help=help_text, **kwargs)
 
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:

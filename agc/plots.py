@@ -79,9 +79,22 @@ FORMATS = ("png", "pdf")
 
 @contextmanager
 def _style():
+    """mplhep's CMS style while drawing; pyplot left as it was.
+
+    ``mplhep.label.exp_label`` calls ``pyplot.gca()`` while placing its text even when it is
+    given an axis (mplhep 1.x), which opens a pyplot figure that would stay behind in a
+    notebook: figures opened meanwhile are closed.
+    """
+    import matplotlib.pyplot as plt
+
+    before = set(plt.get_fignums())
     with mpl.rc_context():
         mplhep.style.use("CMS")
-        yield
+        try:
+            yield
+        finally:
+            for number in set(plt.get_fignums()) - before:
+                plt.close(number)
 
 
 def _label(ax, label: str, experiment: str) -> None:
