@@ -441,12 +441,30 @@ def _cache_scenario(
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    if not args.quiet:  # progress lines ([3/12] point label) on stderr
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
+    with contextlib.ExitStack() as stack:
+        if not args.quiet:
+            stack.enter_context(_progress_lines())
+        return _bench(args)
+
+
+@contextlib.contextmanager
+def _progress_lines():
+    """The bench's progress lines ([3/12] point label) on stderr while it runs."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    saved = log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(saved[0])
+        log.propagate = saved[1]
+
+
+def _bench(args: argparse.Namespace) -> int:
     names = args.scenario
     spec = load_scenarios(args.scenarios)
     if names == ["list"]:

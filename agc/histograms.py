@@ -148,14 +148,19 @@ def read_histograms(path: str | os.PathLike) -> Histograms:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise HistogramFileError(f"{path}: not a readable JSON file ({err})") from err
+        if not isinstance(data, dict):
+            raise HistogramFileError(
+                f"{path}: expected an object of histograms {{name: {{'edges', 'contents'}}}}, "
+                f"not a JSON {type(data).__name__}"
+            )
         out = {}
         for name, entry in data.items():
             try:
                 edges = np.asarray(entry["edges"], dtype=float)
                 contents = np.asarray(entry["contents"], dtype=float)
-            except (TypeError, KeyError) as err:
+            except (TypeError, KeyError, ValueError) as err:
                 raise HistogramFileError(
-                    f"{path}: histogram {name!r} needs 'edges' and 'contents'"
+                    f"{path}: histogram {name!r} needs numeric 'edges' and 'contents'"
                 ) from err
             if len(contents) != len(edges) + 1:
                 raise HistogramFileError(

@@ -77,7 +77,9 @@ class Records:
     meta: dict[str, dict] = field(default_factory=dict)
 
     def measured(self, scenario: str) -> pd.DataFrame:
-        """The runs of a scenario without the warm-ups."""
+        """The runs of a scenario without the warm-ups (none when no run was recorded)."""
+        if "scenario" not in self.runs:
+            return self.runs
         df = self.runs[self.runs["scenario"] == scenario]
         return df[~df["warmup"].astype(bool)] if "warmup" in df else df
 
@@ -108,7 +110,7 @@ def summarize(records: Records) -> pd.DataFrame:
     """Median and spread (min, max) per scenario and point, warm-ups excluded."""
     runs = records.runs
     if runs.empty:
-        return pd.DataFrame()
+        return pd.DataFrame(columns=["scenario", "point"])
     runs = runs[~runs["warmup"].astype(bool)]
     rows = []
     for (scenario, point), g in runs.groupby(["scenario", "point"], sort=False):
@@ -321,6 +323,8 @@ def plot_phases(
     ph = ph[(ph["scenario"] == scenario) & ~ph["warmup"].astype(bool)]
     table = ph.pivot_table(index="point", columns="phase", values="seconds", aggfunc="median")
     order = [p for p in PHASES if p in table.columns and p != "write"]
+    if not order:  # warm-ups only
+        return None
     table = table[order]
     fig, ax = _figure()
     y = np.arange(len(table.index))

@@ -20,8 +20,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
-
 from backends.standins.localjobs import alive
 
 #: The two samples the backend end-to-end runs process (enough chunks for two workers).
@@ -52,22 +50,6 @@ def backend_run(catalog: str, backend: str, **options):
         **options,
     )
     return run(config, progress=False, write=False)
-
-
-def assert_histograms_equal(expected: dict, actual: dict) -> None:
-    """Same names; every histogram's values and variances equal to 1e-12 (flow included)."""
-    assert sorted(expected) == sorted(actual)
-    for name, h in expected.items():
-        np.testing.assert_allclose(
-            actual[name].values(flow=True), h.values(flow=True), rtol=1e-12, atol=0, err_msg=name
-        )
-        np.testing.assert_allclose(
-            actual[name].variances(flow=True),
-            h.variances(flow=True),
-            rtol=1e-12,
-            atol=0,
-            err_msg=name,
-        )
 
 
 def missing_slurm() -> str | None:

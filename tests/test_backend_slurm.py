@@ -11,9 +11,9 @@ import socket
 import time
 
 import pytest
+from conftest import assert_same_histograms
 from slurm_cluster import (
     LocalSlurm,
-    assert_histograms_equal,
     backend_run,
     missing_slurm,
     reference_histograms,
@@ -77,7 +77,7 @@ def test_container_setup_and_port_range_reach_the_job_script():
 @pytest.mark.slow
 def test_run_on_slurm_workers_matches_local(slurm, small_catalog):
     result = backend_run(str(small_catalog), "slurm", profile="slurm-local", workers=2)
-    assert_histograms_equal(reference_histograms(str(small_catalog)), result.histograms)
+    assert_same_histograms(reference_histograms(str(small_catalog)), result.histograms, rtol=0)
     assert result.workers == 2
     assert result.record.phases["first_worker"] > 0
     # the chunks ran in the SLURM jobs' worker processes, not in this process

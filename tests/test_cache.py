@@ -10,6 +10,7 @@ from pathlib import Path
 import hist
 import numpy as np
 import pytest
+from conftest import assert_same_histograms
 
 import agc.engines
 from agc import RunConfig, run
@@ -53,14 +54,7 @@ def reference(catalog, tmp_path_factory):
 def assert_same(a: dict[str, hist.Hist], b: dict[str, hist.Hist], exact: bool = True) -> None:
     """Equal histograms: bit for bit, or (``exact=False``, results merged in completion order
     by a pool) up to the rounding of a different summation order."""
-    assert a.keys() == b.keys()
-    for name in a:
-        for field in ("value", "variance"):
-            x, y = (getattr(h[name].view(flow=True), field) for h in (a, b))
-            if exact:
-                np.testing.assert_array_equal(x, y, err_msg=name)
-            else:
-                np.testing.assert_allclose(x, y, rtol=1e-12, atol=0, err_msg=name)
+    assert_same_histograms(a, b, rtol=0 if exact else 1e-12)
 
 
 N_CHUNKS = len(SAMPLES) * EVENTS_PER_FILE // CHUNKSIZE

@@ -119,6 +119,7 @@ def test_data_mc_grid(fitted):
         assert np.all((ratios > 0.5) & (ratios < 1.5))
 
 
+@pytest.mark.slow
 def test_make_plots_writes_png_and_pdf(histograms, fitted, tmp_path):
     paths = plots.make_plots(
         histograms, tmp_path, fitted, label=plots.SYNTHETIC_LABEL, experiment="AGC"
@@ -140,6 +141,7 @@ def test_make_plots_without_fit_skips_missing_inputs(histograms, tmp_path, caplo
     assert "ttbar_jet_variations skipped" in caplog.text
 
 
+@pytest.mark.slow
 def test_plot_run_from_files(histograms, tmp_path):
     write_root(histograms, tmp_path / "histograms.root")
     inference.fit_run(tmp_path)

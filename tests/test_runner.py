@@ -181,6 +181,7 @@ def test_merge_is_in_plan_order_whatever_the_completion_order(small_catalog):
 
 
 # -- fit ----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_the_fit_stage_fits_and_draws(shared_data, tmp_path):
     """On the AGC reference histograms (N=1): the published ttbar_norm, its files, the plots."""
     import matplotlib.pyplot as plt

@@ -168,8 +168,8 @@ def lake_store(cache_url: str | None, mode: str) -> ResultStore | None:
 
 
 def staging_dir(run_id: str) -> Path:
-    """A local directory to write outputs that are kept only in the store."""
-    return Path(tempfile.mkdtemp(prefix="agc-lake-")) / run_id
+    """Where a run writes outputs that are kept only in the store (made when written)."""
+    return Path(tempfile.gettempdir()) / f"agc-lake-{run_id}" / run_id
 
 
 def publish_run(store: ResultStore, run_id: str, run_dir: Path, *, move: bool) -> str | None:

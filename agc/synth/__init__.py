@@ -28,12 +28,12 @@ from typing import Any
 from agc.vocabulary import SAMPLES, split_sample_key
 
 from .schema import MINIMAL_BRANCHES
-from .writer import BLOCK_SIZE, FileTask, write_file
+from .writer import BLOCK_SIZE, FileTask, SynthError, write_file
 
 __all__ = [
     "SAMPLES", "DEFAULT_DATASET", "LAYOUTS", "COMPRESSIONS", "CATALOG_NAME", "generate",
     "file_tasks", "MINIMAL_BRANCHES", "BLOCK_SIZE", "default_dataset_dir",
-    "ensure_default_dataset",
+    "ensure_default_dataset", "SynthError",
 ]  # fmt: skip
 LAYOUTS = ("realistic", "minimal")
 COMPRESSIONS = ("ZLIB:1", "LZ4:4", "ZSTD:5", "LZMA:1", "none")
@@ -84,14 +84,14 @@ def _validate(events: Mapping[str, tuple[int, int]], layout: str, compression: s
     from .writer import parse_compression
 
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+        raise SynthError(f"--layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
     parse_compression(compression)
     for sample, spec in events.items():
         if sample not in SAMPLES:
-            raise ValueError(f"unknown sample {sample!r}; expected one of {SAMPLES}")
+            raise SynthError(f"sample {sample!r}: choose from {', '.join(SAMPLES)}")
         n_files, per_file = spec
         if int(n_files) < 0 or int(per_file) < 0:
-            raise ValueError(f"negative file or event count for {sample!r}: {spec!r}")
+            raise SynthError(f"negative file or event count for {sample!r}: {spec!r}")
 
 
 def _pool_context():

@@ -32,7 +32,14 @@ import awkward as ak
 import numpy as np
 import uproot
 
+from agc.errors import UserError
+
 from . import physics, schema
+
+
+class SynthError(UserError, ValueError):
+    """A bad generator option (layout, compression, sample, counts)."""
+
 
 BLOCK_SIZE = 10_000  # events per deterministic RNG block (part of the seeding contract) and basket
 
@@ -78,9 +85,10 @@ def parse_compression(compression: str | None):
     algo, _, level = str(compression).partition(":")
     algo = algo.upper()
     classes = {"ZLIB": uproot.ZLIB, "LZ4": uproot.LZ4, "ZSTD": uproot.ZSTD, "LZMA": uproot.LZMA}
-    if algo not in classes:
-        raise ValueError(
-            f"unknown compression {compression!r}; use ZLIB:n, LZ4:n, ZSTD:n, LZMA:n or none"
+    if algo not in classes or not (level or "1").isdigit():
+        raise SynthError(
+            f"--compression {compression!r}: use ZLIB:n, LZ4:n, ZSTD:n or LZMA:n (n a level "
+            "such as 1) or none"
         )
     number = int(level) if level else 1
     if algo == "ZLIB" and number == 1 and _isal_available():
