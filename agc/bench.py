@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -441,14 +441,31 @@ def _cache_scenario(
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    with contextlib.ExitStack() as stack:
-        if not args.quiet:
-            stack.enter_context(_progress_lines())
-        return _bench(args)
+    spec = load_scenarios(args.scenarios)
+    if args.scenario == ["list"]:
+        for name, sc in spec["scenarios"].items():
+            print(f"{name:14s} {' '.join(str(sc.get('description', '')).split())}")
+        return 0
+    with _progress_lines() if not args.quiet else contextlib.nullcontext():
+        for name in args.scenario:
+            raw = run_scenario(
+                name,
+                args.results,
+                scenarios_file=args.scenarios,
+                repeats=args.repeats,
+                warmup=args.warmup,
+                progress=not args.quiet,
+            )
+            print(f"{name}: records in {raw}")
+    if args.report:
+        from agc.report import build_report
+
+        print(f"report: {build_report(args.results)}")
+    return 0
 
 
 @contextlib.contextmanager
-def _progress_lines():
+def _progress_lines() -> Iterator[None]:
     """The bench's progress lines ([3/12] point label) on stderr while it runs."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -462,30 +479,6 @@ def _progress_lines():
         log.removeHandler(handler)
         log.setLevel(saved[0])
         log.propagate = saved[1]
-
-
-def _bench(args: argparse.Namespace) -> int:
-    names = args.scenario
-    spec = load_scenarios(args.scenarios)
-    if names == ["list"]:
-        for name, sc in spec["scenarios"].items():
-            print(f"{name:14s} {' '.join(str(sc.get('description', '')).split())}")
-        return 0
-    for name in names:
-        raw = run_scenario(
-            name,
-            args.results,
-            scenarios_file=args.scenarios,
-            repeats=args.repeats,
-            warmup=args.warmup,
-            progress=not args.quiet,
-        )
-        print(f"{name}: records in {raw}")
-    if args.report:
-        from agc.report import build_report
-
-        print(f"report: {build_report(args.results)}")
-    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import awkward as ak
 import hist
@@ -97,22 +98,40 @@ def analyse(
             systematics=task.systematics,
         )
     finished = time.time()
-    timing = TaskTiming(
-        c.sample,
-        c.path,
-        c.entry_start,
-        c.entry_stop,
-        started,
-        finished,
-        time.process_time() - cpu0,
-        nbytes,
-        worker_name(),
-        peak_rss_mb(),
+    timing = chunk_timing(
+        c,
+        started=started,
+        cpu0=cpu0,
+        bytes_read=nbytes,
+        peak_rss=peak_rss_mb(),
         read_seconds=read_seconds,
         analysis_seconds=finished - analysis_started,
         open_seconds=open_seconds,
     )
     return ChunkResult(task.index, len(events), histograms, timing)
+
+
+def chunk_timing(
+    chunk: Chunk, *, started: float, cpu0: float, bytes_read: int, peak_rss: float, **split: Any
+) -> TaskTiming:
+    """How one chunk ran in this process, from ``started`` / ``cpu0`` (wall and CPU) to now.
+
+    ``split``: the other :class:`agc.metrics.TaskTiming` fields (read, open and analysis
+    seconds, ``cached``).
+    """
+    return TaskTiming(
+        chunk.sample,
+        chunk.path,
+        chunk.entry_start,
+        chunk.entry_stop,
+        started,
+        time.time(),
+        time.process_time() - cpu0,
+        bytes_read,
+        worker_name(),
+        peak_rss,
+        **split,
+    )
 
 
 def worker_name() -> str:

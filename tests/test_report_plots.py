@@ -217,15 +217,21 @@ def bar_data(ax) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------------------- the plots
 
 
+def assert_median_and_spread(ax, groups: dict) -> None:
+    """Points at the sorted group keys: the median, with error bars from min to max."""
+    x, y, lo, hi = errorbar_data(ax)
+    keys = sorted(groups)
+    assert x.tolist() == keys
+    assert y == pytest.approx([statistics.median(groups[k]) for k in keys])
+    assert lo == pytest.approx([min(groups[k]) for k in keys])
+    assert hi == pytest.approx([max(groups[k]) for k in keys])
+
+
 def test_plot_scaling_draws_median_and_spread_per_worker_count(drawn):
     assert_png(plot_scaling(all_records()))
     ax = one_figure(drawn)
-    x, y, lo, hi = errorbar_data(ax)
+    assert_median_and_spread(ax, WORKERS)
     workers = sorted(WORKERS)
-    assert x.tolist() == workers
-    assert y == pytest.approx([statistics.median(WORKERS[w]) for w in workers])
-    assert lo == pytest.approx([min(WORKERS[w]) for w in workers])
-    assert hi == pytest.approx([max(WORKERS[w]) for w in workers])
     (ideal,) = [line for line in ax.lines if line.get_label().startswith("ideal")]
     first = statistics.median(WORKERS[workers[0]]) / workers[0]
     assert np.asarray(ideal.get_ydata()) == pytest.approx([first * w for w in workers])
@@ -235,12 +241,7 @@ def test_plot_scaling_draws_median_and_spread_per_worker_count(drawn):
 def test_plot_chunksize_draws_median_and_spread_per_chunk_size(drawn):
     assert_png(plot_chunksize(all_records()))
     ax = one_figure(drawn)
-    x, y, lo, hi = errorbar_data(ax)
-    sizes = sorted(CHUNKSIZES)
-    assert x.tolist() == sizes
-    assert y == pytest.approx([statistics.median(CHUNKSIZES[s]) for s in sizes])
-    assert lo == pytest.approx([min(CHUNKSIZES[s]) for s in sizes])
-    assert hi == pytest.approx([max(CHUNKSIZES[s]) for s in sizes])
+    assert_median_and_spread(ax, CHUNKSIZES)
     assert ax.get_xscale() == "log" and ax.get_ylim()[0] == 0
 
 

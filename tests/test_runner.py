@@ -245,21 +245,25 @@ def test_the_default_run_fits_in_memory(tmp_path):
 
 
 # -- publish ------------------------------------------------------------------------------
-def test_a_data_lake_that_fails_keeps_the_local_outputs(
-    small_catalog, tmp_path, monkeypatch, caplog
-):
+@pytest.fixture
+def full_lake(small_catalog, tmp_path, monkeypatch):
+    """A data lake that refuses every run (no space left), and the options of a small run."""
+
     def full(self, run_id, local_dir):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ResultStore, "put_run", full)
-    config = RunConfig(
-        catalog=str(small_catalog),
-        mode="inprocess",
-        samples=("ttbar__PS_var",),
-        fit=False,
-        cache=str(tmp_path / "store"),
-        output_dir=str(tmp_path / "out"),
-    )
+    return {
+        "catalog": str(small_catalog),
+        "mode": "inprocess",
+        "samples": ("ttbar__PS_var",),
+        "fit": False,
+        "cache": str(tmp_path / "store"),
+    }
+
+
+def test_a_data_lake_that_fails_keeps_the_local_outputs(full_lake, tmp_path, caplog):
+    config = RunConfig(**full_lake, output_dir=str(tmp_path / "out"))
     with caplog.at_level(logging.WARNING, logger="agc.cache"):
         result = run(config, progress=False)
     assert result.stored_run is None and result.run_dir == tmp_path / "out"
@@ -267,23 +271,11 @@ def test_a_data_lake_that_fails_keeps_the_local_outputs(
     assert "not copied to the data lake" in caplog.text
 
 
-def test_data_lake_only_that_fails_says_where_the_outputs_are(small_catalog, tmp_path, monkeypatch):
+def test_data_lake_only_that_fails_says_where_the_outputs_are(full_lake):
     from agc.cache import CacheStoreError
 
-    def full(self, run_id, local_dir):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(ResultStore, "put_run", full)
-    config = RunConfig(
-        catalog=str(small_catalog),
-        mode="inprocess",
-        samples=("ttbar__PS_var",),
-        fit=False,
-        cache=str(tmp_path / "store"),
-        data_lake="only",
-    )
-    with pytest.raises(CacheStoreError, match="its outputs are in (?P<where>.+)") as caught:
-        run(config, progress=False)
+    with pytest.raises(CacheStoreError, match="its outputs are in ") as caught:
+        run(RunConfig(**full_lake, data_lake="only"), progress=False)
     where = Path(str(caught.value).rsplit("its outputs are in ", 1)[1])
     assert (where / "histograms.root").exists() and (where / "summary.json").exists()
     edges = json.loads((where / "histograms.json").read_text())["4j1b_ttbar_PS_var"]["edges"]

@@ -34,9 +34,8 @@ from pathlib import Path
 from agc.cache import codec
 from agc.cache.keys import chunk_key, chunk_key_parts, code_fingerprint, input_identity
 from agc.cache.store import CacheStoreError, ResultStore, default_url
-from agc.chunks import ChunkResult, ChunkTask, worker_name
+from agc.chunks import ChunkResult, ChunkTask, chunk_timing
 from agc.engines import Engine
-from agc.metrics import TaskTiming
 from backends.base import Executor
 
 log = logging.getLogger(__name__)
@@ -132,19 +131,8 @@ class CachingEngine:
             )
             self.store.delete(key)
             return None
-        c = task.chunk
-        timing = TaskTiming(
-            c.sample,
-            c.path,
-            c.entry_start,
-            c.entry_stop,
-            started,
-            time.time(),
-            time.process_time() - cpu0,
-            0,
-            worker_name(),
-            0.0,
-            cached=True,
+        timing = chunk_timing(
+            task.chunk, started=started, cpu0=cpu0, bytes_read=0, peak_rss=0.0, cached=True
         )
         return ChunkResult(task.index, nevents, histograms, timing)
 
