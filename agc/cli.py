@@ -40,9 +40,16 @@ def _option(
     group: argparse._ArgumentGroup, key: str, *, metavar: str | None = None, **kwargs
 ) -> None:
     """One ``agc run`` option with its help and choices from :data:`agc.config.RUN_SCHEMA`."""
+    from agc.config import CHOICE_DESCRIPTIONS, RunConfig
+
     schema = RUN_SCHEMA["properties"][key]
     choices = [c for c in schema.get("enum", []) if c is not None]
     help_text = schema.get("description", "")
+    if key in CHOICE_DESCRIPTIONS:
+        help_text += ": " + "; ".join(f"{k}: {v}" for k, v in CHOICE_DESCRIPTIONS[key].items())
+    default = RunConfig.__dataclass_fields__[key].default
+    if default not in (None, False, "", -1) and not isinstance(default, bool):
+        help_text += f" (default {default})"
     if schema.get("type") == "boolean":
         group.add_argument(flag(key), dest=key, action="store_true", help=help_text, **kwargs)
         return

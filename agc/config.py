@@ -51,6 +51,13 @@ DATA_LAKE_MODES: dict[str, str] = {
     "off": "never in the store",
 }
 
+#: What each choice of these options means (``agc run --help``).
+CHOICE_DESCRIPTIONS: dict[str, dict[str, str]] = {
+    "engine": ENGINES,
+    "mode": LOCAL_MODES,
+    "data_lake": DATA_LAKE_MODES,
+}
+
 #: Definitions shared with site profiles (``workers`` and ``local.mode`` of a profile).
 WORKERS_SCHEMA: dict[str, Any] = {
     "type": "integer",
@@ -126,7 +133,7 @@ RUN_SCHEMA: dict[str, Any] = {
         "workers": {**_nullable(WORKERS_SCHEMA), "description": "workers (default: cores)"},
         "mode": {
             **_nullable(MODE_SCHEMA),
-            "description": "local backend: " + ", ".join(LOCAL_MODES),
+            "description": "how the local backend runs",
         },
         "profile": {
             **_nullable(_PATH),
