@@ -126,6 +126,7 @@ class RunRecord:
     events: int
     chunks: int
     bytes_read: int
+    #: from the start of planning to the merged histograms (not the write and fit phases)
     wall_seconds: float
     cpu_seconds: float
     peak_rss_mb_per_worker: float

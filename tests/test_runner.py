@@ -7,6 +7,7 @@ import logging
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -204,10 +205,16 @@ def test_the_fit_stage_fits_and_draws(shared_data, tmp_path):
 
 def test_the_fit_stage_reports_a_fit_that_cannot_run(small_catalog, tmp_path):
     """The small dataset has no W+jets event in 4j1b: no fit, said why, histograms kept."""
+    started = time.perf_counter()
     result = run(
         RunConfig(catalog=str(small_catalog), mode="inprocess", output_dir=str(tmp_path / "r")),
         progress=False,
     )
+    elapsed = time.perf_counter() - started
+    # events/s count the processing, end to end: not the writing and the fit after it
+    phases = result.record.phases
+    assert result.record.wall_seconds + phases["write"] + phases["fit"] <= elapsed
+    assert result.record.wall_seconds >= phases["processing"] + phases["merge"]
     assert result.fit is not None and "4j1b_wjets" in result.fit.error
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["fit"] == {"error": result.fit.error}
