@@ -9,6 +9,7 @@ real AGC catalog shipped with the package (``"agc"``) or a synthetic one written
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -22,6 +23,8 @@ from agc.errors import UserError
 from agc.vocabulary import sample_key
 
 TREE_NAME = "Events"
+
+log = logging.getLogger(__name__)
 
 #: Prefix of the canonical AGC URLs and its known mirrors (spec §1.5).
 CANONICAL_PREFIX = "https://xrootd-local.unl.edu:1094//store/user/AGC/nanoAOD"
@@ -73,6 +76,8 @@ class Chunk:
     entry_stop: int
     weight: float
     tree: str = TREE_NAME
+    #: The file's events as the catalog gives them (its ``nevts``), checked when it is read.
+    file_entries: int | None = None
 
     @property
     def nevents(self) -> int:
@@ -178,6 +183,7 @@ def build_fileset(
             f"--n-files {n_files}: give a positive number of files per sample, or -1 for all"
         )
     fileset: dict[str, Sample] = {}
+    listed: list[str] = []  # every fileset key of the catalog, selected or not
     for process, variations in catalog.items():
         if process == "data":
             continue
@@ -188,15 +194,16 @@ def build_fileset(
             )
         for variation, entry in variations.items():
             key = sample_key(process, variation)
+            listed.append(key)
             if samples is not None and key not in samples:
                 continue
             chosen = entry["files"] if n_files == -1 else entry["files"][:n_files]
             files = tuple(
                 InputFile(
                     rewrite_url(
-                        f["path"], base_dir=base_dir, eos=eos, xcache=xcache, mirror=mirror
+                        _path(f, key), base_dir=base_dir, eos=eos, xcache=xcache, mirror=mirror
                     ),
-                    int(f["nevts"]),
+                    _nevts(f, key),
                 )
                 for f in chosen
             )
@@ -207,11 +214,56 @@ def build_fileset(
         if unknown:
             raise CatalogError(
                 f"--samples: {', '.join(unknown)} not in the catalog; known: "
-                f"{', '.join(sorted(fileset))}"
+                f"{', '.join(sorted(listed))}"
             )
     if not fileset:
         raise CatalogError("the catalog selects no input files")
+    _check_shared_files(fileset)
     return fileset
+
+
+def _path(entry: Mapping, sample: str) -> str:
+    path = entry.get("path")
+    if not isinstance(path, str) or not path:
+        raise CatalogError(f"catalog {sample}: a file has path {path!r}; give the file's path")
+    return path
+
+
+def _nevts(entry: Mapping, sample: str) -> int:
+    """A file's event count: a positive integer (``20000.0`` is one, ``19999.7`` is not)."""
+    nevts = entry.get("nevts")
+    if isinstance(nevts, float) and nevts.is_integer():
+        nevts = int(nevts)
+    if not isinstance(nevts, int) or isinstance(nevts, bool) or nevts <= 0:
+        raise CatalogError(
+            f"catalog {sample}: {entry.get('path')}: nevts {nevts!r} is not a positive whole "
+            "number of events; give the number of entries of the file's Events tree"
+        )
+    return nevts
+
+
+def _check_shared_files(fileset: Mapping[str, Sample]) -> None:
+    """A file twice in one sample is refused (its events would count twice); a file in two
+    samples is allowed (each sample's histograms are its own) but said loudly."""
+    owners: dict[str, list[str]] = {}
+    for key, sample in fileset.items():
+        paths = [f.path for f in sample.files]
+        twice = sorted({p for p in paths if paths.count(p) > 1})
+        if twice:
+            raise CatalogError(
+                f"catalog {key}: {', '.join(twice)} listed more than once; its events would be "
+                "counted twice (in the histograms and in the normalisation): remove the copies"
+            )
+        for path in paths:
+            owners.setdefault(path, []).append(key)
+    shared = {path: keys for path, keys in owners.items() if len(keys) > 1}
+    for path, keys in sorted(shared.items()):
+        log.warning(
+            "catalog: %s is an input of %s: each sample gets its own histograms of it; is "
+            "that intended?",
+            path,
+            " and ".join(keys),
+        )
 
 
 def is_synthetic(fileset: Mapping[str, Sample]) -> bool:
@@ -241,7 +293,14 @@ def make_chunks(fileset: Mapping[str, Sample], chunksize: int) -> list[Chunk]:
             for start, stop in chunk_ranges(f.nevts, chunksize):
                 chunks.append(
                     Chunk(
-                        sample.name, sample.process, sample.variation, f.path, start, stop, weight
+                        sample.name,
+                        sample.process,
+                        sample.variation,
+                        f.path,
+                        start,
+                        stop,
+                        weight,
+                        file_entries=f.nevts,
                     )
                 )
     return chunks

@@ -55,7 +55,9 @@ def process_chunk(task: ChunkTask) -> ChunkResult:
     c = task.chunk
     fresh = open_tree(c.path, c.tree)[2]  # kept open per worker; timed apart from reading
     opened = time.time() if fresh else started
-    events, nbytes = read_chunk(c.path, task.branches, c.entry_start, c.entry_stop, c.tree)
+    events, nbytes = read_chunk(
+        c.path, task.branches, c.entry_start, c.entry_stop, c.tree, c.file_entries
+    )
     if task.io_only:
         ak.materialize(events)  # the I/O ceiling: columns decompressed and deserialised only
     return analyse(

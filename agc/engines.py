@@ -31,7 +31,7 @@ import numpy as np
 from agc.chunks import ChunkResult, ChunkTask, analyse, process_chunk
 from agc.config import ENGINES
 from agc.errors import UserError
-from agc.reader import InputFileError, open_tree
+from agc.reader import check_tree, open_tree
 from backends.base import Executor
 
 
@@ -172,12 +172,7 @@ def _compressed_bytes(tasks: Sequence[ChunkTask]) -> list[int]:
         c = task.chunk
         if c.path not in baskets:
             _, tree, _ = open_tree(c.path, c.tree)
-            missing = [b for b in task.branches if b not in tree]
-            if missing:
-                raise InputFileError(
-                    f"{c.path}: tree {c.tree!r} lacks branch(es) {', '.join(missing)} that "
-                    "the analysis reads; is this NanoAOD?"
-                )
+            check_tree(c.path, tree, task.branches, c.entry_stop, c.file_entries)
             rows = [
                 (*branch.basket_entry_start_stop(i), branch.basket_compressed_bytes(i))
                 for branch in (tree[name] for name in task.branches)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import hist
 import numpy as np
 
 from agc.errors import UserError
+from agc.fileio import atomic_write, atomic_write_text
 from agc.vocabulary import (
     HIGH,
     LOW,
@@ -79,20 +79,6 @@ def is_written(h: hist.Hist) -> bool:
     return float(np.sum(h.values())) > 0
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same directory, then rename: never half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_root(histograms: Mapping[str, hist.Hist], path: str | os.PathLike) -> list[str]:
     """Write the non-empty histograms as TH1D (with flow and sumw2) to a ROOT file, atomically.
 
@@ -107,7 +93,7 @@ def write_root(histograms: Mapping[str, hist.Hist], path: str | os.PathLike) -> 
             for name in names:
                 f[name] = histograms[name]
 
-    _atomic_write(Path(path), write)
+    atomic_write(path, write)
     return names
 
 
@@ -128,7 +114,7 @@ def to_json_dict(histograms: Mapping[str, hist.Hist]) -> dict[str, dict[str, lis
 def write_json(histograms: Mapping[str, hist.Hist], path: str | os.PathLike) -> None:
     """Write :func:`to_json_dict` to ``path`` atomically."""
     payload = to_json_dict(histograms)
-    _atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(payload, indent=1)))
+    atomic_write_text(path, json.dumps(payload, indent=1))
 
 
 class HistogramFileError(UserError, ValueError):

@@ -45,6 +45,7 @@ import hist
 import numpy as np
 
 from agc.errors import UserError
+from agc.fileio import atomic_write_text
 from agc.histograms import HistogramFileError, read_histograms
 from agc.vocabulary import (
     CABINETRY_REGIONS,
@@ -366,18 +367,6 @@ def load_fit_input(path: str | os.PathLike) -> FitInput:
 # Workspace
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def build_workspace(
     histograms_or_path: Mapping[str, hist.Hist] | str | os.PathLike,
     workdir: str | os.PathLike | None = None,
@@ -418,7 +407,7 @@ def build_workspace(
         workspace = cabinetry.workspace.build(dict(config))
     _repair_normsys(workspace)
     if workdir is not None:
-        _atomic_write_text(Path(workdir) / "workspace.json", json.dumps(workspace, indent=1))
+        atomic_write_text(Path(workdir) / "workspace.json", json.dumps(workspace, indent=1))
     return workspace
 
 
@@ -648,7 +637,7 @@ def fit_histograms(
     result.info.update(info or {})
     if output_dir is not None:
         text = json.dumps(result.to_dict(), indent=1)
-        _atomic_write_text(Path(output_dir) / "fit_result.json", text)
+        atomic_write_text(Path(output_dir) / "fit_result.json", text)
     log.info("%s", result)
     return result
 

@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import shutil
+import socket
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from typing import Any
 import hist
 
 from agc.errors import UserError
+from agc.fileio import atomic_write_text
 from agc.histograms import write_json, write_root
 from agc.metrics import RunRecord, TaskTiming, phases_frame, runs_frame, tasks_frame
 
@@ -62,6 +65,92 @@ def check_output_dir(path: Path) -> None:
         )
 
 
+class OutputLock:
+    """``.{name}.lock`` beside a run directory: one run at a time writes it.
+
+    Taken when the run is planned, released when it ends. A lock whose run is gone (same
+    host, process not alive: killed, or the machine rebooted) is taken over, and the staging
+    directories that run left (``.{name}.*.partial``) are removed then: nobody else could
+    be writing them. A live lock is refused, naming the run that holds it.
+    """
+
+    def __init__(self, target: Path, run_id: str) -> None:
+        self.target = Path(target)
+        self.path = self.target.parent / f".{self.target.name}.lock"
+        self.run_id = run_id
+
+    def acquire(self) -> OutputLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        mine = {"run_id": self.run_id, "pid": os.getpid(), "host": socket.gethostname()}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._take_over_if_stale()
+                continue
+            except OSError as err:
+                raise OutputError(f"--output {self.target}: cannot be written ({err})") from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(mine, f)
+            for stale in self.target.parent.glob(f".{self.target.name}.*.partial"):
+                log.warning("removing %s, left by a run that did not finish", stale)
+                shutil.rmtree(stale, ignore_errors=True)
+            return self
+        raise OutputError(f"--output {self.target}: could not take {self.path}")
+
+    def _take_over_if_stale(self) -> None:
+        try:
+            holder = json.loads(self.path.read_text())
+            age = time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return  # released meanwhile: try again
+        except (OSError, ValueError):
+            holder, age = {}, 0.0
+        if not holder and age < 10:  # being written this very moment by the run taking it
+            holder = {"run_id": "(starting)", "pid": "?", "host": socket.gethostname()}
+            alive = True
+        else:
+            alive = holder.get("host") != socket.gethostname() or _alive(holder.get("pid"))
+        if holder and alive:
+            raise OutputError(
+                f"--output {self.target}: run {holder.get('run_id')} (pid {holder.get('pid')} "
+                f"on {holder.get('host')}) is writing it; wait for it or choose another "
+                f"directory (if that run is gone, remove {self.path})"
+            )
+        # gone: move the lock aside atomically, so that of two runs only one takes it over
+        aside = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}")
+        try:
+            os.replace(self.path, aside)
+            aside.unlink()
+        except FileNotFoundError:
+            pass
+
+    def release(self) -> None:
+        try:
+            if json.loads(self.path.read_text()).get("run_id") == self.run_id:
+                self.path.unlink()
+        except (OSError, ValueError):
+            pass
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class StagedRunDirectory:
     """``.{name}.{run_id}.partial`` beside ``target``: written into, then renamed into place."""
 
@@ -101,6 +190,4 @@ def write_record(
     phases_frame([record]).to_csv(metrics / "phases.csv", index=False)
     if tasks:
         tasks_frame(record.run_id, tasks).to_csv(metrics / "tasks.csv", index=False)
-    tmp = directory / f".{SUMMARY}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(summary, indent=1, default=str))
-    os.replace(tmp, directory / SUMMARY)
+    atomic_write_text(directory / SUMMARY, json.dumps(summary, indent=1, default=str))

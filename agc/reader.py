@@ -56,27 +56,24 @@ def close_open_files() -> None:
 
 
 def read_chunk(
-    path: str, branches: Sequence[str], entry_start: int, entry_stop: int, tree: str = "Events"
+    path: str,
+    branches: Sequence[str],
+    entry_start: int,
+    entry_stop: int,
+    tree: str = "Events",
+    file_entries: int | None = None,
 ) -> tuple[ak.Array, int]:
     """Read ``branches`` for entries [entry_start, entry_stop) of ``tree`` in ``path``.
+
+    ``file_entries``: the events the catalog says the file has; a file with another number is
+    an error (a catalog that undercounts would silently leave events out).
 
     Returns the events (flat branch fields, e.g. ``Jet_pt``) and the bytes requested from the
     file for them (compressed, as uproot's source counts them; the chunk that opens the file
     also counts the file's metadata).
     """
     f, events_tree, _ = open_tree(path, tree)
-    missing = [b for b in branches if b not in events_tree]
-    if missing:
-        raise InputFileError(
-            f"{path}: tree {tree!r} lacks branch(es) {', '.join(missing)} "
-            "that the analysis reads; is this NanoAOD?"
-        )
-    if entry_stop > events_tree.num_entries:
-        raise InputFileError(
-            f"{path}: the catalog asks for entries up to {entry_stop} but "
-            f"the file has {events_tree.num_entries}; the catalog's 'nevts' "
-            "does not match the file."
-        )
+    check_tree(path, events_tree, branches, entry_stop, file_entries)
     source = f.file.source
     before = _bytes_reported.get(id(source), 0)  # so the first chunk of a file pays its open
     try:
@@ -89,6 +86,31 @@ def read_chunk(
         ) from err
     _bytes_reported[id(source)] = source.num_requested_bytes
     return events, source.num_requested_bytes - before
+
+
+def check_tree(
+    path: str,
+    tree,
+    branches: Sequence[str],
+    entry_stop: int,
+    file_entries: int | None = None,
+) -> None:
+    """Refuse a tree without the branches the analysis reads, or with other entries than the
+    catalog says (the error names the file and both numbers)."""
+    missing = [b for b in branches if b not in tree]
+    if missing:
+        raise InputFileError(
+            f"{path}: tree {tree.name!r} lacks branch(es) {', '.join(missing)} "
+            "that the analysis reads; is this NanoAOD?"
+        )
+    too_short = tree.num_entries < entry_stop
+    if too_short or (file_entries is not None and tree.num_entries != file_entries):
+        expected = file_entries if file_entries is not None else entry_stop
+        raise InputFileError(
+            f"{path}: the catalog's 'nevts' is {expected} but the file has "
+            f"{tree.num_entries} entries in {tree.name!r}; correct the catalog (or re-copy the "
+            "file)"
+        )
 
 
 def _open_checked(path: str, tree: str):

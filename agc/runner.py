@@ -18,10 +18,11 @@ side in :mod:`agc.chunks`, execution in :mod:`agc.engines` and :mod:`backends`, 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +40,13 @@ from agc.engines import Engine, get_engine
 from agc.errors import UserError
 from agc.histograms import add_pseudodata, is_written, merge
 from agc.metrics import PhaseClock, RunRecord, TaskTiming, task_totals
-from agc.outputs import StagedRunDirectory, check_output_dir, write_histograms, write_record
+from agc.outputs import (
+    OutputLock,
+    StagedRunDirectory,
+    check_output_dir,
+    write_histograms,
+    write_record,
+)
 from backends.base import Backend, Executor, get_backend
 
 log = logging.getLogger(__name__)
@@ -154,13 +161,12 @@ def run(config: RunConfig | None = None, *, progress: bool = True, write: bool =
         plan = make_plan(config, catalog, write=write)
         backend = make_backend(config)
         engine = make_engine(config)
-    execution = execute(plan, engine, backend, clock, progress=progress)
-    with clock.phase("merge"):
-        histograms = merge_results(plan, execution.results)
-    # the processing, end to end (wall and this process's CPU): writing and fit not included
-    wall_seconds, cpu_seconds = clock.elapsed(), time.process_time() - cpu0
-    outputs = StagedRunDirectory(plan.run_dir, plan.run_id) if plan.run_dir is not None else None
-    try:
+    with claim_output(plan), staged_outputs(plan) as outputs:
+        execution = execute(plan, engine, backend, clock, progress=progress)
+        with clock.phase("merge"):
+            histograms = merge_results(plan, execution.results)
+        # the processing, end to end (wall and this process's CPU): writing, fit not included
+        wall_seconds, cpu_seconds = clock.elapsed(), time.process_time() - cpu0
         fit = None
         if outputs is not None:
             with clock.phase("write"):
@@ -172,10 +178,6 @@ def run(config: RunConfig | None = None, *, progress: bool = True, write: bool =
         if outputs is not None:
             write_record(outputs.staging, result.summary, result.record, result.tasks)
             result.run_dir = outputs.commit()
-    except BaseException:
-        if outputs is not None:
-            outputs.discard()
-        raise
     if result.run_dir is not None:
         result.stored_run, result.run_dir = publish(config, result.run_id, result.run_dir)
     return result
@@ -236,6 +238,27 @@ def make_engine(config: RunConfig) -> Engine:
     if config.cache is None:
         return engine
     return CachingEngine(engine, ResultStore(config.cache))
+
+
+def claim_output(plan: Plan) -> contextlib.AbstractContextManager:
+    """The run directory's lock for the run (one run at a time writes it), if it writes one."""
+    if plan.run_dir is None:
+        return contextlib.nullcontext()
+    return OutputLock(plan.run_dir, plan.run_id)
+
+
+@contextlib.contextmanager
+def staged_outputs(plan: Plan) -> Iterator[StagedRunDirectory | None]:
+    """The run's staging directory (None when nothing is written), removed if the run fails."""
+    if plan.run_dir is None:
+        yield None
+        return
+    outputs = StagedRunDirectory(plan.run_dir, plan.run_id)
+    try:
+        yield outputs
+    except BaseException:
+        outputs.discard()
+        raise
 
 
 # -- execute ------------------------------------------------------------------------------

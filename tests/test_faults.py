@@ -1,0 +1,185 @@
+"""Faults injected for real: catalogs that lie or repeat themselves, two runs on one output, a
+run killed with SIGKILL while it runs, the permissions of what a run writes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import assert_same_histograms
+
+from agc import RunConfig, run
+from agc.catalog import CatalogError
+from agc.errors import UserError
+from agc.outputs import OutputError, OutputLock
+
+
+def _catalog(tmp_path: Path, entries: dict) -> Path:
+    """A catalog {process: {variation: [(path, nevts), ...]}}."""
+    catalog = {
+        process: {
+            variation: {
+                "nevts_total": sum(n for _, n in files if isinstance(n, int)),
+                "files": [{"path": str(p), "nevts": n} for p, n in files],
+            }
+            for variation, files in variations.items()
+        }
+        for process, variations in entries.items()
+    }
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(catalog))
+    return path
+
+
+def _file(small_catalog: Path, process: str, variation: str = "nominal", i: int = 0):
+    entry = json.loads(small_catalog.read_text())[process][variation]["files"][i]
+    return small_catalog.parent / entry["path"], entry["nevts"]
+
+
+def _run(catalog, **kw):
+    kw.setdefault("mode", "inprocess")
+    kw.setdefault("fit", False)
+    return run(RunConfig(catalog=str(catalog), chunksize=1000, **kw), progress=False, write=False)
+
+
+# -- catalogs ----------------------------------------------------------------------------
+def test_a_file_listed_twice_in_a_sample_is_refused(small_catalog, tmp_path):
+    path, n = _file(small_catalog, "ttbar", "PS_var")
+    catalog = _catalog(tmp_path, {"ttbar": {"PS_var": [(path, n), (path, n)]}})
+    with pytest.raises(CatalogError, match="ttbar__PS_var: .* listed more than once"):
+        _run(catalog)
+
+
+def test_samples_sharing_a_file_each_get_their_own_histograms(small_catalog, tmp_path, caplog):
+    """ttbar scaleup reusing the nominal file: both samples are filled, as if run apart."""
+    path, n = _file(small_catalog, "ttbar")
+    shared = _catalog(tmp_path, {"ttbar": {"nominal": [(path, n)], "scaleup": [(path, n)]}})
+    with caplog.at_level(logging.WARNING, logger="agc.catalog"):
+        both = _run(shared)
+    assert f"{path} is an input of ttbar__nominal and ttbar__scaleup" in caplog.text
+    assert both.events_per_sample == {"ttbar__nominal": n, "ttbar__scaleup": n}
+    alone = {}
+    for variation in ("nominal", "scaleup"):
+        (tmp_path / variation).mkdir()
+        one = _catalog(tmp_path / variation, {"ttbar": {variation: [(path, n)]}})
+        alone.update(_run(one).histograms)
+    for region in ("4j1b", "4j2b"):  # pseudodata needs samples these catalogs do not have
+        alone.pop(f"{region}_pseudodata", None)
+    assert both.histograms["4j2b_ttbar"].sum().value > 0
+    assert_same_histograms(alone, both.histograms, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("nevts", "needle"),
+    [
+        (-5, "nevts -5 is not a positive whole number"),
+        (0, "nevts 0 is not a positive whole number"),
+        (2999.7, "nevts 2999.7 is not a positive whole number"),
+        ("lots", "nevts 'lots' is not a positive whole number"),
+        (True, "nevts True is not a positive whole number"),
+    ],
+)
+def test_bad_event_counts_are_refused_naming_the_file(small_catalog, tmp_path, nevts, needle):
+    path, _ = _file(small_catalog, "wjets")
+    with pytest.raises(CatalogError, match=needle):
+        _run(_catalog(tmp_path, {"wjets": {"nominal": [(path, nevts)]}}))
+
+
+def test_a_missing_path_is_refused(small_catalog, tmp_path):
+    catalog = _catalog(tmp_path, {"wjets": {"nominal": [("x", 10)]}})
+    data = json.loads(catalog.read_text())
+    data["wjets"]["nominal"]["files"][0]["path"] = None
+    catalog.write_text(json.dumps(data))
+    with pytest.raises(CatalogError, match="wjets__nominal: a file has path None"):
+        _run(catalog)
+
+
+@pytest.mark.parametrize("engine", ["chunked", "dask-awkward"])
+def test_a_catalog_that_undercounts_a_file_is_refused(small_catalog, tmp_path, engine):
+    """A catalog giving 2000 events for a 4000-event file would silently drop half of it."""
+    path, n = _file(small_catalog, "wjets")
+    catalog = _catalog(tmp_path, {"wjets": {"nominal": [(path, n // 2)]}})
+    mode = {"engine": engine, "mode": "dask", "workers": 1} if engine != "chunked" else {}
+    with pytest.raises(UserError, match=f"nevts' is {n // 2} but the file has {n} entries"):
+        _run(catalog, **mode)
+
+
+def test_unknown_samples_list_the_known_ones(small_catalog):
+    with pytest.raises(CatalogError, match="ttbar__bogus not in the catalog; known: .*wjets"):
+        _run(small_catalog, samples=("ttbar__bogus",))
+
+
+# -- outputs -----------------------------------------------------------------------------
+def _config(small_catalog, out):
+    return RunConfig(
+        catalog=str(small_catalog),
+        mode="inprocess",
+        samples=("ttbar__PS_var",),
+        fit=False,
+        output_dir=str(out),
+    )
+
+
+def test_a_second_run_on_a_busy_output_is_refused_before_any_work(small_catalog, tmp_path):
+    out = tmp_path / "out"
+    with OutputLock(out, "other-run"):  # held by a live process: this one
+        with pytest.raises(OutputError, match="run other-run .* is writing it"):
+            run(_config(small_catalog, out), progress=False)
+    assert not out.exists()
+    result = run(_config(small_catalog, out), progress=False)  # released: fine now
+    assert result.run_dir == out and not (tmp_path / ".out.lock").exists()
+
+
+def test_what_a_run_writes_is_readable_by_others(small_catalog, tmp_path):
+    """Outputs get the usual permissions (0666 less the umask), not a temporary file's 0600."""
+    old = os.umask(0o022)
+    try:
+        result = run(_config(small_catalog, tmp_path / "out"), progress=False)
+    finally:
+        os.umask(old)
+    for name in ("histograms.root", "histograms.json", "summary.json"):
+        assert stat.S_IMODE((result.run_dir / name).stat().st_mode) == 0o644, name
+
+
+_KILLED_RUN = """
+import sys, time
+import agc.engines
+from agc import RunConfig, run
+from agc.chunks import process_chunk
+
+def slow(task):
+    time.sleep(0.5)
+    return process_chunk(task)
+
+agc.engines.process_chunk = slow
+run(RunConfig(catalog=sys.argv[1], mode="inprocess", chunksize=500, fit=False,
+              output_dir=sys.argv[2]), progress=False)
+"""
+
+
+def test_a_run_killed_mid_run_leaves_nothing_that_stops_the_next(small_catalog, tmp_path):
+    """SIGKILL while processing: no result directory, and the next run takes over the stale
+    lock, removes the staging directory left behind and completes."""
+    out = tmp_path / "out"
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, str(small_catalog), str(out)])
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(".out.*.partial")) and time.monotonic() < deadline:
+            assert child.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.05)
+        assert list(tmp_path.glob(".out.*.partial")), "no staging directory appeared"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    assert (tmp_path / ".out.lock").exists() and not out.exists()
+    result = run(_config(small_catalog, out), progress=False)
+    assert result.run_dir == out and (out / "histograms.root").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
