@@ -123,6 +123,11 @@ def _open_checked(path: str, tree: str):
             "'agc generate' for synthetic inputs."
         ) from err
     except Exception as err:
+        if "://" in path and isinstance(err, OSError | TimeoutError):
+            raise InputFileError(
+                f"{path}: cannot be reached ({type(err).__name__}: {err}). Check the network "
+                "and the server, or read a local copy (--mirror) or through an XCache (--xcache)."
+            ) from err
         raise InputFileError(
             f"{path}: not a readable ROOT file ({type(err).__name__}: {err}). "
             "It may be truncated or corrupt: re-generate or re-copy it."

@@ -92,12 +92,16 @@ class DaskExecutor(BaseExecutor):
 class LocalBackend:
     """Run on this machine: ``mode`` is inprocess, processes (default) or dask (LocalCluster).
 
-    A ``profile`` (``backend: local``) may set ``workers`` and ``local.mode``.
+    A ``profile`` (``backend: local``) may set ``workers``, ``local.mode`` and
+    ``worker.memory`` (each Dask worker's memory limit); its other keys are batch-job settings
+    that the local backend does not use, and a warning names them.
     """
 
     workers: int | None = None
     mode: str | None = None
     profile: str | None = None
+    #: memory limit of each Dask worker (``worker.memory`` of a profile; dask mode only)
+    memory: str | None = None
 
     name = "local"
     description = "this machine: in-process, a process pool, or a Dask LocalCluster"
@@ -109,6 +113,15 @@ class LocalBackend:
             p = load_profile(self.profile, backend="local")
             self.workers = self.workers or p.data.get("workers")
             self.mode = self.mode or p.section("local").get("mode")
+            self.memory = p.worker.get("memory")
+            top = set(p.data) - {"backend", "description", "workers", "worker", "local"}
+            ignored = sorted(top | {f"worker.{k}" for k in set(p.worker) - {"cores", "memory"}})
+            if ignored:
+                log.warning(
+                    "profile %s: the local backend does not use %s (batch-job settings)",
+                    p.source,
+                    ", ".join(ignored),
+                )
         self.mode = self.mode or "processes"
         try:
             check_value("mode", self.mode)
@@ -127,7 +140,11 @@ class LocalBackend:
 
         with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environment()}):
             cluster = LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                memory_limit=self.memory or "auto",
             )
         return DaskExecutor(Client(cluster), cluster, workers)
 

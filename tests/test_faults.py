@@ -183,3 +183,66 @@ def test_a_run_killed_mid_run_leaves_nothing_that_stops_the_next(small_catalog, 
     result = run(_config(small_catalog, out), progress=False)
     assert result.run_dir == out and (out / "histograms.root").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+# -- small ones ----------------------------------------------------------------------------
+def test_an_unreachable_input_is_not_called_corrupt():
+    """Nothing listens on loopback port 1: the error says the server cannot be reached."""
+    from agc.reader import InputFileError, open_tree
+
+    with pytest.raises(InputFileError, match="cannot be reached .* Check the network"):
+        open_tree("http://127.0.0.1:1/inputs/file.root")
+
+
+def test_fetch_into_a_non_empty_directory_is_refused(small_catalog, tmp_path):
+    from agc.cache import CacheStoreError, ResultStore
+
+    store = tmp_path / "store"
+    result = run(
+        RunConfig(
+            catalog=str(small_catalog),
+            mode="inprocess",
+            samples=("ttbar__PS_var",),
+            fit=False,
+            cache=str(store),
+            data_lake="only",
+        ),
+        progress=False,
+    )
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(CacheStoreError, match="--to .*busy: exists and is not an empty"):
+        ResultStore(store).fetch_run(result.run_id, busy)
+    assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
+    fetched = ResultStore(store).fetch_run(result.run_id, tmp_path / "new")
+    assert (fetched / "histograms.root").exists()
+
+
+def test_local_backend_says_which_profile_keys_it_does_not_use(tmp_path, caplog):
+    import yaml
+
+    from backends.local import LocalBackend
+
+    profile = tmp_path / "site.yaml"
+    profile.write_text(
+        yaml.safe_dump(
+            {
+                "backend": "local",
+                "workers": 1,
+                "worker": {"cores": 1, "memory": "1GB", "setup": ["source /x"]},
+                "local": {"mode": "dask"},
+                "log_directory": "logs",
+            }
+        )
+    )
+    with caplog.at_level(logging.WARNING, logger="backends.local"):
+        backend = LocalBackend(profile=str(profile))
+    assert "does not use log_directory, worker.setup" in caplog.text
+    assert (backend.mode, backend.workers, backend.memory) == ("dask", 1, "1GB")
+    executor = backend.start()
+    try:
+        (limit,) = {w["memory_limit"] for w in executor.client.scheduler_info()["workers"].values()}
+    finally:
+        executor.close()
+    assert limit == 10**9

@@ -350,6 +350,11 @@ class ResultStore:
                 f"{', '.join(known[-5:]) or 'none'}; see 'agc cache ls')"
             )
         to = Path(to)
+        if to.exists() and (not to.is_dir() or any(to.iterdir())):
+            raise CacheStoreError(
+                f"--to {to}: exists and is not an empty directory; the run would be mixed with "
+                "what is there: choose a new directory"
+            )
         for path in self.fs.find(source):
             rel = path[len(source) :].lstrip("/")
             if rel == COMPLETE:
