@@ -9,13 +9,14 @@ is refused before the run starts, so nothing of the user's is lost.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +56,16 @@ def is_run_directory(path: Path) -> bool:
 
 def check_output_dir(path: Path) -> None:
     """Refuse, before any work, an output location that the run could not use or must not
-    replace: a file, or a directory with content that is not a run of ours."""
+    replace: a file, a place it cannot write, or a directory with content that is not a run
+    of ours."""
     if path.exists() and not path.is_dir():
         raise OutputError(f"--output {path}: is a file; give a directory")
+    existing = next(p for p in (path.parent, *path.parent.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"--output {path}: {existing} is not a directory this user can write; choose "
+            "another place"
+        )
     if path.is_dir() and any(path.iterdir()) and not is_run_directory(path):
         raise OutputError(
             f"--output {path}: exists and is not a run directory of this harness; choose a "
@@ -157,7 +165,23 @@ class StagedRunDirectory:
     def __init__(self, target: Path, run_id: str) -> None:
         self.target = Path(target)
         self.staging = self.target.parent / f".{self.target.name}.{run_id}.partial"
-        (self.staging / METRICS).mkdir(parents=True)
+        with self.writing():
+            (self.staging / METRICS).mkdir(parents=True)
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Any ``OSError`` of the ``with`` block (full disk, read-only file system, a file
+        where a directory should be) as one :class:`OutputError` naming the run directory."""
+        try:
+            yield
+        except UserError:
+            raise
+        except OSError as err:
+            where = f" ({err.filename})" if err.filename else ""
+            raise OutputError(
+                f"--output {self.target}: writing failed: {err.strerror or err}{where}; nothing "
+                "was left there"
+            ) from err
 
     def commit(self) -> Path:
         """Move the staged outputs into place (replacing a previous run directory there)."""

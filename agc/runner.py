@@ -169,15 +169,16 @@ def run(config: RunConfig | None = None, *, progress: bool = True, write: bool =
         wall_seconds, cpu_seconds = clock.elapsed(), time.process_time() - cpu0
         fit = None
         if outputs is not None:
-            with clock.phase("write"):
+            with clock.phase("write"), outputs.writing():
                 write_histograms(outputs.staging, histograms)
             if config.fit and not config.io_only:
-                with clock.phase("fit"):
+                with clock.phase("fit"), outputs.writing():
                     fit = fit_and_plot(histograms, outputs.staging, synthetic=plan.synthetic)
         result = record(config, plan, execution, histograms, fit, clock, wall_seconds, cpu_seconds)
         if outputs is not None:
-            write_record(outputs.staging, result.summary, result.record, result.tasks)
-            result.run_dir = outputs.commit()
+            with outputs.writing():
+                write_record(outputs.staging, result.summary, result.record, result.tasks)
+                result.run_dir = outputs.commit()
     if result.run_dir is not None:
         result.stored_run, result.run_dir = publish(config, result.run_id, result.run_dir)
     return result

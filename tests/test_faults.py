@@ -246,3 +246,76 @@ def test_local_backend_says_which_profile_keys_it_does_not_use(tmp_path, caplog)
     finally:
         executor.close()
     assert limit == 10**9
+
+
+# -- full and read-only file systems (a real tmpfs, mounted by the test) -------------------
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``mount(options)``: a tmpfs mounted under tmp_path; every mount is removed afterwards."""
+    import shutil
+
+    if shutil.which("mount") is None or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root and mount(8)")
+    mounted = []
+
+    def mount(options: str) -> Path:
+        point = tmp_path / f"tmpfs{len(mounted)}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
+                              capture_output=True, text=True)  # fmt: skip
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def _full_run(small_catalog, **kw):
+    return RunConfig(catalog=str(small_catalog), mode="inprocess", fit=False, **kw)
+
+
+def test_a_full_disk_for_the_outputs_fails_clearly_and_leaves_nothing(small_catalog, tmpfs):
+    disk = tmpfs("size=64k")
+    out = disk / "run"
+    with pytest.raises(OutputError, match="writing failed: No space left on device"):
+        run(_full_run(small_catalog, output_dir=str(out)), progress=False)
+    assert list(disk.iterdir()) == []  # no run directory, no staging, no lock
+
+
+def test_a_read_only_output_is_refused_before_any_work(small_catalog, tmpfs, monkeypatch):
+    import agc.engines
+
+    read_only = tmpfs("ro,size=1m")
+
+    def never(task):
+        raise AssertionError("a chunk was processed")
+
+    monkeypatch.setattr(agc.engines, "process_chunk", never)
+    with pytest.raises(OutputError, match="is not a directory this user can write"):
+        run(_full_run(small_catalog, output_dir=str(read_only / "run")), progress=False)
+
+
+def test_a_full_cache_store_keeps_the_run_and_no_half_entries(small_catalog, tmpfs, tmp_path):
+    """Chunks that do not fit are logged and computed; the data-lake copy is best effort; no
+    temporary file or half run stays in the store."""
+    from agc.cache import ResultStore
+
+    store = tmpfs("size=96k")
+    result = run(
+        _full_run(small_catalog, cache=str(store), output_dir=str(tmp_path / "out")),
+        progress=False,
+    )
+    assert result.run_dir == tmp_path / "out" and result.stored_run is None
+    assert (result.run_dir / "histograms.root").exists()
+    left = [p for p in store.rglob("*") if p.is_file()]
+    assert not [p for p in left if p.name.endswith(".tmp")]
+    assert not (store / "runs").exists() or not any((store / "runs").iterdir())
+    kept = ResultStore(store).entries()
+    assert 0 < len(kept) < result.chunks  # some chunks fitted, the rest did not
+    again = run(_full_run(small_catalog, cache=str(store), data_lake="off"), progress=False,
+                write=False)  # fmt: skip
+    assert again.record.cache_hits == len(kept)
+    assert_same_histograms(result.histograms, again.histograms, rtol=0)

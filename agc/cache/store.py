@@ -22,6 +22,7 @@ that would cost a write per hit, it is the time the entry was written.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -182,11 +183,12 @@ class ResultStore:
             self._write(path + COMMIT_SUFFIX, header["sha256"].encode())
         else:
             tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-            self._write(tmp, data)
             try:
+                self._write(tmp, data)
                 self.fs.mv(tmp, path)
-            except Exception:
-                self.fs.rm_file(tmp)
+            except BaseException:  # a full store must not keep half-written entries
+                with contextlib.suppress(Exception):
+                    self.fs.rm_file(tmp)
                 raise
         self._refresh()
 
@@ -316,15 +318,24 @@ class ResultStore:
         return f"{self.url.rstrip('/')}/runs/{run_id}"
 
     def put_run(self, run_id: str, local_dir: str | os.PathLike) -> str:
-        """Upload a run directory; the ``COMPLETE`` marker is written last. Returns its URL."""
+        """Upload a run directory; the ``COMPLETE`` marker is written last. Returns its URL.
+
+        A failed upload removes what it had written (readers ignore a run without its
+        marker anyway), so a full or read-only store keeps no half run.
+        """
         _check_run_id(run_id)
         target = f"{self.root}/runs/{run_id}"
         local_dir = Path(local_dir)
-        for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
-            rel = path.relative_to(local_dir).as_posix()
-            self.fs.makedirs(f"{target}/{rel}".rsplit("/", 1)[0], exist_ok=True)
-            self._write(f"{target}/{rel}", path.read_bytes())
-        self._write(f"{target}/{COMPLETE}", json.dumps({"stored": time.time()}).encode())
+        try:
+            for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+                rel = path.relative_to(local_dir).as_posix()
+                self.fs.makedirs(f"{target}/{rel}".rsplit("/", 1)[0], exist_ok=True)
+                self._write(f"{target}/{rel}", path.read_bytes())
+            self._write(f"{target}/{COMPLETE}", json.dumps({"stored": time.time()}).encode())
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.fs.rm(target, recursive=True)
+            raise
         self._refresh()
         return self.run_url(run_id)
 
