@@ -165,20 +165,42 @@ run(RunConfig(catalog=sys.argv[1], mode="inprocess", chunksize=500, fit=False,
 """
 
 
+def _start_slow_run(small_catalog, out: Path) -> subprocess.Popen:
+    """A run in another process, slowed down, once it holds its output (its staging exists)."""
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, str(small_catalog), str(out)])
+    try:
+        deadline = time.monotonic() + 60
+        while not list(out.parent.glob(f".{out.name}.*.partial")) and time.monotonic() < deadline:
+            assert child.poll() is None, "the run ended before it held its output"
+            time.sleep(0.05)
+        assert list(out.parent.glob(f".{out.name}.*.partial")), "no staging directory appeared"
+    except BaseException:
+        child.kill()
+        child.wait(timeout=30)
+        raise
+    return child
+
+
+def test_two_runs_on_one_output_the_second_is_refused(small_catalog, tmp_path):
+    out = tmp_path / "out"
+    first = _start_slow_run(small_catalog, out)
+    try:
+        with pytest.raises(
+            OutputError, match=f"run .*-{first.pid} \\(pid {first.pid} .* is writing it"
+        ):
+            run(_config(small_catalog, out), progress=False)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+
+
 def test_a_run_killed_mid_run_leaves_nothing_that_stops_the_next(small_catalog, tmp_path):
     """SIGKILL while processing: no result directory, and the next run takes over the stale
     lock, removes the staging directory left behind and completes."""
     out = tmp_path / "out"
-    child = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, str(small_catalog), str(out)])
-    try:
-        deadline = time.monotonic() + 60
-        while not list(tmp_path.glob(".out.*.partial")) and time.monotonic() < deadline:
-            assert child.poll() is None, "the run ended before it could be killed"
-            time.sleep(0.05)
-        assert list(tmp_path.glob(".out.*.partial")), "no staging directory appeared"
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
+    child = _start_slow_run(small_catalog, out)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
     assert (tmp_path / ".out.lock").exists() and not out.exists()
     result = run(_config(small_catalog, out), progress=False)
     assert result.run_dir == out and (out / "histograms.root").exists()
