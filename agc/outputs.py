@@ -26,6 +26,7 @@ from agc.errors import UserError
 from agc.fileio import atomic_write_text
 from agc.histograms import write_json, write_root
 from agc.metrics import RunRecord, TaskTiming, phases_frame, runs_frame, tasks_frame
+from agc.processes import alive
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +117,10 @@ class OutputLock:
             holder, age = {}, 0.0
         if not holder and age < 10:  # being written this very moment by the run taking it
             holder = {"run_id": "(starting)", "pid": "?", "host": socket.gethostname()}
-            alive = True
+            running = True
         else:
-            alive = holder.get("host") != socket.gethostname() or _alive(holder.get("pid"))
-        if holder and alive:
+            running = holder.get("host") != socket.gethostname() or alive(holder.get("pid"))
+        if holder and running:
             raise OutputError(
                 f"--output {self.target}: run {holder.get('run_id')} (pid {holder.get('pid')} "
                 f"on {holder.get('host')}) is writing it; wait for it or choose another "
@@ -145,18 +146,6 @@ class OutputLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-def _alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class StagedRunDirectory:

@@ -31,6 +31,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from agc import processes
+
 log = logging.getLogger(__name__)
 
 XROOTD = "xrootd"
@@ -118,11 +120,7 @@ class XRootDDaemon:
         return f"root://127.0.0.1:{self.port}"
 
     def alive(self) -> bool:
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
+        return processes.alive(self.pid)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout`` seconds."""

@@ -20,7 +20,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from backends.standins.localjobs import alive
+from agc.processes import alive
 
 #: The two samples the backend end-to-end runs process (enough chunks for two workers).
 BACKEND_SAMPLES = ("ttbar__nominal", "wjets__nominal")

@@ -17,6 +17,10 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from agc.processes import alive
+
+__all__ = ["alive", "history", "next_id", "record", "records", "remove", "spawn", "state_dir"]
+
 GRACE_SECONDS = 10.0
 
 
@@ -77,21 +81,6 @@ def records(state: Path) -> Iterator[dict]:
             yield json.loads(path.read_text())
         except (OSError, ValueError):  # removed or being written concurrently
             continue
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return True
-    return "\nState:\tZ" not in status
 
 
 def group_members(pgid: int) -> list[int]:
