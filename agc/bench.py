@@ -399,20 +399,7 @@ def _cache_scenario(
     base = dict(scenario.get("base", {}))
     chunksize = int(base.pop("chunksize", 100_000))
     options = {k: v for k, v in base.items() if k not in POINT_CONTROLS}
-    rows = []
-    for repeat in range(repeats):
-        for row in module.result_cache_scenarios(
-            str(catalog), run_options=options, chunksize=chunksize
-        ):
-            rows.append(
-                {
-                    **row,
-                    "point": row["scenario"],
-                    "repeat": repeat,
-                    "warmup": False,
-                    "code": "current",
-                }
-            )
+    kinds = [module.result_cache_scenarios]
     # input caching: direct reads vs a real XRootD origin + XCache on loopback
     from agc import xcache
 
@@ -421,19 +408,13 @@ def _cache_scenario(
         log.warning("scenario 'cache': XCache rows not measured (%s)", missing)
         skipped["xcache"] = missing
     else:
-        for repeat in range(repeats):
-            for row in module.xcache_scenarios(
-                str(catalog), run_options=options, chunksize=chunksize
-            ):
-                rows.append(
-                    {
-                        **row,
-                        "point": row["scenario"],
-                        "repeat": repeat,
-                        "warmup": False,
-                        "code": "current",
-                    }
-                )
+        kinds.append(module.xcache_scenarios)
+    rows = [
+        {**row, "point": row["scenario"], "repeat": repeat, "warmup": False, "code": "current"}
+        for measure in kinds
+        for repeat in range(repeats)
+        for row in measure(str(catalog), run_options=options, chunksize=chunksize)
+    ]
     df = pd.DataFrame(rows).rename(columns={"scenario": "cache_scenario"})
     from agc.metrics import environment
 
