@@ -131,26 +131,17 @@ def result_cache_scenarios(
 def cold(catalog: str, store_url: str, **kw) -> dict:
     """One run against ``store_url`` after clearing it."""
     ResultStore(store_url).clear()
-    return row(
-        "cold",
-        run(
-            _config(catalog, store_url, kw.get("run_options") or {}, kw.get("chunksize", 100_000)),
-            progress=False,
-            write=False,
-        ),
-    )
+    return _measured("cold", catalog, store_url, **kw)
 
 
 def warm(catalog: str, store_url: str, **kw) -> dict:
     """One run against ``store_url`` as it is (after :func:`cold`: everything cached)."""
-    return row(
-        "warm",
-        run(
-            _config(catalog, store_url, kw.get("run_options") or {}, kw.get("chunksize", 100_000)),
-            progress=False,
-            write=False,
-        ),
-    )
+    return _measured("warm", catalog, store_url, **kw)
+
+
+def _measured(scenario: str, catalog: str, store_url: str, **kw) -> dict:
+    config = _config(catalog, store_url, kw.get("run_options") or {}, kw.get("chunksize", 100_000))
+    return row(scenario, run(config, progress=False, write=False))
 
 
 def _readable_copy(catalog: str, into: Path) -> str:
