@@ -20,7 +20,7 @@ import hist
 from agc.analysis import process_events
 from agc.catalog import Chunk
 from agc.metrics import TaskTiming, peak_rss_mb
-from agc.reader import open_tree, read_chunk
+from agc.reader import InputFileError, open_tree, read_chunk
 
 
 @dataclass(frozen=True)
@@ -37,29 +37,47 @@ class ChunkTask:
     systematics: bool
     seed: int
     io_only: bool = False
+    #: A chunk whose file cannot be opened or read gives a skipped result instead of an error.
+    skip_bad_files: bool = False
 
 
 @dataclass
 class ChunkResult:
-    """What one chunk gave: its events, its partial histograms and how it ran."""
+    """What one chunk gave: its events, its partial histograms and how it ran.
+
+    ``skipped``: why the chunk was left out (its file could not be read and the run skips bad
+    files); such a result has no events and no histograms.
+    """
 
     index: int
     nevents: int
     histograms: dict[str, hist.Hist]
     timing: TaskTiming
+    skipped: str | None = None
 
 
 def process_chunk(task: ChunkTask) -> ChunkResult:
-    """Read one chunk and run the analysis on it (runs on a worker)."""
+    """Read one chunk and run the analysis on it (runs on a worker).
+
+    With ``task.skip_bad_files``, a failure to open or read the file (the read stage only: an
+    error in the analysis is never skipped) gives :func:`skipped_result`.
+    """
     started, cpu0 = time.time(), time.process_time()
     c = task.chunk
-    fresh = open_tree(c.path, c.tree)[2]  # kept open per worker; timed apart from reading
-    opened = time.time() if fresh else started
-    events, nbytes = read_chunk(
-        c.path, task.branches, c.entry_start, c.entry_stop, c.tree, c.file_entries
-    )
-    if task.io_only:
-        ak.materialize(events)  # the I/O ceiling: columns decompressed and deserialised only
+    try:
+        fresh = open_tree(c.path, c.tree)[2]  # kept open per worker; timed apart from reading
+        opened = time.time() if fresh else started
+        events, nbytes = read_chunk(
+            c.path, task.branches, c.entry_start, c.entry_stop, c.tree, c.file_entries
+        )
+        if task.io_only:
+            ak.materialize(events)  # the I/O ceiling: columns decompressed and deserialised only
+    except MemoryError:
+        raise
+    except Exception as err:
+        if not task.skip_bad_files:
+            raise
+        return skipped_result(task, err, started=started, cpu0=cpu0)
     return analyse(
         events,
         task,
@@ -111,6 +129,17 @@ def analyse(
         open_seconds=open_seconds,
     )
     return ChunkResult(task.index, len(events), histograms, timing)
+
+
+def skipped_result(
+    task: ChunkTask, err: BaseException, *, started: float, cpu0: float
+) -> ChunkResult:
+    """The result of a chunk left out because its file could not be read (``err``)."""
+    timing = chunk_timing(
+        task.chunk, started=started, cpu0=cpu0, bytes_read=0, peak_rss=peak_rss_mb(), skipped=True
+    )
+    reason = str(err) if isinstance(err, InputFileError) else f"{type(err).__name__}: {err}"
+    return ChunkResult(task.index, 0, {}, timing, skipped=reason)
 
 
 def chunk_timing(

@@ -68,6 +68,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     _option(g, "eos")
     _option(g, "xcache", metavar="URL")
     _option(g, "mirror", metavar="DIR")
+    _option(g, "skip_bad_files")
     g = p.add_argument_group("analysis")
     g.add_argument("--no-systematics", action="store_true", help="nominal selection only")
     _option(g, "seed", type=int)
@@ -111,23 +112,40 @@ def config_from_args(args: argparse.Namespace):
     return RunConfig(**given)
 
 
+def partial_warning(summary: dict) -> str:
+    """The lines that say a run is partial: the chunks it left out, by file, and why."""
+    skipped = summary.get("skipped_chunks", [])
+    by_file: dict[str, list[dict]] = {}
+    for chunk in skipped:
+        by_file.setdefault(chunk["path"], []).append(chunk)
+    lines = [
+        f"PARTIAL RESULT: {len(skipped)} of {summary['chunks']} chunks in {len(by_file)} file(s) "
+        f"could not be read and were skipped; {summary['events_lost']:,} events lost "
+        "(each sample normalised to the events it processed):"
+    ]
+    for path, chunks in by_file.items():
+        lost = sum(c["events_lost"] for c in chunks)
+        lines.append(f"  {path} ({chunks[0]['sample']}, {lost:,} events): {chunks[0]['reason']}")
+    return "\n".join(lines)
+
+
 def summary_table(result) -> str:
     """The readable end-of-run table: events, weight, yields and raw counts per sample."""
     import pandas as pd
 
     rows = []
     for sample, n in result.events_per_sample.items():
-        w = result.weights[sample]
+        w = result.weights.get(sample)  # none for a sample that lost all its events
         y = result.yields[sample]
         rows.append(
             {
                 "sample": sample,
                 "events": n,
-                "weight": w,
+                "weight": w if w is not None else float("nan"),
                 "4j1b yield": y["4j1b"],
-                "4j1b raw": round(y["4j1b"] / w),
+                "4j1b raw": round(y["4j1b"] / w) if w else 0,
                 "4j2b yield": y["4j2b"],
-                "4j2b raw": round(y["4j2b"] / w),
+                "4j2b raw": round(y["4j2b"] / w) if w else 0,
             }
         )
     df = pd.DataFrame(rows).set_index("sample")
@@ -154,6 +172,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"({result.events_per_second / result.workers:,.0f} per worker), "
         f"{result.bytes_read / 1e6:,.1f} MB read"
     )
+    if result.record.partial:
+        print(partial_warning(result.summary), file=sys.stderr)
     fit = result.summary.get("fit")
     if result.record.cache_hits:
         print(

@@ -122,6 +122,11 @@ RUN_SCHEMA: dict[str, Any] = {
             **_nullable(_PATH),
             "description": "local directory mirroring the /store/... paths",
         },
+        "skip_bad_files": {
+            "type": "boolean",
+            "description": "finish without chunks whose file cannot be read (a partial result, "
+            "marked so) instead of failing",
+        },
         # I/O-only mode (spec §9): read, do nothing else
         "io_only": {"type": "boolean", "description": "read the branches and do nothing else"},
         "io_branches": {
@@ -220,6 +225,7 @@ class RunConfig:
     eos: bool = False
     xcache: str | None = None
     mirror: str | None = None
+    skip_bad_files: bool = False
     io_only: bool = False
     io_branches: str = vocabulary.ANALYSIS_BRANCH_SET
     backend: str = "local"

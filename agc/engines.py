@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import awkward as ak
 import numpy as np
 
-from agc.chunks import ChunkResult, ChunkTask, analyse, process_chunk
+from agc.chunks import ChunkResult, ChunkTask, analyse, process_chunk, skipped_result
 from agc.config import ENGINES
 from agc.errors import UserError
 from agc.reader import check_tree, open_tree
@@ -106,15 +106,22 @@ class DaskAwkwardEngine(_EngineBase):
         if not tasks:
             return
         client = _require(executor, tasks).client
-        files: dict[str, dict[str, Any]] = {}
+        unreadable = _unreadable_files(tasks)  # also checks every file and branch first
         for task in tasks:
+            if task.chunk.path in unreadable:
+                yield _skipped(task, unreadable[task.chunk.path])
+        readable = [t for t in tasks if t.chunk.path not in unreadable]
+        if not readable:
+            return
+        files: dict[str, dict[str, Any]] = {}
+        for task in readable:
             c = task.chunk
             entry = files.setdefault(c.path, {"object_path": c.tree, "steps": []})
             entry["steps"].append([c.entry_start, c.entry_stop])
         # uproot.dask makes the partitions file by file, steps in the order given
         file_order = {path: i for i, path in enumerate(files)}
-        partition_tasks = sorted(tasks, key=lambda t: file_order[t.chunk.path])
-        nbytes = _compressed_bytes(partition_tasks)  # also checks every file and branch first
+        partition_tasks = sorted(readable, key=lambda t: file_order[t.chunk.path])
+        nbytes = _compressed_bytes(partition_tasks)
         events = uproot.dask(files, filter_name=list(tasks[0].branches), open_files=False)
         analyse_partition = dask.delayed(_analyse_partition, pure=True)
         graph = [
@@ -130,10 +137,15 @@ class DaskAwkwardEngine(_EngineBase):
             try:
                 for future in as_completed(futures):
                     i = position[future.key]
+                    task = partition_tasks[i]
                     try:
                         result = future.result()
                     except Exception as err:
-                        c = partition_tasks[i].chunk
+                        # an error of the analysis task itself is never skipped
+                        if task.skip_bad_files and not isinstance(err, _AnalysisError):
+                            yield _skipped(task, err)
+                            continue
+                        c = task.chunk
                         raise EngineError(
                             f"{c.path}: reading or analysing entries {c.entry_start}-"
                             f"{c.entry_stop} failed ({type(err).__name__}: {err})"
@@ -143,6 +155,39 @@ class DaskAwkwardEngine(_EngineBase):
             finally:
                 client.cancel(futures)
         _add_read_times(results, stream.data, events.name)
+
+
+class _AnalysisError(RuntimeError):
+    """An analysis task that failed on events that were read (not an input problem)."""
+
+
+def _skipped(task: ChunkTask, err: BaseException) -> ChunkResult:
+    return skipped_result(task, err, started=time.time(), cpu0=time.process_time())
+
+
+def _unreadable_files(tasks: Sequence[ChunkTask]) -> dict[str, Exception]:
+    """The files of ``tasks`` that cannot be opened or lack what the tasks read, with why.
+
+    Without ``skip_bad_files`` the first such file raises its error instead.
+    """
+    out: dict[str, Exception] = {}
+    last: dict[str, int] = {}  # path -> the last entry any task reads
+    first: dict[str, ChunkTask] = {}
+    for task in tasks:
+        first.setdefault(task.chunk.path, task)
+        last[task.chunk.path] = max(last.get(task.chunk.path, 0), task.chunk.entry_stop)
+    for path, task in first.items():
+        c = task.chunk
+        try:
+            _, tree, _ = open_tree(c.path, c.tree)
+            check_tree(c.path, tree, task.branches, last[path], c.file_entries)
+        except MemoryError:
+            raise
+        except Exception as err:
+            if not task.skip_bad_files:
+                raise
+            out[c.path] = err
+    return out
 
 
 #: The engines, by the ``engine`` option.
@@ -162,9 +207,8 @@ def get_engine(name: str) -> Engine:
 def _compressed_bytes(tasks: Sequence[ChunkTask]) -> list[int]:
     """Compressed bytes of the baskets each chunk reads (what uproot fetches for it).
 
-    Opens each file once on the client (the preprocessing a dask-awkward workflow does to know
-    its inputs), which also turns a missing file, tree or branch into a clear error before any
-    task is submitted.
+    Uses the files as :func:`_unreadable_files` opened them on the client (the preprocessing a
+    dask-awkward workflow does to know its inputs).
     """
     baskets: dict[str, np.ndarray] = {}  # path -> (entry start, entry stop, bytes) per basket
     out = []
@@ -172,7 +216,6 @@ def _compressed_bytes(tasks: Sequence[ChunkTask]) -> list[int]:
         c = task.chunk
         if c.path not in baskets:
             _, tree, _ = open_tree(c.path, c.tree)
-            check_tree(c.path, tree, task.branches, c.entry_stop, c.file_entries)
             rows = [
                 (*branch.basket_entry_start_stop(i), branch.basket_compressed_bytes(i))
                 for branch in (tree[name] for name in task.branches)
@@ -189,7 +232,10 @@ def _analyse_partition(events: ak.Array, task: ChunkTask, nbytes: int) -> ChunkR
     started, cpu0 = time.time(), time.process_time()
     if task.io_only:
         ak.materialize(events)
-    return analyse(events, task, nbytes, started=started, cpu0=cpu0)
+    try:
+        return analyse(events, task, nbytes, started=started, cpu0=cpu0)
+    except Exception as err:
+        raise _AnalysisError(f"the analysis failed ({type(err).__name__}: {err})") from err
 
 
 def _add_read_times(results: dict[int, ChunkResult], stream: list[dict], read_name: str) -> None:

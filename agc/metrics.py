@@ -108,6 +108,8 @@ class TaskTiming:
     analysis_seconds: float = float("nan")
     #: of ``read_seconds``: opening the file (0 when this worker had it open already)
     open_seconds: float = float("nan")
+    #: the chunk was left out: its file could not be read (``skip_bad_files``)
+    skipped: bool = False
 
 
 @dataclass
@@ -140,6 +142,10 @@ class RunRecord:
     read_seconds: float = float("nan")
     open_seconds: float = float("nan")
     analysis_seconds: float = float("nan")
+    #: a partial result: chunks left out (``skip_bad_files``) and the events they held
+    partial: bool = False
+    chunks_skipped: int = 0
+    events_lost: int = 0
 
     @property
     def cores(self) -> int:

@@ -36,6 +36,7 @@ from agc.cache import CachingEngine, ResultStore, lake_store, publish_run, stagi
 from agc.catalog import Chunk, Sample, build_fileset, is_synthetic, load_catalog, make_chunks
 from agc.chunks import ChunkResult, ChunkTask, worker_name
 from agc.config import SYNTHETIC_CATALOG, RunConfig
+from agc.constants import sample_weight
 from agc.engines import Engine, get_engine
 from agc.errors import UserError
 from agc.histograms import add_pseudodata, is_written, merge
@@ -173,7 +174,10 @@ def run(config: RunConfig | None = None, *, progress: bool = True, write: bool =
                 write_histograms(outputs.staging, histograms)
             if config.fit and not config.io_only:
                 with clock.phase("fit"), outputs.writing():
-                    fit = fit_and_plot(histograms, outputs.staging, synthetic=plan.synthetic)
+                    lost = sum(s["events_lost"] for s in skipped_chunks(plan, execution.results))
+                    fit = fit_and_plot(
+                        histograms, outputs.staging, synthetic=plan.synthetic, events_lost=lost
+                    )
         result = record(config, plan, execution, histograms, fit, clock, wall_seconds, cpu_seconds)
         if outputs is not None:
             with outputs.writing():
@@ -209,7 +213,15 @@ def make_plan(config: RunConfig, catalog: str, *, write: bool = True) -> Plan:
     )
     chunks = make_chunks(fileset, config.chunksize)
     tasks = [
-        ChunkTask(i, c, config.branches, config.systematics, config.seed, config.io_only)
+        ChunkTask(
+            i,
+            c,
+            config.branches,
+            config.systematics,
+            config.seed,
+            config.io_only,
+            skip_bad_files=config.skip_bad_files,
+        )
         for i, c in enumerate(chunks)
     ]
     run_id = new_run_id(config)
@@ -320,19 +332,82 @@ def merge_results(plan: Plan, results: Iterable[ChunkResult]) -> dict[str, hist.
 
     Plan order, not completion order: float sums depend on the order, so the histograms are
     bit-identical whatever the workers, backend, engine or cache hits.
+
+    Skipped chunks (``skip_bad_files``) are left out, and the histograms of a sample that lost
+    events are normalised to the events actually processed (w = sigma L / N with N the events
+    processed, spec §1.3): its chunk histograms, filled with the planned weight, are scaled by
+    w(processed) / w(planned) (values by the factor, variances by its square).
     """
-    by_index = {r.index: r.histograms for r in results}
+    by_index = {r.index: r for r in results}
     missing = len(plan.tasks) - len(by_index)
     if missing:
         raise RuntimeError(f"{missing} of {len(plan.tasks)} chunks gave no result")
-    return add_pseudodata(merge(by_index[i] for i in sorted(by_index)))
+    factors = renormalisation(plan, by_index.values())
+    parts = []
+    for i in sorted(by_index):
+        r = by_index[i]
+        if r.skipped is not None:
+            continue
+        factor = factors.get(plan.tasks[i].chunk.sample)
+        parts.append(
+            r.histograms if factor is None else {k: h * factor for k, h in r.histograms.items()}
+        )
+    return add_pseudodata(merge(parts))
+
+
+def processed_events(plan: Plan, results: Iterable[ChunkResult]) -> dict[str, int]:
+    """Events processed per sample (skipped chunks count none)."""
+    events = dict.fromkeys(plan.fileset, 0)
+    for r in results:
+        events[plan.tasks[r.index].chunk.sample] += r.nevents
+    return events
+
+
+def processed_weights(plan: Plan, results: Iterable[ChunkResult]) -> dict[str, float]:
+    """The weight w = sigma L / N per sample, N the events processed; a sample that lost all
+    its events has none."""
+    return {
+        key: sample_weight(plan.fileset[key].process, n)
+        for key, n in processed_events(plan, results).items()
+        if n > 0
+    }
+
+
+def renormalisation(plan: Plan, results: Iterable[ChunkResult]) -> dict[str, float]:
+    """Per sample that lost events (and kept some): w(processed) / w(planned)."""
+    results = list(results)
+    lost = {plan.tasks[r.index].chunk.sample for r in results if r.skipped is not None}
+    weights = processed_weights(plan, results)
+    return {k: weights[k] / plan.fileset[k].weight for k in lost if k in weights}
+
+
+def skipped_chunks(plan: Plan, results: Iterable[ChunkResult]) -> list[dict[str, Any]]:
+    """The chunks left out (in plan order): sample, file, entries, events lost and why."""
+    out = []
+    for r in sorted(results, key=lambda r: r.index):
+        if r.skipped is None:
+            continue
+        c = plan.tasks[r.index].chunk
+        out.append(
+            {
+                "sample": c.sample,
+                "path": c.path,
+                "entry_start": c.entry_start,
+                "entry_stop": c.entry_stop,
+                "events_lost": c.nevents,
+                "reason": r.skipped,
+            }
+        )
+    return out
 
 
 # -- fit ----------------------------------------------------------------------------------
 def fit_and_plot(
-    histograms: Mapping[str, hist.Hist], directory: Path, *, synthetic: bool
+    histograms: Mapping[str, hist.Hist], directory: Path, *, synthetic: bool, events_lost: int = 0
 ) -> FitSummary:
     """Fit the histograms as written (empty ones are not) and draw the plots into ``directory``.
+
+    ``events_lost``: events of skipped chunks; the plots of a partial result say so.
 
     A fit that cannot run (a sample missing from the run) or does not converge is reported
     in the summary and on the log; the run's histograms are kept either way.
@@ -348,6 +423,8 @@ def fit_and_plot(
     label, experiment = (
         (plots.SYNTHETIC_LABEL, "AGC") if synthetic else (plots.OPEN_DATA_LABEL, "CMS")
     )
+    if events_lost:
+        label += f", PARTIAL: {events_lost:,} events lost"
     plots.make_plots(written, directory, result, label=label, experiment=experiment)
     return FitSummary(result.poi, result.bestfit, result.uncertainty, result.strategy)
 
@@ -370,9 +447,8 @@ def record(
     and fit phases are recorded apart).
     """
     timings = [r.timing for r in execution.results]
-    events = dict.fromkeys(plan.fileset, 0)
-    for r in execution.results:
-        events[plan.tasks[r.index].chunk.sample] += r.nevents
+    events = processed_events(plan, execution.results)
+    skipped = skipped_chunks(plan, execution.results)
     worker_peaks: dict[str, float] = {}
     for t in timings:
         worker_peaks[t.worker] = max(worker_peaks.get(t.worker, 0.0), t.peak_rss_mb)
@@ -396,9 +472,12 @@ def record(
         cache_misses=sum(not t.cached for t in timings) if config.cache is not None else 0,
         phases=dict(clock.durations),
         label=config.label,
+        partial=bool(skipped),
+        chunks_skipped=len(skipped),
+        events_lost=sum(s["events_lost"] for s in skipped),
         **task_totals(timings),
     )
-    weights = {k: s.weight for k, s in plan.fileset.items()}
+    weights = processed_weights(plan, execution.results)
     yields = sample_yields(histograms, plan.fileset)
     summary = {
         "run_id": plan.run_id,
@@ -417,7 +496,16 @@ def record(
         "bytes_read": run_record.bytes_read,
         "phases_seconds": run_record.phases,
         "histograms_written": sum(1 for h in histograms.values() if is_written(h)),
+        "partial": run_record.partial,
     }
+    if skipped:
+        summary["events_lost"] = run_record.events_lost
+        lost_per_sample: dict[str, int] = {}
+        for chunk in skipped:
+            lost_per_sample[chunk["sample"]] = lost_per_sample.get(chunk["sample"], 0)
+            lost_per_sample[chunk["sample"]] += chunk["events_lost"]
+        summary["events_lost_per_sample"] = lost_per_sample
+        summary["skipped_chunks"] = skipped
     if fit is not None:
         summary["fit"] = fit.to_dict()
     return RunResult(

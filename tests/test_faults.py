@@ -341,3 +341,197 @@ def test_a_full_cache_store_keeps_the_run_and_no_half_entries(small_catalog, tmp
                 write=False)  # fmt: skip
     assert again.record.cache_hits == len(kept)
     assert_same_histograms(result.histograms, again.histograms, rtol=0)
+
+
+# -- bad files: fail fast by default, or a partial result with --skip-bad-files ------------
+@pytest.fixture
+def own_dataset(small_catalog, tmp_path):
+    """A private copy of the small dataset (catalog and files) that a test may damage."""
+    import shutil
+
+    copy = tmp_path / "dataset"
+    shutil.copytree(small_catalog.parent, copy)
+    return copy / small_catalog.name
+
+
+def _truncate(path: Path, size: int = 1024) -> None:
+    """Cut the file to its first ``size`` bytes (an interrupted copy)."""
+    with open(path, "r+b") as f:
+        f.truncate(size)
+
+
+def _without(catalog: Path, tmp_path: Path, sample: str, i: int) -> Path:
+    """The catalog with file ``i`` of ``sample`` left out (what a partial run should equal)."""
+    data = json.loads(catalog.read_text())
+    process, variation = sample.split("__")
+    entry = data[process][variation]
+    gone = entry["files"].pop(i)
+    entry["nevts_total"] -= gone["nevts"]
+    for files in (v["files"] for p in data.values() for v in p.values()):
+        for f in files:
+            f["path"] = str(catalog.parent / f["path"])
+    out = tmp_path / "without.json"
+    out.write_text(json.dumps(data))
+    return out
+
+
+def test_a_truncated_file_fails_the_run_naming_it(own_dataset):
+    path, _ = _file(own_dataset, "ttbar", "nominal", 1)
+    for size in (path.stat().st_size // 2, 1024):  # baskets cut off, or the metadata too
+        _truncate(path, size)
+        with pytest.raises(UserError, match=f"(?s){path}: .*(truncated or|probably) corrupt"):
+            _run(own_dataset)
+
+
+@pytest.mark.parametrize(
+    "engine", ["chunked", pytest.param("dask-awkward", marks=pytest.mark.slow)]
+)
+def test_skip_bad_files_leaves_out_a_truncated_file_and_renormalises(own_dataset, tmp_path, engine):
+    """The partial result equals a run whose catalog never had the file (the sample normalised
+    to the events it processed), and says what it lost."""
+    path, nevts = _file(own_dataset, "ttbar", "nominal", 1)
+    _truncate(path)
+    mode = "dask" if engine == "dask-awkward" else "inprocess"
+    partial = _run(own_dataset, skip_bad_files=True, engine=engine, mode=mode, workers=1)
+    clean = _run(_without(own_dataset, tmp_path, "ttbar__nominal", 1))
+    assert_same_histograms(partial.histograms, clean.histograms, rtol=1e-12)
+    assert partial.weights == clean.weights
+    assert partial.record.partial and not clean.record.partial
+    assert partial.record.events_lost == nevts == 3000
+    assert partial.summary["events_lost_per_sample"] == {"ttbar__nominal": nevts}
+    assert {c["path"] for c in partial.summary["skipped_chunks"]} == {str(path)}
+    assert all("truncated or corrupt" in c["reason"] for c in partial.summary["skipped_chunks"])
+    assert partial.events_per_sample["ttbar__nominal"] == clean.events_per_sample["ttbar__nominal"]
+
+
+def _rewrite(path: Path, *, drop: str | None = None, basket: int | None = None) -> None:
+    """Write the file again with uproot, in NanoAOD's layout (``Jet_pt`` counted by ``nJet``),
+    without the branch ``drop``, with baskets of ``basket`` entries."""
+    import awkward as ak
+    import uproot
+
+    with uproot.open(path) as f:
+        events = f["Events"].arrays()
+    columns: dict = {}
+    for name in events.fields:
+        collection, _, field = name.partition("_")
+        if name == drop or name in {"nJet", "nElectron", "nMuon"}:
+            continue
+        if collection in {"Jet", "Electron", "Muon"}:
+            columns.setdefault(collection, {})[field] = events[name]
+        else:
+            columns[name] = events[name]
+    size = basket or len(events)
+    path.unlink()
+    with uproot.recreate(path) as f:
+        for start in range(0, len(events), size):
+            part = {
+                k: ak.zip({n: c[start : start + size] for n, c in v.items()})
+                if isinstance(v, dict) else v[start : start + size]
+                for k, v in columns.items()
+            }  # fmt: skip
+            if start == 0:
+                f.mktree("Events", {k: ak.type(v).content for k, v in part.items()})
+            f["Events"].extend(part)
+
+
+def _corrupt_basket(path: Path, branch: str, i: int) -> None:
+    """Overwrite the middle of basket ``i`` of ``branch`` (the file still opens)."""
+    import uproot
+
+    with uproot.open(path) as f:
+        b = f["Events"][branch]
+        seek, size = int(b.member("fBasketSeek")[i]), int(b.member("fBasketBytes")[i])
+    with open(path, "r+b") as f:
+        f.seek(seek + size // 2)
+        f.write(b"\xff" * 16)
+
+
+def test_skip_bad_files_leaves_out_only_the_corrupt_chunks(own_dataset, small_catalog):
+    """Chunks whose baskets are damaged are left out, the others of the file kept: the result
+    is the clean file's surviving chunks, scaled to the events processed."""
+    from agc.chunks import process_chunk
+    from agc.constants import sample_weight
+    from agc.histograms import add_pseudodata, merge
+    from agc.runner import make_plan
+
+    path, nevts = _file(own_dataset, "ttbar", "nominal", 1)
+    _rewrite(path, basket=1000)
+    _corrupt_basket(path, "Jet_pt", 1)
+    partial = _run(own_dataset, skip_bad_files=True)
+    skipped = partial.summary["skipped_chunks"]
+    assert [(c["path"], c["entry_start"], c["entry_stop"]) for c in skipped] == [
+        (str(path), 1000, 2000)
+    ]
+    assert "Jet_pt" in skipped[0]["reason"] or "decompress" in skipped[0]["reason"]
+    assert partial.record.events_lost == 1000
+    lost = {(1000, 2000)}
+
+    # the expected histograms, from the undamaged copy, chunk by chunk
+    config = RunConfig(catalog=str(small_catalog), chunksize=1000)
+    plan = make_plan(config, str(small_catalog), write=False)
+    kept = [
+        t for t in plan.tasks
+        if not (t.chunk.sample == "ttbar__nominal" and t.chunk.path.endswith(path.name)
+                and (t.chunk.entry_start, t.chunk.entry_stop) in lost)
+    ]  # fmt: skip
+    processed = sum(t.chunk.nevents for t in kept if t.chunk.sample == "ttbar__nominal")
+    factor = sample_weight("ttbar", processed) / plan.fileset["ttbar__nominal"].weight
+    parts = []
+    for t in kept:
+        h = process_chunk(t).histograms
+        parts.append({k: v * factor for k, v in h.items()} if t.chunk.sample == "ttbar__nominal"
+                     else h)  # fmt: skip
+    assert_same_histograms(partial.histograms, add_pseudodata(merge(parts)), rtol=0)
+
+
+def test_skip_bad_files_leaves_out_a_file_without_a_branch(own_dataset, tmp_path):
+    path, nevts = _file(own_dataset, "wjets")
+    _rewrite(path, drop="Jet_btagCSVV2")
+    with pytest.raises(UserError, match=f"{path}: tree 'Events' lacks branch.*Jet_btagCSVV2"):
+        _run(own_dataset)
+    partial = _run(own_dataset, skip_bad_files=True)
+    assert partial.events_per_sample["wjets__nominal"] == 0
+    assert partial.record.events_lost == nevts
+    assert "wjets__nominal" not in partial.weights  # no events, no weight
+    assert not any(h.sum().value for k, h in partial.histograms.items() if "_wjets" in k)
+    assert not any(k.endswith("_pseudodata") for k in partial.histograms)  # needs W+jets
+
+
+def test_a_partial_run_is_marked_in_every_output(own_dataset, tmp_path):
+    import pandas as pd
+
+    path, nevts = _file(own_dataset, "ttbar", "nominal", 1)
+    _truncate(path)
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "agc", "run", "--catalog", str(own_dataset), "--skip-bad-files",
+         "--mode", "inprocess", "--no-fit", "--chunksize", "1000", "--output", str(out),
+         "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "PARTIAL RESULT: 3 of" in done.stderr
+    assert f"{path} (ttbar__nominal, 3,000 events): " in done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["partial"] is True and summary["events_lost"] == nevts
+    runs = pd.read_csv(out / "metrics" / "runs.csv")
+    assert bool(runs["partial"].iloc[0]) and int(runs["events_lost"].iloc[0]) == nevts
+    tasks = pd.read_csv(out / "metrics" / "tasks.csv")
+    assert sorted(tasks.loc[tasks["skipped"], "path"].unique()) == [str(path)]
+
+
+def test_skipped_chunks_are_not_cached_and_are_read_once_the_file_is_back(own_dataset, tmp_path):
+    import shutil
+
+    path, _ = _file(own_dataset, "ttbar", "nominal", 1)
+    good = tmp_path / "good.root"
+    shutil.copy(path, good)
+    _truncate(path)
+    store = str(tmp_path / "store")
+    first = _run(own_dataset, skip_bad_files=True, cache=store)
+    shutil.copy(good, path)  # the file is repaired
+    second = _run(own_dataset, skip_bad_files=True, cache=store)
+    assert first.record.partial and not second.record.partial
+    assert second.record.cache_hits == second.chunks - first.record.chunks_skipped
+    assert_same_histograms(second.histograms, _run(own_dataset).histograms, rtol=0)

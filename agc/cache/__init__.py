@@ -138,7 +138,7 @@ class CachingEngine:
 
     def _store(self, result: ChunkResult) -> None:
         key, meta = self._keys.get(result.index, (None, {}))
-        if key is None:
+        if key is None or result.skipped is not None:  # a skipped chunk is retried next time
             return
         try:
             payload = codec.encode(result.nevents, result.histograms, result.timing.bytes_read)
