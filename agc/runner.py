@@ -48,7 +48,7 @@ from agc.outputs import (
     write_histograms,
     write_record,
 )
-from backends.base import Backend, Executor, get_backend
+from backends.base import Backend, Executor, get_backend, start_backend
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +287,7 @@ def execute(
     executor: Executor | None = None
     with clock.phase("cluster_start"):
         if todo:
-            executor = backend.start()
+            executor = start_backend(backend, len(todo))
     try:
         if executor is not None:
             engine.check(executor)

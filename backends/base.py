@@ -89,7 +89,29 @@ class Backend(Protocol):
     name: str
     description: str
 
-    def start(self) -> Executor: ...
+    def start(self, tasks: int | None = None) -> Executor:
+        """Start the workers. ``tasks``: how many tasks the run has for them; a backend starts
+        no more workers than that. (A site backend whose ``start`` takes no argument is called
+        without it.)"""
+        ...
+
+
+def start_backend(backend: Backend, tasks: int | None = None) -> Executor:
+    """``backend.start(tasks=tasks)``, or ``backend.start()`` for a backend that takes none."""
+    import inspect
+
+    if "tasks" in inspect.signature(backend.start).parameters:
+        return backend.start(tasks=tasks)
+    return backend.start()
+
+
+def capped_workers(requested: int, tasks: int | None, what: str = "workers") -> int:
+    """``requested`` workers, but no more than there are ``tasks`` (logged when capped)."""
+    if tasks is None or requested <= max(tasks, 1):
+        return requested
+    capped = max(tasks, 1)
+    log.warning("%d %s requested for %d task(s): starting %d", requested, what, tasks, capped)
+    return capped
 
 
 class BackendError(UserError, ValueError):

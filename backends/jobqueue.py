@@ -20,7 +20,7 @@ from distributed.core import Status
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from agc.config import ConfigError, check_value
-from backends.base import BackendError
+from backends.base import BackendError, capped_workers
 from backends.local import DaskExecutor
 from backends.profiles import Profile, load_profile
 
@@ -282,9 +282,13 @@ class JobQueueBackend:
         except ValueError as err:  # dask-jobqueue's own checks of sizes and options
             raise BackendError(f"profile {self.profile.source}: {err}") from None
 
-    def start(self) -> JobQueueExecutor:
-        """Start the scheduler, submit ``jobs`` jobs, and return the executor (no waiting)."""
+    def start(self, tasks: int | None = None) -> JobQueueExecutor:
+        """Start the scheduler, submit ``jobs`` jobs (no more than ``tasks`` needs), and return
+        the executor (no waiting)."""
         from distributed import Client
+
+        if tasks is not None:
+            self.jobs = capped_workers(self.jobs, -(-tasks // self.processes), "jobs")
 
         started = time.perf_counter()
         cluster = self.make_cluster()

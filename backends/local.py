@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agc.config import ConfigError, check_value
-from backends.base import BackendError, BaseExecutor
+from backends.base import BackendError, BaseExecutor, capped_workers
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,9 @@ class LocalBackend:
         except ConfigError as err:
             raise BackendError(f"--{err.key} {err.value}: {err.problem}") from None
 
-    def start(self) -> BaseExecutor:
-        workers = self.workers or os.cpu_count() or 1
+    def start(self, tasks: int | None = None) -> BaseExecutor:
+        """The executor of ``mode``, with no more workers than ``tasks``."""
+        workers = capped_workers(self.workers or os.cpu_count() or 1, tasks)
         if self.mode == "inprocess":
             return InProcessExecutor()
         if self.mode == "processes":

@@ -535,3 +535,33 @@ def test_skipped_chunks_are_not_cached_and_are_read_once_the_file_is_back(own_da
     assert first.record.partial and not second.record.partial
     assert second.record.cache_hits == second.chunks - first.record.chunks_skipped
     assert_same_histograms(second.histograms, _run(own_dataset).histograms, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["processes", "dask"])
+def test_more_workers_than_chunks_starts_one_per_chunk(small_catalog, caplog, mode):
+    with caplog.at_level(logging.WARNING, logger="backends.base"):
+        result = run(
+            RunConfig(
+                catalog=str(small_catalog),
+                samples=("ttbar__PS_var",),
+                mode=mode,
+                workers=1000,
+                fit=False,
+            ),
+            progress=False,
+            write=False,
+        )
+    assert result.chunks == 1 and result.workers == 1
+    assert "1000 workers requested for 1 task(s): starting 1" in caplog.text
+
+
+def test_a_site_backend_without_the_tasks_argument_still_starts():
+    from backends.base import BaseExecutor, start_backend
+
+    class OldStyle:
+        name, description = "old", "a site backend written before start(tasks=)"
+
+        def start(self):
+            return BaseExecutor()
+
+    assert isinstance(start_backend(OldStyle(), 5), BaseExecutor)

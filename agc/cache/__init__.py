@@ -4,7 +4,7 @@ The cache is one wrapper around the run's engine (:class:`CachingEngine`)::
 
     engine = CachingEngine(get_engine("chunked"), ResultStore(url))
     todo = engine.pending(tasks)              # every task looked up; the hits are loaded
-    executor = backend.start() if todo else None   # nothing to compute: no cluster at all
+    executor = start_backend(backend, len(todo)) if todo else None  # no work: no cluster
     for result in engine.run(tasks, executor):     # the hits, then the computed misses
         ...
 
