@@ -20,7 +20,7 @@ import hist
 from agc.analysis import process_events
 from agc.catalog import Chunk
 from agc.metrics import TaskTiming, peak_rss_mb
-from agc.reader import InputFileError, open_tree, read_chunk
+from agc.reader import InputFileError, open_tree, read_chunk, with_retries
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,8 @@ class ChunkTask:
     io_only: bool = False
     #: A chunk whose file cannot be opened or read gives a skipped result instead of an error.
     skip_bad_files: bool = False
+    #: Retries of a remote read that failed for access reasons (with back-off).
+    read_retries: int = 0
 
 
 @dataclass
@@ -64,12 +66,17 @@ def process_chunk(task: ChunkTask) -> ChunkResult:
     """
     started, cpu0 = time.time(), time.process_time()
     c = task.chunk
-    try:
+
+    def read() -> tuple[float, ak.Array, int]:
         fresh = open_tree(c.path, c.tree)[2]  # kept open per worker; timed apart from reading
         opened = time.time() if fresh else started
         events, nbytes = read_chunk(
             c.path, task.branches, c.entry_start, c.entry_stop, c.tree, c.file_entries
         )
+        return opened, events, nbytes
+
+    try:
+        opened, events, nbytes = with_retries(c.path, task.read_retries, read, c.tree)
         if task.io_only:
             ak.materialize(events)  # the I/O ceiling: columns decompressed and deserialised only
     except MemoryError:

@@ -68,6 +68,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     _option(g, "eos")
     _option(g, "xcache", metavar="URL")
     _option(g, "mirror", metavar="DIR")
+    _option(g, "read_retries", type=int, metavar="N")
     _option(g, "skip_bad_files")
     g = p.add_argument_group("analysis")
     g.add_argument("--no-systematics", action="store_true", help="nominal selection only")

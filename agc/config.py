@@ -122,6 +122,13 @@ RUN_SCHEMA: dict[str, Any] = {
             **_nullable(_PATH),
             "description": "local directory mirroring the /store/... paths",
         },
+        "read_retries": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 10,
+            "description": "retries of a remote read that lost its connection (back-off 1, "
+            "2, 4 ... s)",
+        },
         "skip_bad_files": {
             "type": "boolean",
             "description": "finish without chunks whose file cannot be read (a partial result, "
@@ -225,6 +232,7 @@ class RunConfig:
     eos: bool = False
     xcache: str | None = None
     mirror: str | None = None
+    read_retries: int = 3
     skip_bad_files: bool = False
     io_only: bool = False
     io_branches: str = vocabulary.ANALYSIS_BRANCH_SET

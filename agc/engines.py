@@ -131,7 +131,8 @@ class DaskAwkwardEngine(_EngineBase):
             for i, (part, task) in enumerate(zip(events.to_delayed(), partition_tasks, strict=True))
         ]
         with get_task_stream(client) as stream:
-            futures = client.compute(graph)
+            # a failed read (remote: a lost connection) is run again by Dask itself
+            futures = client.compute(graph, retries=max(t.read_retries for t in tasks))
             position = {f.key: i for i, f in enumerate(futures)}
             results: dict[int, ChunkResult] = {}
             try:

@@ -2,14 +2,46 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import awkward as ak
 import uproot
 
 from agc.errors import UserError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Seconds before the first retry of a remote read; each further retry waits twice as long.
+RETRY_BACKOFF = 1.0
+#: Deadline of each XRootD / HTTP request of uproot, seconds ($AGC_READ_TIMEOUT).
+READ_TIMEOUT = int(os.environ.get("AGC_READ_TIMEOUT", 30))
+#: XRootD client settings used unless the environment sets them (``XRD_<NAME>``): the client
+#: otherwise waits 120 s between attempts to reconnect to a server that went away, longer
+#: than the retries here wait for it to come back.
+XROOTD_DEFAULTS = {"ConnectionWindow": 5, "ConnectionRetry": 3, "StreamErrorWindow": 1}
+_xrootd_configured = False
+
+
+def _configure_xrootd() -> None:
+    """Apply :data:`XROOTD_DEFAULTS` to this process's XRootD client (once)."""
+    global _xrootd_configured
+    if _xrootd_configured:
+        return
+    _xrootd_configured = True
+    try:
+        from XRootD import client
+    except ImportError:
+        return
+    for name, value in XROOTD_DEFAULTS.items():
+        if f"XRD_{name.upper()}" not in os.environ:
+            client.EnvPutInt(name, value)
 
 
 class InputFileError(UserError, RuntimeError):
@@ -48,6 +80,50 @@ def open_tree(path: str, tree: str = "Events"):
     return f, events_tree, True
 
 
+def forget(path: str, tree: str = "Events") -> None:
+    """Close and drop this process's open handle of ``path`` (a remote file is then opened
+    again, on a new connection, by the next read)."""
+    for key in [k for k in _open_trees if k[:2] == (path, tree)]:
+        f, _ = _open_trees.pop(key)
+        _bytes_reported.pop(id(f.file.source), None)
+        try:
+            f.close()
+        except Exception as err:  # a broken connection may not close cleanly
+            log.debug("%s: closing a broken handle: %s", path, err)
+    if path.startswith("root://"):  # fsspec keeps the file system and its open handles
+        try:
+            from fsspec_xrootd import XRootDFileSystem
+        except ImportError:
+            return
+        XRootDFileSystem.clear_instance_cache()
+
+
+def with_retries(path: str, retries: int, read: Callable[[], T], tree: str = "Events") -> T:
+    """``read()``, retried up to ``retries`` times with back-off when ``path`` is remote
+    (``://``) and the failure is one of access (a lost connection, a server restarting, a
+    timeout); the handle is re-opened for each retry. A local file, or a file that is missing,
+    short or lacks a branch, fails at once: trying again cannot change that."""
+    attempt = 0
+    while True:
+        try:
+            return read()
+        except InputFileError as err:
+            if attempt >= retries or not _transient(path, err):
+                raise
+            delay = RETRY_BACKOFF * 2**attempt
+            attempt += 1
+            log.warning("%s; retry %d of %d in %g s", err, attempt, retries, delay)
+            forget(path, tree)
+            time.sleep(delay)
+
+
+def _transient(path: str, err: InputFileError) -> bool:
+    """A failure of a remote read that another attempt may not have: any error of the
+    transfer (a checked property of the file, which has no cause, or a missing file is not)."""
+    cause = err.__cause__
+    return "://" in path and cause is not None and not isinstance(cause, FileNotFoundError)
+
+
 def close_open_files() -> None:
     """Close the files :func:`read_chunk` keeps open in this process."""
     while _open_trees:
@@ -79,10 +155,14 @@ def read_chunk(
     try:
         events = events_tree.arrays(list(branches), entry_start=entry_start, entry_stop=entry_stop)
     except Exception as err:
+        advice = (
+            "the server or the connection failed: check them, or read a local copy (--mirror)"
+            if "://" in path
+            else "the file is probably corrupt: re-generate or re-copy it."
+        )
         raise InputFileError(
             f"{path}: reading entries {entry_start}-{entry_stop} failed "
-            f"({type(err).__name__}: {err}); the file is probably "
-            "corrupt: re-generate or re-copy it."
+            f"({type(err).__name__}: {err}); {advice}"
         ) from err
     _bytes_reported[id(source)] = source.num_requested_bytes
     return events, source.num_requested_bytes - before
@@ -115,8 +195,10 @@ def check_tree(
 
 def _open_checked(path: str, tree: str):
     """Open ``path`` and return (file, TTree), with errors that say what is wrong."""
+    if path.startswith("root://"):
+        _configure_xrootd()
     try:
-        f = uproot.open(path)
+        f = uproot.open(path, timeout=READ_TIMEOUT) if "://" in path else uproot.open(path)
     except FileNotFoundError as err:
         raise InputFileError(
             f"{path}: no such file. Check the catalog paths, or re-run "

@@ -2,7 +2,8 @@
 
 ::
 
-    plan      catalog -> fileset -> chunks -> tasks; the backend and engine made (checked)
+    plan      catalog -> fileset -> chunks -> tasks; the backend and engine made (checked; a
+              remote cache store probed)
     execute   the engine runs the tasks on the backend's executor (the cache wraps the engine)
     merge     chunk results, in plan order -> histograms and pseudodata
     write     histograms.root / histograms.json into the run's staging directory
@@ -221,6 +222,7 @@ def make_plan(config: RunConfig, catalog: str, *, write: bool = True) -> Plan:
             config.seed,
             config.io_only,
             skip_bad_files=config.skip_bad_files,
+            read_retries=config.read_retries,
         )
         for i, c in enumerate(chunks)
     ]
@@ -250,7 +252,9 @@ def make_engine(config: RunConfig) -> Engine:
     engine = get_engine(config.engine)
     if config.cache is None:
         return engine
-    return CachingEngine(engine, ResultStore(config.cache))
+    store = ResultStore(config.cache)
+    store.probe()  # a remote store that does not answer fails the run now, before any work
+    return CachingEngine(engine, store)
 
 
 def claim_output(plan: Plan) -> contextlib.AbstractContextManager:

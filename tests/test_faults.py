@@ -565,3 +565,127 @@ def test_a_site_backend_without_the_tasks_argument_still_starts():
             return BaseExecutor()
 
     assert isinstance(start_backend(OldStyle(), 5), BaseExecutor)
+
+
+# -- remote inputs and stores (real xrootd daemons on loopback) ----------------------------
+@pytest.fixture
+def origin(tmp_path):
+    """A real xrootd origin on 127.0.0.1 serving the local file system; stopped afterwards."""
+    from agc import xcache
+
+    reason = xcache.missing_tools()
+    if reason:
+        pytest.skip(f"XRootD not testable: {reason}")
+    servers = [xcache.start_origin(tmp_path / "xrootd")]
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def _remote_catalog(small_catalog, tmp_path, origin, sample=("ttbar", "PS_var")) -> Path:
+    """One sample's files, copied to tmp_path and listed as root:// URLs of the origin."""
+    import shutil
+
+    from agc import xcache
+
+    files = []
+    for i, f in enumerate(json.loads(small_catalog.read_text())[sample[0]][sample[1]]["files"]):
+        copy = tmp_path / "served" / f"{i}.root"
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(small_catalog.parent / f["path"], copy)
+        _rewrite(copy, basket=500)  # each chunk reads baskets of its own, over the network
+        files.append((f"{origin.url}/{copy}", f["nevts"]))
+    xcache.make_readable(tmp_path / "served")
+    return _catalog(tmp_path / "served", {sample[0]: {sample[1]: files}})
+
+
+def _after_first_chunk(monkeypatch, action) -> None:
+    """Call ``action()`` once, when the first chunk has been analysed (in-process runs)."""
+    import agc.chunks
+
+    analyse, done = agc.chunks.analyse, []
+
+    def hooked(*args, **kwargs):
+        result = analyse(*args, **kwargs)
+        if not done:
+            done.append(True)
+            action()
+        return result
+
+    monkeypatch.setattr(agc.chunks, "analyse", hooked)
+
+
+@pytest.mark.slow
+def test_an_xrootd_origin_restarted_mid_run_is_retried(
+    small_catalog, tmp_path, origin, monkeypatch, caplog
+):
+    """The origin stops after the first chunk and is back 20 s later, longer than the XRootD
+    client bridges by reconnecting (3 attempts 5 s apart, :data:`agc.reader.XROOTD_DEFAULTS`):
+    the next read fails, is retried on a new connection, and the histograms are those of a
+    local run."""
+    import threading
+
+    from agc import xcache
+
+    catalog = _remote_catalog(small_catalog, tmp_path, origin[0])
+
+    def restart():
+        origin[0].stop()
+        work, port = tmp_path / "xrootd", origin[0].port
+        threading.Timer(20.0, lambda: origin.append(xcache.start_origin(work, port=port))).start()
+
+    _after_first_chunk(monkeypatch, restart)
+    with caplog.at_level(logging.WARNING, logger="agc.reader"):
+        remote = _run(catalog)
+    assert len(origin) == 2 and "retry 1 of 3" in caplog.text
+    local = _run(small_catalog, samples=("ttbar__PS_var",))
+    assert not remote.record.partial
+    assert_same_histograms(remote.histograms, local.histograms, rtol=0)
+
+
+@pytest.mark.slow
+def test_an_xrootd_origin_gone_mid_run_fails_clearly_or_gives_a_partial_result(
+    small_catalog, tmp_path, origin, monkeypatch
+):
+    from agc.reader import InputFileError
+
+    catalog = _remote_catalog(small_catalog, tmp_path, origin[0])
+    _after_first_chunk(monkeypatch, origin[0].stop)
+    with pytest.raises(InputFileError, match=f"{origin[0].url}/.*0.root: .*(failed|reached)"):
+        _run(catalog, read_retries=0)
+    origin.append(__import__("agc.xcache").xcache.start_origin(tmp_path / "xrootd2"))
+    catalog = _remote_catalog(small_catalog, tmp_path / "again", origin[-1])
+    _after_first_chunk(monkeypatch, origin[-1].stop)
+    partial = _run(catalog, read_retries=0, skip_bad_files=True)
+    assert partial.record.partial and partial.record.events_lost == 1000
+    assert partial.events_per_sample == {"ttbar__PS_var": 1000}
+
+
+def test_an_unreachable_cache_store_fails_the_run_before_any_work(
+    small_catalog, tmp_path, monkeypatch
+):
+    """A server that accepts connections and never answers (a hung XRootD store): the probe
+    gives up after its deadline and the run stops with a message naming the store."""
+    import socket
+
+    import agc.engines
+    from agc import xcache
+    from agc.cache import CacheStoreError
+
+    if xcache.missing_tools():
+        pytest.skip(f"root:// stores not testable: {xcache.missing_tools()}")
+
+    def never(task):
+        raise AssertionError("a chunk was processed")
+
+    monkeypatch.setattr(agc.engines, "process_chunk", never)
+    monkeypatch.setenv("AGC_STORE_PROBE_TIMEOUT", "2")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # connections complete in the kernel; nobody ever answers
+        url = f"root://127.0.0.1:{silent.getsockname()[1]}//cache"
+        started = time.monotonic()
+        with pytest.raises(CacheStoreError, match=f"--cache {url}: .*did not answer within 2 s"):
+            run(_full_run(small_catalog, cache=url, output_dir=str(tmp_path / "o")), progress=False)
+        assert time.monotonic() - started < 60  # bounded: the run did not hang
+    assert not (tmp_path / "o").exists()

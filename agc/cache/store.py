@@ -61,6 +61,20 @@ _UNITS = {
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
+def _seconds(variable: str, default: float) -> float:
+    """A number of seconds from the environment variable ``variable`` (else ``default``)."""
+    value = os.environ.get(variable)
+    if value is None:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise CacheStoreError(f"${variable}={value!r}: not a number of seconds") from None
+    if seconds <= 0:
+        raise CacheStoreError(f"${variable}={value!r}: must be > 0 seconds")
+    return seconds
+
+
 class CacheStoreError(UserError, RuntimeError):
     """A cache store URL or option is not usable."""
 
@@ -125,6 +139,9 @@ class ResultStore:
         import fsspec
 
         self.url = str(url) if url is not None else default_url()
+        if self.url.startswith("root://"):
+            # every XRootD operation gets a deadline (the client's own default is 30 minutes)
+            storage_options.setdefault("timeout", int(_seconds("AGC_STORE_TIMEOUT", 30)))
         try:
             self.fs, root = fsspec.core.url_to_fs(os.path.expanduser(self.url), **storage_options)
         except (ImportError, ValueError) as err:
@@ -148,6 +165,41 @@ class ResultStore:
 
     def __repr__(self) -> str:
         return f"ResultStore({self.url!r})"
+
+    def probe(self, deadline: float | None = None) -> None:
+        """Check once, within ``deadline`` seconds ($AGC_STORE_PROBE_TIMEOUT, default 10), that
+        a remote store answers: its directory made if needed and listed. A store that does not
+        answer or refuses raises :class:`CacheStoreError` (a local directory is not probed:
+        its problems are immediate and named where they happen)."""
+        if self.local:
+            return
+        import threading
+
+        deadline = deadline if deadline is not None else _seconds("AGC_STORE_PROBE_TIMEOUT", 10)
+        outcome: list[BaseException | None] = []
+
+        def attempt() -> None:
+            try:
+                self.fs.makedirs(self.root, exist_ok=True)
+                self.fs.ls(self.root)
+                outcome.append(None)
+            except BaseException as err:  # reported by the caller's thread
+                outcome.append(err)
+
+        # a daemon thread: a client blocked on a silent server cannot hold the run
+        thread = threading.Thread(target=attempt, name="agc-store-probe", daemon=True)
+        thread.start()
+        thread.join(deadline)
+        if not outcome:
+            raise CacheStoreError(
+                f"--cache {self.url}: the store did not answer within {deadline:g} s; check "
+                "that its server is up and reachable from here, or run without --cache"
+            )
+        if outcome[0] is not None:
+            err = outcome[0]
+            raise CacheStoreError(
+                f"--cache {self.url}: the store cannot be used ({type(err).__name__}: {err})"
+            ) from err
 
     # -- chunk entries -------------------------------------------------------------------
     def _path(self, key: str) -> str:
