@@ -1,5 +1,5 @@
 """nox sessions: ``nox -s run`` (the main job), ``nox -s tests``, ``nox -s lint``,
-``nox -s notebooks``, ``nox -s dirac``, ``nox -s bench``.
+``nox -s notebooks``, ``nox -s dirac``, ``nox -s faults``, ``nox -s bench``.
 
 Each session installs the project into its own virtualenv; ``nox -R`` reuses them.
 """
@@ -30,6 +30,25 @@ def tests(session: nox.Session) -> None:
     """The test suite (tests needing ../shared/data or system daemons skip with a reason)."""
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def faults(session: nox.Session) -> None:
+    """The fault suite: every test marked ``fault`` (tests/test_faults.py), each fault injected
+    for real (damaged files, full and read-only tmpfs mounts, SIGKILL, xrootd daemons stopped
+    mid-run, a silent store). Tests needing root (mounts) or xrootd skip with the reason.
+
+    ``nox -s faults -- RESULTS_DIR`` also records the outcomes in ``RESULTS_DIR/raw/faults.json``
+    and builds that folder's report, whose reliability table comes from them.
+    """
+    session.install("-e", ".[test]")
+    args = ["-m", "fault", "tests/test_faults.py", "-p", "no:cacheprovider"]
+    if session.posargs:
+        results = session.posargs[0]
+        session.run("pytest", *args, f"--fault-record={results}/raw/faults.json")
+        session.run("agc", "report", results)
+    else:
+        session.run("pytest", *args)
 
 
 @nox.session(python=PYTHON)

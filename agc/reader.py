@@ -95,6 +95,13 @@ def forget(path: str, tree: str = "Events") -> None:
             from fsspec_xrootd import XRootDFileSystem
         except ImportError:
             return
+        host = path[len("root://") :].split("/", 1)[0]
+        for fs in list(XRootDFileSystem._cache.values()):
+            # handles on the lost connection are dropped, not closed: closing them fails,
+            # and would fail again (as a traceback) when the file system is finalised
+            handles = getattr(getattr(fs, "_readonly_filehandle_cache", None), "_cache", None)
+            if getattr(fs, "hostid", None) == host and isinstance(handles, dict):
+                handles.clear()
         XRootDFileSystem.clear_instance_cache()
 
 
@@ -108,12 +115,13 @@ def with_retries(path: str, retries: int, read: Callable[[], T], tree: str = "Ev
         try:
             return read()
         except InputFileError as err:
+            if _transient(path, err):
+                forget(path, tree)  # the next attempt, or the next chunk, connects again
             if attempt >= retries or not _transient(path, err):
                 raise
             delay = RETRY_BACKOFF * 2**attempt
             attempt += 1
             log.warning("%s; retry %d of %d in %g s", err, attempt, retries, delay)
-            forget(path, tree)
             time.sleep(delay)
 
 

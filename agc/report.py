@@ -84,6 +84,91 @@ class Records:
         return df[~df["warmup"].astype(bool)] if "warmup" in df else df
 
 
+FAULTS_RECORD = "faults.json"
+
+
+def reliability_table(results_dir: str | os.PathLike) -> pd.DataFrame | None:
+    """The fault suite's outcomes (``raw/faults.json``, written by ``nox -s faults -- DIR``):
+    one row per fault, with the outcome the test asserted, what happened to the histograms,
+    the events lost, and whether the test passed. None when the folder has no record.
+
+    Rows of one fault (a test run with several parameters) are merged: the fault passed only
+    if every one of its tests passed.
+    """
+    path = Path(results_dir) / "raw" / FAULTS_RECORD
+    if not path.exists():
+        return None
+    rows = json.loads(path.read_text())["faults"]
+    if not rows:
+        return pd.DataFrame(columns=["fault", "outcome", "histograms", "events lost", "result"])
+    df = pd.DataFrame(rows)
+    for column in ("events_lost", "events"):
+        if column not in df:
+            df[column] = np.nan
+    merged = df.groupby("fault", sort=False).agg(
+        outcome=("outcome", "first"),
+        histograms=("histograms", "first"),
+        events_lost=("events_lost", "max"),
+        events=("events", "max"),
+        passed=("passed", "all"),
+        tests=("test", "count"),
+    )
+
+    def lost(row) -> str:
+        if pd.isna(row.events_lost):
+            return "0" if row.outcome == "survived" else "-"
+        return f"{int(row.events_lost):,} of {int(row.events):,}"
+
+    return pd.DataFrame(
+        {
+            "fault": merged.index,
+            "outcome": merged["outcome"].to_numpy(),
+            "histograms": merged["histograms"].to_numpy(),
+            "events lost": [lost(r) for r in merged.itertuples()],
+            "result": [
+                ("passed" if ok else "FAILED") + (f" ({n} tests)" if n > 1 else "")
+                for ok, n in zip(merged["passed"], merged["tests"], strict=True)
+            ],
+        }
+    )
+
+
+def _reliability_note(results_dir: Path) -> str:
+    record = json.loads((results_dir / "raw" / FAULTS_RECORD).read_text())
+    return (
+        "Every fault injected for real by the fault suite (nox -s faults, tests/test_faults.py): "
+        "damaged input files, full and read-only tmpfs mounts, SIGKILL of the main process, "
+        "two runs on one output, real xrootd daemons stopped mid-run, a store that never "
+        "answers. Outcome: what the test asserts -- survived (histograms unaffected), failed "
+        "clearly (a message naming the problem, nothing half-written), partial (finished, "
+        "marked partial, the events lost counted). Recorded "
+        f"{record.get('finished_utc')} at commit {record.get('commit')} on "
+        f"{record.get('machine')} (Python {record.get('python')}), on one machine: the "
+        "daemons and mounts are local."
+    )
+
+
+def _reliability_report(results_dir: Path, title: str) -> Path:
+    """The page of a folder holding only the fault suite's record."""
+    table = reliability_table(results_dir)
+    assert table is not None
+    text = _reliability_note(results_dir)
+    h = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+        "<h2>Reliability</h2>",
+        f"<p>{html.escape(text)}</p>",
+        _table_html(table),
+        f"<p>Raw record: <code>raw/{FAULTS_RECORD}</code>.</p></body></html>",
+    ]
+    md = [f"# {title}", "", "## Reliability", "", text, "", _table_md(table), ""]
+    md += [f"Raw record: `raw/{FAULTS_RECORD}`; the same page: `index.html`.", ""]
+    page = results_dir / "index.html"
+    page.write_text("\n".join(h))
+    (results_dir / "README.md").write_text("\n".join(md))
+    return page
+
+
 def load_records(results_dir: str | os.PathLike) -> Records:
     """Read every ``raw/<scenario>-*.csv`` and ``-meta.json`` of a results folder."""
     raw = Path(results_dir) / "raw"
@@ -473,6 +558,8 @@ def build_report(
     """
     results_dir = Path(results_dir)
     records = load_records(results_dir)
+    if records.runs.empty and (results_dir / "raw" / FAULTS_RECORD).exists():
+        return _reliability_report(results_dir, title or f"AGC reliability: {results_dir.name}")
     title = title or f"AGC benchmark report: {results_dir.name}"
     summary = summarize(records)
     goal = targets(records)
@@ -557,6 +644,11 @@ def build_report(
             _table_html(_asv_readable(micro)),
         ]
         md += ["## asv micro-benchmarks", "", text, "", _table_md(_asv_readable(micro)), ""]
+    reliability = reliability_table(results_dir)
+    if reliability is not None:
+        text = _reliability_note(results_dir)
+        h += ["<h2>Reliability</h2>", f"<p>{html.escape(text)}</p>", _table_html(reliability)]
+        md += ["## Reliability", "", text, "", _table_md(reliability), ""]
     caveats = not_measured(records)
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in caveats)
     h += [

@@ -105,3 +105,77 @@ def assert_same_histograms(a: dict, b: dict, rtol: float = 1e-12, what: str = ""
                 np.testing.assert_array_equal(x, y, err_msg=message)
             else:
                 np.testing.assert_allclose(x, y, rtol=rtol, atol=0, err_msg=message)
+
+
+# -- the fault suite's record (nox -s faults; the report's reliability table) ---------------
+#: Outcomes a fault test can assert: the run's histograms are unaffected, it stops with a
+#: message that names the problem and leaves nothing half-written, or it finishes partial
+#: with what it lost counted.
+FAULT_OUTCOMES = ("survived", "failed clearly", "partial")
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--fault-record",
+        metavar="PATH",
+        help="write the outcome of every test marked 'fault' to this JSON file",
+    )
+
+
+def pytest_configure(config):
+    config._fault_rows = []
+
+
+@pytest.fixture
+def fault_details(request):
+    """A dict a fault test fills with what it measured (``events_lost``...), kept in the
+    record with the test's outcome."""
+    details: dict = {}
+    request.node._fault_details = details
+    return details
+
+
+def pytest_runtest_makereport(item, call):
+    marker = item.get_closest_marker("fault")
+    if marker is None or call.when != "call":
+        return
+    fault, outcome = marker.args
+    if outcome not in FAULT_OUTCOMES:
+        raise ValueError(f"{item.nodeid}: fault outcome {outcome!r} not in {FAULT_OUTCOMES}")
+    item.config._fault_rows.append(
+        {
+            "fault": fault,
+            "outcome": outcome,
+            "histograms": marker.kwargs.get("histograms", ""),
+            "test": item.nodeid,
+            "passed": call.excinfo is None,
+            "seconds": round(call.stop - call.start, 2),
+            **getattr(item, "_fault_details", {}),
+        }
+    )
+
+
+def pytest_sessionfinish(session):
+    import json
+    import platform
+    import subprocess
+    from datetime import UTC, datetime
+
+    path = session.config.getoption("--fault-record")
+    if not path:
+        return
+    root = Path(__file__).resolve().parents[1]
+    commit = subprocess.run(
+        ["git", "-C", str(root), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    record = {
+        "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": commit or "unknown",
+        "machine": platform.node(),
+        "python": platform.python_version(),
+        "faults": session.config._fault_rows,
+    }
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(record, indent=1))

@@ -475,3 +475,34 @@ def test_default_store_location(monkeypatch, tmp_path):
     monkeypatch.delenv("AGC_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert ResultStore().url == str(tmp_path / "agc-harness" / "results")
+
+
+def _stored_run(store, tmp_path, run_id: str, size: int) -> None:
+    run_dir = tmp_path / run_id
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text("{}")
+    (run_dir / "histograms.root").write_bytes(b"x" * size)
+    store.put_run(run_id, run_dir)
+
+
+def test_stored_runs_count_against_the_size_and_age_limits(tmp_path):
+    import os
+    import time
+
+    from agc.cache.store import ResultStore
+
+    store = ResultStore(tmp_path / "store")
+    for run_id in ("r-old", "r-mid", "r-new"):
+        _stored_run(store, tmp_path, run_id, 10_000)
+        time.sleep(0.01)
+    assert store.list_runs() == ["r-mid", "r-new", "r-old"]
+    assert not list((tmp_path / "store" / "runs").glob("*.partial"))  # renamed into place
+    stats = store.stats()
+    assert (stats["runs"], stats["chunk_bytes"]) == (3, 0)
+    assert stats["bytes"] == stats["run_bytes"] > 30_000
+    long_ago = time.time() - 10 * 86400
+    os.utime(tmp_path / "store" / "runs" / "r-old" / "COMPLETE", (long_ago, long_ago))
+    assert store.evict(max_age=86400, max_bytes=float("inf")) == ["run r-old"]
+    one_run = store.run_sizes()["r-new"][0]
+    assert store.evict(max_bytes=one_run + 100) == ["run r-mid"]  # the oldest goes first
+    assert store.list_runs() == ["r-new"]

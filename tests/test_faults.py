@@ -51,6 +51,7 @@ def _run(catalog, **kw):
 
 
 # -- catalogs ----------------------------------------------------------------------------
+@pytest.mark.fault("a file listed twice in one sample", "failed clearly", histograms="none written")
 def test_a_file_listed_twice_in_a_sample_is_refused(small_catalog, tmp_path):
     path, n = _file(small_catalog, "ttbar", "PS_var")
     catalog = _catalog(tmp_path, {"ttbar": {"PS_var": [(path, n), (path, n)]}})
@@ -58,6 +59,9 @@ def test_a_file_listed_twice_in_a_sample_is_refused(small_catalog, tmp_path):
         _run(catalog)
 
 
+@pytest.mark.fault(
+    "two samples sharing a file", "survived", histograms="each sample filled as in a run of its own"
+)
 def test_samples_sharing_a_file_each_get_their_own_histograms(small_catalog, tmp_path, caplog):
     """ttbar scaleup reusing the nominal file: both samples are filled, as if run apart."""
     path, n = _file(small_catalog, "ttbar")
@@ -77,6 +81,9 @@ def test_samples_sharing_a_file_each_get_their_own_histograms(small_catalog, tmp
     assert_same_histograms(alone, both.histograms, rtol=0)
 
 
+@pytest.mark.fault(
+    "catalog nevts negative, zero, fractional or text", "failed clearly", histograms="none written"
+)
 @pytest.mark.parametrize(
     ("nevts", "needle"),
     [
@@ -93,6 +100,7 @@ def test_bad_event_counts_are_refused_naming_the_file(small_catalog, tmp_path, n
         _run(_catalog(tmp_path, {"wjets": {"nominal": [(path, nevts)]}}))
 
 
+@pytest.mark.fault("catalog path null", "failed clearly", histograms="none written")
 def test_a_missing_path_is_refused(small_catalog, tmp_path):
     catalog = _catalog(tmp_path, {"wjets": {"nominal": [("x", 10)]}})
     data = json.loads(catalog.read_text())
@@ -102,6 +110,9 @@ def test_a_missing_path_is_refused(small_catalog, tmp_path):
         _run(catalog)
 
 
+@pytest.mark.fault(
+    "catalog nevts below the file's entries", "failed clearly", histograms="none written"
+)
 @pytest.mark.parametrize("engine", ["chunked", "dask-awkward"])
 def test_a_catalog_that_undercounts_a_file_is_refused(small_catalog, tmp_path, engine):
     """A catalog giving 2000 events for a 4000-event file would silently drop half of it."""
@@ -112,6 +123,7 @@ def test_a_catalog_that_undercounts_a_file_is_refused(small_catalog, tmp_path, e
         _run(catalog, **mode)
 
 
+@pytest.mark.fault("--samples with an unknown key", "failed clearly", histograms="none written")
 def test_unknown_samples_list_the_known_ones(small_catalog):
     with pytest.raises(CatalogError, match="ttbar__bogus not in the catalog; known: .*wjets"):
         _run(small_catalog, samples=("ttbar__bogus",))
@@ -128,6 +140,9 @@ def _config(small_catalog, out):
     )
 
 
+@pytest.mark.fault(
+    "a run on an output another run holds", "failed clearly", histograms="refused before any work"
+)
 def test_a_second_run_on_a_busy_output_is_refused_before_any_work(small_catalog, tmp_path):
     out = tmp_path / "out"
     with OutputLock(out, "other-run"):  # held by a live process: this one
@@ -181,6 +196,11 @@ def _start_slow_run(small_catalog, out: Path) -> subprocess.Popen:
     return child
 
 
+@pytest.mark.fault(
+    "two concurrent runs on one output (processes)",
+    "failed clearly",
+    histograms="the first run keeps its output",
+)
 def test_two_runs_on_one_output_the_second_is_refused(small_catalog, tmp_path):
     out = tmp_path / "out"
     first = _start_slow_run(small_catalog, out)
@@ -194,6 +214,11 @@ def test_two_runs_on_one_output_the_second_is_refused(small_catalog, tmp_path):
         first.wait(timeout=30)
 
 
+@pytest.mark.fault(
+    "SIGKILL of the main process while processing",
+    "failed clearly",
+    histograms="nothing that looks complete; the next run completes",
+)
 def test_a_run_killed_mid_run_leaves_nothing_that_stops_the_next(small_catalog, tmp_path):
     """SIGKILL while processing: no result directory, and the next run takes over the stale
     lock, removes the staging directory left behind and completes."""
@@ -207,7 +232,50 @@ def test_a_run_killed_mid_run_leaves_nothing_that_stops_the_next(small_catalog, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+_KILLED_WHILE_WRITING = """
+import sys, time
+from pathlib import Path
+import agc.runner
+from agc import RunConfig, run
+
+def stuck(directory, *args):
+    Path(sys.argv[3]).write_text(str(directory))  # histograms.root is written by now
+    time.sleep(120)
+
+agc.runner.write_record = stuck
+run(RunConfig(catalog=sys.argv[1], mode="inprocess", samples=["ttbar__PS_var"], fit=False,
+              output_dir=sys.argv[2]), progress=False)
+"""
+
+
+@pytest.mark.fault(
+    "SIGKILL of the main process while writing",
+    "failed clearly",
+    histograms="nothing that looks complete; the next run completes",
+)
+def test_a_run_killed_while_writing_leaves_nothing_that_looks_complete(small_catalog, tmp_path):
+    out, marker = tmp_path / "out", tmp_path / "writing"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WHILE_WRITING, str(small_catalog), str(out), str(marker)]
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and time.monotonic() < deadline:
+            assert child.poll() is None, "the run ended before it wrote"
+            time.sleep(0.05)
+        staging = Path(marker.read_text())
+        assert (staging / "histograms.root").exists() and staging.name.endswith(".partial")
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    assert not out.exists()  # half-written outputs stay hidden in the staging directory
+    result = run(_config(small_catalog, out), progress=False)
+    assert (out / "summary.json").exists() and result.run_dir == out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "writing"]
+
+
 # -- small ones ----------------------------------------------------------------------------
+@pytest.mark.fault("input server unreachable", "failed clearly", histograms="none written")
 def test_an_unreachable_input_is_not_called_corrupt():
     """Nothing listens on loopback port 1: the error says the server cannot be reached."""
     from agc.reader import InputFileError, open_tree
@@ -216,6 +284,11 @@ def test_an_unreachable_input_is_not_called_corrupt():
         open_tree("http://127.0.0.1:1/inputs/file.root")
 
 
+@pytest.mark.fault(
+    "agc fetch --to a non-empty directory",
+    "failed clearly",
+    histograms="the user's files untouched",
+)
 def test_fetch_into_a_non_empty_directory_is_refused(small_catalog, tmp_path):
     from agc.cache import CacheStoreError, ResultStore
 
@@ -299,6 +372,9 @@ def _full_run(small_catalog, **kw):
     return RunConfig(catalog=str(small_catalog), mode="inprocess", fit=False, **kw)
 
 
+@pytest.mark.fault(
+    "full file system (tmpfs) for the outputs", "failed clearly", histograms="nothing left on it"
+)
 def test_a_full_disk_for_the_outputs_fails_clearly_and_leaves_nothing(small_catalog, tmpfs):
     disk = tmpfs("size=64k")
     out = disk / "run"
@@ -307,6 +383,11 @@ def test_a_full_disk_for_the_outputs_fails_clearly_and_leaves_nothing(small_cata
     assert list(disk.iterdir()) == []  # no run directory, no staging, no lock
 
 
+@pytest.mark.fault(
+    "read-only file system (tmpfs) for the outputs",
+    "failed clearly",
+    histograms="refused before any work",
+)
 def test_a_read_only_output_is_refused_before_any_work(small_catalog, tmpfs, monkeypatch):
     import agc.engines
 
@@ -320,6 +401,11 @@ def test_a_read_only_output_is_refused_before_any_work(small_catalog, tmpfs, mon
         run(_full_run(small_catalog, output_dir=str(read_only / "run")), progress=False)
 
 
+@pytest.mark.fault(
+    "full file system (tmpfs) for the cache and data lake",
+    "survived",
+    histograms="identical (hits + recomputed); no half entries",
+)
 def test_a_full_cache_store_keeps_the_run_and_no_half_entries(small_catalog, tmpfs, tmp_path):
     """Chunks that do not fit are logged and computed; the data-lake copy is best effort; no
     temporary file or half run stays in the store."""
@@ -375,6 +461,7 @@ def _without(catalog: Path, tmp_path: Path, sample: str, i: int) -> Path:
     return out
 
 
+@pytest.mark.fault("truncated input file", "failed clearly", histograms="none written")
 def test_a_truncated_file_fails_the_run_naming_it(own_dataset):
     path, _ = _file(own_dataset, "ttbar", "nominal", 1)
     for size in (path.stat().st_size // 2, 1024):  # baskets cut off, or the metadata too
@@ -383,10 +470,17 @@ def test_a_truncated_file_fails_the_run_naming_it(own_dataset):
             _run(own_dataset)
 
 
+@pytest.mark.fault(
+    "truncated input file, --skip-bad-files",
+    "partial",
+    histograms="flagged; equal to a run without the file",
+)
 @pytest.mark.parametrize(
     "engine", ["chunked", pytest.param("dask-awkward", marks=pytest.mark.slow)]
 )
-def test_skip_bad_files_leaves_out_a_truncated_file_and_renormalises(own_dataset, tmp_path, engine):
+def test_skip_bad_files_leaves_out_a_truncated_file_and_renormalises(
+    own_dataset, tmp_path, engine, fault_details
+):
     """The partial result equals a run whose catalog never had the file (the sample normalised
     to the events it processed), and says what it lost."""
     path, nevts = _file(own_dataset, "ttbar", "nominal", 1)
@@ -398,6 +492,9 @@ def test_skip_bad_files_leaves_out_a_truncated_file_and_renormalises(own_dataset
     assert partial.weights == clean.weights
     assert partial.record.partial and not clean.record.partial
     assert partial.record.events_lost == nevts == 3000
+    fault_details.update(
+        events_lost=partial.record.events_lost, events=partial.record.events + 3000
+    )
     assert partial.summary["events_lost_per_sample"] == {"ttbar__nominal": nevts}
     assert {c["path"] for c in partial.summary["skipped_chunks"]} == {str(path)}
     assert all("truncated or corrupt" in c["reason"] for c in partial.summary["skipped_chunks"])
@@ -447,7 +544,14 @@ def _corrupt_basket(path: Path, branch: str, i: int) -> None:
         f.write(b"\xff" * 16)
 
 
-def test_skip_bad_files_leaves_out_only_the_corrupt_chunks(own_dataset, small_catalog):
+@pytest.mark.fault(
+    "corrupt basket, --skip-bad-files",
+    "partial",
+    histograms="flagged; equal to the file's other chunks",
+)
+def test_skip_bad_files_leaves_out_only_the_corrupt_chunks(
+    own_dataset, small_catalog, fault_details
+):
     """Chunks whose baskets are damaged are left out, the others of the file kept: the result
     is the clean file's surviving chunks, scaled to the events processed."""
     from agc.chunks import process_chunk
@@ -465,6 +569,7 @@ def test_skip_bad_files_leaves_out_only_the_corrupt_chunks(own_dataset, small_ca
     ]
     assert "Jet_pt" in skipped[0]["reason"] or "decompress" in skipped[0]["reason"]
     assert partial.record.events_lost == 1000
+    fault_details.update(events_lost=1000, events=partial.record.events + 1000)
     lost = {(1000, 2000)}
 
     # the expected histograms, from the undamaged copy, chunk by chunk
@@ -485,7 +590,12 @@ def test_skip_bad_files_leaves_out_only_the_corrupt_chunks(own_dataset, small_ca
     assert_same_histograms(partial.histograms, add_pseudodata(merge(parts)), rtol=0)
 
 
-def test_skip_bad_files_leaves_out_a_file_without_a_branch(own_dataset, tmp_path):
+@pytest.mark.fault(
+    "input file lacking a branch (fails; partial with --skip-bad-files)",
+    "partial",
+    histograms="flagged; the sample empty",
+)
+def test_skip_bad_files_leaves_out_a_file_without_a_branch(own_dataset, tmp_path, fault_details):
     path, nevts = _file(own_dataset, "wjets")
     _rewrite(path, drop="Jet_btagCSVV2")
     with pytest.raises(UserError, match=f"{path}: tree 'Events' lacks branch.*Jet_btagCSVV2"):
@@ -493,11 +603,17 @@ def test_skip_bad_files_leaves_out_a_file_without_a_branch(own_dataset, tmp_path
     partial = _run(own_dataset, skip_bad_files=True)
     assert partial.events_per_sample["wjets__nominal"] == 0
     assert partial.record.events_lost == nevts
+    fault_details.update(events_lost=nevts, events=partial.record.events + nevts)
     assert "wjets__nominal" not in partial.weights  # no events, no weight
     assert not any(h.sum().value for k, h in partial.histograms.items() if "_wjets" in k)
     assert not any(k.endswith("_pseudodata") for k in partial.histograms)  # needs W+jets
 
 
+@pytest.mark.fault(
+    "partial result as shown: CLI, summary.json, runs.csv, tasks.csv",
+    "partial",
+    histograms="flagged",
+)
 def test_a_partial_run_is_marked_in_every_output(own_dataset, tmp_path):
     import pandas as pd
 
@@ -521,6 +637,11 @@ def test_a_partial_run_is_marked_in_every_output(own_dataset, tmp_path):
     assert sorted(tasks.loc[tasks["skipped"], "path"].unique()) == [str(path)]
 
 
+@pytest.mark.fault(
+    "bad file skipped with a cache, then repaired",
+    "survived",
+    histograms="identical to a clean run",
+)
 def test_skipped_chunks_are_not_cached_and_are_read_once_the_file_is_back(own_dataset, tmp_path):
     import shutil
 
@@ -537,6 +658,31 @@ def test_skipped_chunks_are_not_cached_and_are_read_once_the_file_is_back(own_da
     assert_same_histograms(second.histograms, _run(own_dataset).histograms, rtol=0)
 
 
+@pytest.mark.fault(
+    "read-only file system (tmpfs) for the cache and data lake",
+    "survived",
+    histograms="identical; the run kept locally, the copy refused with a warning",
+)
+def test_a_read_only_cache_store_keeps_the_run(small_catalog, tmpfs, tmp_path, caplog):
+    from agc.cache import ResultStore
+
+    store = tmpfs("size=1m")
+    first = run(_full_run(small_catalog, cache=str(store), data_lake="off"), progress=False,
+                write=False)  # fmt: skip
+    subprocess.run(["mount", "-o", "remount,ro", str(store)], check=True)
+    with caplog.at_level(logging.WARNING):
+        result = run(
+            _full_run(small_catalog, cache=str(store), output_dir=str(tmp_path / "out")),
+            progress=False,
+        )
+    assert result.run_dir == tmp_path / "out" and result.stored_run is None
+    assert (result.run_dir / "summary.json").exists()
+    assert "could not be stored" in caplog.text or "read-only" in caplog.text.lower()
+    assert result.record.cache_hits == result.chunks == len(ResultStore(store).entries())
+    assert_same_histograms(result.histograms, first.histograms, rtol=0)
+
+
+@pytest.mark.fault("--workers 1000 for one chunk", "survived", histograms="one worker started")
 @pytest.mark.parametrize("mode", ["processes", "dask"])
 def test_more_workers_than_chunks_starts_one_per_chunk(small_catalog, caplog, mode):
     with caplog.at_level(logging.WARNING, logger="backends.base"):
@@ -615,6 +761,11 @@ def _after_first_chunk(monkeypatch, action) -> None:
     monkeypatch.setattr(agc.chunks, "analyse", hooked)
 
 
+@pytest.mark.fault(
+    "XRootD origin stopped mid-run, back after 20 s",
+    "survived",
+    histograms="bit-identical to a local run",
+)
 @pytest.mark.slow
 def test_an_xrootd_origin_restarted_mid_run_is_retried(
     small_catalog, tmp_path, origin, monkeypatch, caplog
@@ -643,9 +794,14 @@ def test_an_xrootd_origin_restarted_mid_run_is_retried(
     assert_same_histograms(remote.histograms, local.histograms, rtol=0)
 
 
+@pytest.mark.fault(
+    "XRootD origin stopped mid-run for good (fails; partial with --skip-bad-files)",
+    "partial",
+    histograms="flagged; the lost chunk counted",
+)
 @pytest.mark.slow
 def test_an_xrootd_origin_gone_mid_run_fails_clearly_or_gives_a_partial_result(
-    small_catalog, tmp_path, origin, monkeypatch
+    small_catalog, tmp_path, origin, monkeypatch, fault_details
 ):
     from agc.reader import InputFileError
 
@@ -659,8 +815,14 @@ def test_an_xrootd_origin_gone_mid_run_fails_clearly_or_gives_a_partial_result(
     partial = _run(catalog, read_retries=0, skip_bad_files=True)
     assert partial.record.partial and partial.record.events_lost == 1000
     assert partial.events_per_sample == {"ttbar__PS_var": 1000}
+    fault_details.update(events_lost=partial.record.events_lost, events=2000)
 
 
+@pytest.mark.fault(
+    "root:// cache store that never answers",
+    "failed clearly",
+    histograms="refused within the probe deadline",
+)
 def test_an_unreachable_cache_store_fails_the_run_before_any_work(
     small_catalog, tmp_path, monkeypatch
 ):
@@ -689,3 +851,37 @@ def test_an_unreachable_cache_store_fails_the_run_before_any_work(
             run(_full_run(small_catalog, cache=url, output_dir=str(tmp_path / "o")), progress=False)
         assert time.monotonic() - started < 60  # bounded: the run did not hang
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.fault(
+    "a store left with temporary files and a half-uploaded run by writers that died",
+    "survived",
+    histograms="unaffected; stale leftovers swept, young ones and foreign files kept",
+)
+def test_cache_stats_sweeps_what_dead_writers_left_and_nothing_else(tmp_path):
+    from agc.cache.store import ResultStore
+    from agc.cli import main
+
+    root = tmp_path / "store"
+    store = ResultStore(root)
+    store.put("ab" * 32, b"payload", {"sample": "s"})
+    shard = root / "chunks" / "ab"
+    stale_tmp = shard / f"{'ab' * 32}.agc.{'0' * 32}.tmp"
+    young_tmp = shard / f"{'ab' * 32}.agc.{'1' * 32}.tmp"
+    foreign = shard / "notes.tmp"  # not a name the store writes
+    half_run = root / "runs" / "20261201-r-1.partial"
+    for path in (stale_tmp, young_tmp, foreign, half_run / "summary.json"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * 100)
+    old = time.time() - 2 * 3600
+    for path in (stale_tmp, foreign, half_run / "summary.json", half_run):
+        os.utime(path, (old, old))
+    assert sorted(Path(p).name for p, _ in store.leftovers()) == [
+        "20261201-r-1.partial",
+        stale_tmp.name,
+    ]
+    assert store.list_runs() == []  # a half run is never listed or fetched
+    assert main(["cache", "stats", "--cache", str(root)]) == 0
+    assert not stale_tmp.exists() and not half_run.exists()
+    assert young_tmp.exists() and foreign.exists()  # a live writer's file; not ours
+    assert store.get("ab" * 32)[0] == b"payload"

@@ -142,3 +142,79 @@ def test_page_renders_in_headless_chromium(report, quick_results, tmp_path):
 
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert pixels.std() > 10  # not a blank page: text, tables and plots
+
+
+# -- the reliability table (from the fault suite's record) --------------------------------
+_FAULT_TESTS = """
+import pytest
+
+@pytest.mark.fault("disk full", "failed clearly", histograms="none written")
+@pytest.mark.parametrize("size", [1, 2])
+def test_full(size):
+    assert size
+
+@pytest.mark.fault("file gone", "partial", histograms="flagged")
+def test_gone(fault_details):
+    fault_details.update(events_lost=10, events=40)
+
+@pytest.mark.fault("server restarted", "survived", histograms="identical")
+def test_restart():
+    assert False, "the fault was not survived"
+
+def test_not_a_fault():
+    pass
+"""
+
+
+def test_the_fault_suite_records_each_marked_test_and_the_report_shows_it(pytester, tmp_path):
+    """The conftest plugin behind ``nox -s faults``: marked tests only, their outcome as run;
+    the reliability table merges a fault's tests and shows a failure as FAILED."""
+    import json
+    from pathlib import Path
+
+    pytester.makeconftest((Path(__file__).parent / "conftest.py").read_text())
+    pytester.makepyfile(test_faults_example=_FAULT_TESTS)
+    record = tmp_path / "results" / "raw" / "faults.json"
+    outcome = pytester.runpytest_inprocess(f"--fault-record={record}", "-q")
+    outcome.assert_outcomes(passed=4, failed=1)
+    rows = json.loads(record.read_text())["faults"]
+    assert [(r["fault"], r["passed"]) for r in rows] == [
+        ("disk full", True),
+        ("disk full", True),
+        ("file gone", True),
+        ("server restarted", False),
+    ]
+    page = build_report(tmp_path / "results")
+    from agc.report import reliability_table
+
+    table = reliability_table(tmp_path / "results").set_index("fault")
+    assert table.loc["disk full", "result"] == "passed (2 tests)"
+    assert table.loc["file gone", "events lost"] == "10 of 40"
+    assert table.loc["server restarted", "result"] == "FAILED"
+    text = page.with_name("README.md").read_text()
+    assert "| server restarted | survived | identical | 0 | FAILED |" in text
+
+
+def test_a_benchmark_report_with_a_fault_record_gains_the_reliability_section(
+    quick_results, tmp_path
+):
+    import json
+
+    folder = tmp_path / "both"
+    shutil.copytree(quick_results, folder)
+    (folder / "raw" / "faults.json").write_text(
+        json.dumps(
+            {
+                "commit": "abc1234",
+                "machine": "m",
+                "python": "3.11",
+                "faults": [
+                    {"fault": "f", "outcome": "survived", "histograms": "identical",
+                     "test": "t", "passed": True},
+                ],
+            }
+        )
+    )  # fmt: skip
+    text = build_report(folder).with_name("README.md").read_text()
+    assert "## Targets" in text and "## Reliability" in text
+    assert "at commit abc1234 on m" in text and "| f | survived | identical | 0 | passed |" in text

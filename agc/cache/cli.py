@@ -48,7 +48,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    s = _store(args).stats()
+    store = _store(args)
+    swept = store.sweep()
+    s = store.stats()
+    s["leftovers_removed"] = len(swept)
     if args.json:
         print(json.dumps(s, indent=1))
         return 0
@@ -56,16 +59,25 @@ def cmd_stats(args: argparse.Namespace) -> int:
     print(f"entries    {s['entries']}")
     print(
         f"size       {_size(s['bytes'])} of {_size(s['max_bytes'] or 0)} "
-        f"({100 * s['bytes'] / s['max_bytes'] if s['max_bytes'] else 0:.1f}%)"
+        f"({100 * s['bytes'] / s['max_bytes'] if s['max_bytes'] else 0:.1f}%; chunks "
+        f"{_size(s['chunk_bytes'])}, runs {_size(s['run_bytes'])})"
     )
     print(f"expiry     unused for {s['max_age_seconds'] / 86400:.1f} days")
     print(f"oldest use {s['oldest_use_seconds_ago'] / 3600:.1f} h ago")
     print(f"runs       {s['runs']} stored (agc cache ls --runs; agc fetch RUN_ID)")
+    if swept:
+        print(
+            f"leftovers  removed {len(swept)} temporary file(s) of writers that died "
+            f"({_size(sum(size for _, size in swept))})"
+        )
     return 0
 
 
 def cmd_clear(args: argparse.Namespace) -> int:
     store = _store(args)
+    swept = store.sweep()
+    if swept:
+        print(f"removed {len(swept)} leftover temporary file(s) from {store.url}")
     if args.older_than is not None or args.max_size is not None:
         removed = store.evict(
             max_age=parse_age(args.older_than),

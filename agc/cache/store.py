@@ -6,6 +6,8 @@ Layout under the store root::
     chunks/<k[:2]>/<key>.agc.ok    commit marker (object stores only, see below)
     runs/<run_id>/...              a run's output files (the data lake)
     runs/<run_id>/COMPLETE         written last: the run is complete
+    runs/<run_id>.partial/         a run being uploaded (file systems that rename), renamed
+                                   to runs/<run_id> when complete
 
 Writes are atomic: on file systems that rename (local disk, XRootD) an entry is written to a
 temporary name and renamed into place; on object stores (S3, GCS, Azure, memory), where a
@@ -17,7 +19,14 @@ chunk is recomputed and never used.
 Size and age limits: :meth:`ResultStore.evict` removes entries not used for ``max_age``
 seconds, then the least recently used ones until the store is under ``max_bytes``. "Used" is
 the file's modification time, refreshed on every hit on local disk; on remote stores, where
-that would cost a write per hit, it is the time the entry was written.
+that would cost a write per hit, it is the time the entry was written. Stored runs count
+against both limits: a run stored more than ``max_age`` ago is removed, and when the chunk
+entries are gone and the store is still over ``max_bytes``, the oldest runs are.
+
+Writers that die (a full store, a killed process) can leave temporary entry files and partly
+uploaded runs; :meth:`ResultStore.leftovers` finds those older than :data:`STALE_SECONDS`
+(younger ones may be a writer at work) and :meth:`ResultStore.sweep` removes them
+(``agc cache stats`` and ``agc cache clear`` do).
 """
 
 from __future__ import annotations
@@ -42,6 +51,12 @@ MAGIC = b"AGCCACHE1\n"
 SUFFIX = ".agc"
 COMMIT_SUFFIX = ".ok"
 COMPLETE = "COMPLETE"
+#: A temporary file or partial run older than this (seconds) is left over from a writer that
+#: died; younger ones may belong to a run writing now and are kept.
+STALE_SECONDS = 3600
+#: Names this store writes and may sweep: an entry's temporary file, a run being uploaded.
+_TMP_ENTRY = re.compile(r".*\.agc\.[0-9a-f]{32}\.tmp$")
+_PARTIAL_RUN = ".partial"
 #: Protocols whose "rename" is a copy: they get write-then-commit-marker instead.
 OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"}
 
@@ -325,16 +340,26 @@ class ResultStore:
         return json.loads(head[len(MAGIC) : line_end])
 
     def stats(self) -> dict[str, Any]:
+        """Entries, stored runs and their bytes (both count against ``max_bytes``), limits,
+        and the leftovers of writers that died (:meth:`leftovers`)."""
         entries = self.entries()
+        runs = self.run_sizes()
+        leftovers = self.leftovers()
         now = time.time()
+        chunk_bytes = sum(e.size for e in entries)
+        run_bytes = sum(size for size, _ in runs.values())
         return {
             "url": self.url,
             "entries": len(entries),
-            "bytes": sum(e.size for e in entries),
+            "bytes": chunk_bytes + run_bytes,
+            "chunk_bytes": chunk_bytes,
+            "run_bytes": run_bytes,
             "max_bytes": self.max_bytes,
             "max_age_seconds": self.max_age,
             "oldest_use_seconds_ago": max((now - e.last_used for e in entries), default=0.0),
-            "runs": len(self.list_runs()),
+            "runs": len(runs),
+            "leftovers": len(leftovers),
+            "leftover_bytes": sum(size for _, size in leftovers),
         }
 
     def evict(self, *, max_bytes: float | None = None, max_age: float | None = None) -> list[str]:
@@ -343,13 +368,23 @@ class ResultStore:
         max_bytes = self.max_bytes if max_bytes is None else max_bytes
         max_age = self.max_age if max_age is None else max_age
         entries = sorted(self.entries(), key=lambda e: e.last_used)
-        now, total, removed = time.time(), sum(e.size for e in entries), []
+        runs = sorted(self.run_sizes().items(), key=lambda item: item[1][1])  # oldest first
+        now = time.time()
+        total = sum(e.size for e in entries) + sum(size for _, (size, _) in runs)
+        removed = []
         for e in entries:
             expired = max_age is not None and now - e.last_used > max_age
             if expired or (max_bytes is not None and total > max_bytes):
                 self.delete(e.key)
                 total -= e.size
                 removed.append(e.key)
+        # stored runs count too: expired ones go, then the oldest while still over the size
+        for run_id, (size, stored) in runs:
+            expired = max_age is not None and now - stored > max_age
+            if expired or (max_bytes is not None and total > max_bytes):
+                self.delete_run(run_id)
+                total -= size
+                removed.append(f"run {run_id}")
         if removed:
             log.info("cache %s: evicted %d entries", self.url, len(removed))
         return removed
@@ -377,19 +412,86 @@ class ResultStore:
         """
         _check_run_id(run_id)
         target = f"{self.root}/runs/{run_id}"
+        # a file system renames: upload under runs/<id>.partial, then rename into place;
+        # an object store cannot rename a folder: its readers wait for the COMPLETE marker
+        staging = target if self.commit_markers else f"{target}{_PARTIAL_RUN}"
         local_dir = Path(local_dir)
         try:
             for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
                 rel = path.relative_to(local_dir).as_posix()
-                self.fs.makedirs(f"{target}/{rel}".rsplit("/", 1)[0], exist_ok=True)
-                self._write(f"{target}/{rel}", path.read_bytes())
-            self._write(f"{target}/{COMPLETE}", json.dumps({"stored": time.time()}).encode())
+                self.fs.makedirs(f"{staging}/{rel}".rsplit("/", 1)[0], exist_ok=True)
+                self._write(f"{staging}/{rel}", path.read_bytes())
+            self._write(f"{staging}/{COMPLETE}", json.dumps({"stored": time.time()}).encode())
+            if staging != target:
+                self.fs.mv(staging, target, recursive=True)
         except BaseException:
             with contextlib.suppress(Exception):
-                self.fs.rm(target, recursive=True)
+                self.fs.rm(staging, recursive=True)
             raise
         self._refresh()
         return self.run_url(run_id)
+
+    def run_sizes(self) -> dict[str, tuple[int, float]]:
+        """Per complete stored run: (bytes, when it was stored)."""
+        out = {}
+        for run_id in self.list_runs():
+            base = f"{self.root}/runs/{run_id}"
+            try:
+                found = self.fs.find(base, detail=True)
+            except (FileNotFoundError, OSError):
+                continue
+            stored = _mtime(found.get(f"{base}/{COMPLETE}", {})) or time.time()
+            out[run_id] = (sum(int(i.get("size") or 0) for i in found.values()), stored)
+        return out
+
+    def delete_run(self, run_id: str) -> None:
+        _check_run_id(run_id)
+        with contextlib.suppress(FileNotFoundError, OSError):
+            self.fs.rm(f"{self.root}/runs/{run_id}", recursive=True)
+        self._refresh()
+
+    def leftovers(self, older_than: float = STALE_SECONDS) -> list[tuple[str, int]]:
+        """What writers that died left behind, older than ``older_than`` seconds: temporary
+        entry files, partly uploaded runs (``runs/<id>.partial``, or a run folder without its
+        ``COMPLETE`` marker). (path, bytes) each; only names this store writes."""
+        self._refresh()
+        now, out = time.time(), []
+        try:
+            found = self.fs.find(f"{self.root}/chunks", detail=True)
+        except (FileNotFoundError, OSError):
+            found = {}
+        for path, info in found.items():
+            if _TMP_ENTRY.match(path) and now - _mtime(info) > older_than:
+                out.append((path, int(info.get("size") or 0)))
+        try:
+            runs = self.fs.ls(f"{self.root}/runs", detail=True)
+        except (FileNotFoundError, OSError):
+            runs = []
+        for info in runs:
+            path = info["name"].rstrip("/")
+            name = path.rsplit("/", 1)[-1]
+            partial = name.endswith(_PARTIAL_RUN) or not self.fs.exists(f"{path}/{COMPLETE}")
+            if not partial or not _RUN_ID.fullmatch(name.removesuffix(_PARTIAL_RUN)):
+                continue
+            try:
+                files = self.fs.find(path, detail=True)
+            except (FileNotFoundError, OSError):
+                continue
+            newest = max((_mtime(i) for i in files.values()), default=_mtime(info))
+            if now - newest > older_than:
+                out.append((path, sum(int(i.get("size") or 0) for i in files.values())))
+        return out
+
+    def sweep(self, older_than: float = STALE_SECONDS) -> list[tuple[str, int]]:
+        """Remove :meth:`leftovers` (returned)."""
+        gone = self.leftovers(older_than)
+        for path, _ in gone:
+            with contextlib.suppress(FileNotFoundError, OSError):
+                self.fs.rm(path, recursive=True)
+        if gone:
+            log.info("cache %s: removed %d leftover temporary file(s)", self.url, len(gone))
+            self._refresh()
+        return gone
 
     def list_runs(self) -> list[str]:
         """Ids of the complete runs in the store, oldest first by id."""
@@ -428,8 +530,11 @@ class ResultStore:
         return to
 
 
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
 def _check_run_id(run_id: str) -> None:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", run_id):
+    if not _RUN_ID.fullmatch(run_id) or run_id.endswith(_PARTIAL_RUN):
         raise CacheStoreError(f"run id {run_id!r}: letters, digits and ._+- only")
 
 
