@@ -5,6 +5,11 @@ observable axis ``Reg(25, 50, 550)`` and ``Weight()`` storage, keyed by the cabi
 spec §6 (``4j1b_ttbar``, ``4j2b_wjets_btag_var_2_down``, ``4j1b_pseudodata``...). A flat dict
 merges by key, pickles small, and maps one to one onto ``histograms.root``; the reference's
 three-axis view (observable x process x variation) is available from :func:`to_hist_dict`.
+
+With the ML step (spec §5) the same dict also holds the 20 feature histograms per sample and
+variation, named ``{feature}_{process}[_{variation}]`` (:func:`agc.vocabulary.ml_histogram_name`)
+with their own binning (:func:`new_ml_histogram`). They belong in ``histograms_ml.root``, not
+in ``histograms.root``: :func:`split_ml_histograms` separates the two kinds.
 """
 
 from __future__ import annotations
@@ -24,13 +29,19 @@ from agc.fileio import atomic_write, atomic_write_text
 from agc.vocabulary import (
     HIGH,
     LOW,
+    ML_FEATURE_LABELS,
+    ML_FEATURES,
+    ML_N_BINS,
+    ML_RANGES,
     N_BINS,
     OBSERVABLE_LABELS,
     PROCESSES,
     PSEUDODATA,
     REGIONS,
     histogram_name,
+    ml_histogram_name,
     parse_histogram_name,
+    parse_ml_histogram_name,
 )
 
 log = logging.getLogger(__name__)
@@ -45,6 +56,47 @@ def new_histogram(region: str = "") -> hist.Hist:
         hist.axis.Regular(N_BINS, LOW, HIGH, name="observable", label=label),
         storage=hist.storage.Weight(),
     )
+
+
+def new_ml_histogram(feature: str) -> hist.Hist:
+    """An empty histogram of an ML feature (spec §5): 25 bins in the feature's range, Weight."""
+    low, high = ML_RANGES[feature]
+    return hist.Hist(
+        hist.axis.Regular(
+            ML_N_BINS, low, high, name="observable", label=ML_FEATURE_LABELS[feature]
+        ),
+        storage=hist.storage.Weight(),
+    )
+
+
+def split_ml_histograms(histograms: Mapping[str, hist.Hist]) -> tuple[Histograms, Histograms]:
+    """(the region histograms, the ML feature histograms) of a mixed dict, names kept.
+
+    A name is an ML one when :func:`agc.vocabulary.parse_ml_histogram_name` reads it.
+    """
+    main: Histograms = {}
+    ml: Histograms = {}
+    for name, h in histograms.items():
+        (ml if parse_ml_histogram_name(name) is not None else main)[name] = h
+    return main, ml
+
+
+def add_ml_pseudodata(histograms: Histograms) -> Histograms:
+    """Add ``{feature}_pseudodata`` = (ttbar ME_var + ttbar PS_var) / 2 + wjets nominal.
+
+    The ML counterpart of :func:`add_pseudodata`, written only when all three inputs exist.
+    """
+    out = dict(histograms)
+    for feature in ML_FEATURES:
+        names = [
+            ml_histogram_name(feature, "ttbar", "ME_var"),
+            ml_histogram_name(feature, "ttbar", "PS_var"),
+            ml_histogram_name(feature, "wjets"),
+        ]
+        if all(n in histograms for n in names):
+            me, ps, wjets = (histograms[n] for n in names)
+            out[ml_histogram_name(feature, PSEUDODATA)] = (me + ps) / 2 + wjets
+    return out
 
 
 def merge(histograms: Iterable[Mapping[str, hist.Hist]]) -> Histograms:

@@ -10,6 +10,8 @@ the fit and the plots agree by construction:
   reference's I/O-only sets;
 * **histogram names** (spec §6): :func:`histogram_name` builds them, :func:`parse_histogram_name`
   reads them back, :func:`histogram_labels` lists the variations a sample fills;
+* the **ML step** (spec §5): the 20 jet-parton assignment features, their binning, and the
+  names of their histograms (:func:`ml_histogram_name`, :func:`parse_ml_histogram_name`);
 * the **cabinetry** tables: cabinetry sample <-> process, cabinetry channel <-> region.
 
 This module imports nothing of the package: the generator (:mod:`agc.synth`) uses it without
@@ -179,6 +181,118 @@ def parse_histogram_name(
     return None
 
 
+# -- the ML step: jet-parton assignment features and their histograms (spec §5) -------------
+
+#: The region whose events get the jet-parton assignment (the signal region).
+ML_REGION = "4j2b"
+#: Jets considered for the assignment: the leading ``min(n_jets, MAX_N_JETS)`` selected jets.
+MAX_N_JETS = 6
+
+#: The 20 features of a candidate assignment (W1, W2, b_had, b_lep), in the models' order.
+ML_FEATURES: tuple[str, ...] = (
+    "deltar_leptonbtoplep",
+    "deltar_w1w2",
+    "deltar_w1btophad",
+    "deltar_w2btophad",
+    "mass_leptonbtoplep",
+    "mass_w1w2",
+    "mass_w1w2btophad",
+    "pt_w1w2btophad",
+    "pt_w1",
+    "pt_w2",
+    "pt_btophad",
+    "pt_btoplep",
+    "btag_w1",
+    "btag_w2",
+    "btag_btophad",
+    "btag_btoplep",
+    "qgl_w1",
+    "qgl_w2",
+    "qgl_btophad",
+    "qgl_btoplep",
+)
+
+#: Bins of every ML feature histogram (with under- and overflow).
+ML_N_BINS = 25
+#: Histogram range (low, high) of each feature: Delta R, masses, pT, b tag, qgl (spec §5).
+ML_RANGES: dict[str, tuple[float, float]] = {
+    **dict.fromkeys(ML_FEATURES[0:4], (0.0, 6.0)),
+    **dict.fromkeys(ML_FEATURES[4:6], (50.0, 300.0)),
+    **dict.fromkeys(ML_FEATURES[6:8], (50.0, 550.0)),
+    **dict.fromkeys(ML_FEATURES[8:12], (25.0, 300.0)),
+    **dict.fromkeys(ML_FEATURES[12:16], (0.0, 1.0)),
+    **dict.fromkeys(ML_FEATURES[16:20], (-1.0, 1.0)),
+}
+
+_OBJECT_LABELS = {
+    "w1": "first W jet",
+    "w2": "second W jet",
+    "btophad": "$b_{top-had}$ jet",
+    "btoplep": "$b_{top-lep}$ jet",
+}
+#: Axis label of each feature.
+ML_FEATURE_LABELS: dict[str, str] = {
+    "deltar_leptonbtoplep": "$\\Delta R$($b_{top-lep}$ jet, lepton)",
+    "deltar_w1w2": "$\\Delta R$(W jets)",
+    "deltar_w1btophad": "$\\Delta R$(first W jet, $b_{top-had}$ jet)",
+    "deltar_w2btophad": "$\\Delta R$(second W jet, $b_{top-had}$ jet)",
+    "mass_leptonbtoplep": "mass of $b_{top-lep}$ jet + lepton [GeV]",
+    "mass_w1w2": "mass of the W jets [GeV]",
+    "mass_w1w2btophad": "mass of the W jets + $b_{top-had}$ jet [GeV]",
+    "pt_w1w2btophad": "$p_T$ of the W jets + $b_{top-had}$ jet [GeV]",
+    **{f"pt_{k}": f"$p_T$ of the {v} [GeV]" for k, v in _OBJECT_LABELS.items()},
+    **{f"btag_{k}": f"btagCSVV2 of the {v}" for k, v in _OBJECT_LABELS.items()},
+    **{f"qgl_{k}": f"quark-gluon likelihood of the {v}" for k, v in _OBJECT_LABELS.items()},
+}
+
+
+class MLHistogramName(NamedTuple):
+    """A parsed ML name: ``mass_w1w2_ttbar_pt_scale_up`` -> (mass_w1w2, ttbar, pt_scale_up)."""
+
+    feature: str
+    process: str
+    variation: str = NOMINAL
+
+    def __str__(self) -> str:
+        return ml_histogram_name(self.feature, self.process, self.variation)
+
+
+def ml_histogram_name(feature: str, process: str, variation: str = NOMINAL) -> str:
+    """``{feature}_{process}`` for nominal, else ``{feature}_{process}_{variation}`` (spec §5)."""
+    if variation == NOMINAL:
+        return f"{feature}_{process}"
+    return f"{feature}_{process}_{variation}"
+
+
+def ml_histogram_names(process: str, variation: str, systematics: bool = True) -> list[str]:
+    """Every ML name one sample fills: each feature for the variations of its 4j2b histograms."""
+    return [
+        ml_histogram_name(feature, process, label)
+        for feature in ML_FEATURES
+        for label in histogram_labels(process, variation, systematics)
+    ]
+
+
+def parse_ml_histogram_name(
+    name: str, processes: tuple[str, ...] = (*PROCESSES, PSEUDODATA)
+) -> MLHistogramName | None:
+    """The inverse of :func:`ml_histogram_name`; None for a name of no feature and process.
+
+    Feature and process names share prefixes (``pt_w1``, ``pt_w1w2btophad``; ``single_top_tW``),
+    so the longest match wins for both.
+    """
+    for feature in sorted(ML_FEATURES, key=len, reverse=True):
+        if not name.startswith(feature + "_"):
+            continue
+        rest = name[len(feature) + 1 :]
+        for process in sorted(processes, key=len, reverse=True):
+            if rest == process:
+                return MLHistogramName(feature, process)
+            if rest.startswith(process + "_"):
+                return MLHistogramName(feature, process, rest[len(process) + 1 :])
+    return None
+
+
 # -- branch sets (spec §2) -----------------------------------------------------------------
 
 #: Data branches of the core analysis; their counters come with them when uproot reads them.
@@ -202,8 +316,9 @@ CORE_BRANCHES: tuple[str, ...] = (
 COUNTER_BRANCHES: tuple[str, ...] = ("nJet", "nElectron", "nMuon")
 #: Event identity: the seed of the per-jet resolution smear, independent of chunking.
 EVENT_ID_BRANCHES: tuple[str, ...] = ("run", "luminosityBlock", "event")
-#: What the ML step reads in addition (spec §5); not needed for the histograms.
-ML_BRANCHES: tuple[str, ...] = (
+#: What the ML step reads in addition to the core analysis (spec §2, §5): the jets'
+#: quark-gluon likelihood, the lepton four-vectors, and the event number of the even/odd split.
+ML_EXTRA_BRANCHES: tuple[str, ...] = (
     "Jet_qgl",
     "Electron_phi",
     "Electron_mass",
@@ -213,18 +328,30 @@ ML_BRANCHES: tuple[str, ...] = (
 )
 #: Everything one chunk of the analysis reads.
 ANALYSIS_BRANCHES: tuple[str, ...] = CORE_BRANCHES + EVENT_ID_BRANCHES
+#: Everything one chunk of the analysis with the ML step reads (``event`` is already an
+#: analysis branch): 23 branches.
+ML_BRANCHES: tuple[str, ...] = ANALYSIS_BRANCHES + tuple(
+    b for b in ML_EXTRA_BRANCHES if b not in ANALYSIS_BRANCHES
+)
 #: The 18 branches of spec §2 (5.08 % of the bytes of the real files): the byte accounting.
 SPEC_BRANCHES: tuple[str, ...] = CORE_BRANCHES + COUNTER_BRANCHES
+#: The 24 branches of spec §2 with the ML step (6.31 % of the bytes of the real files).
+ML_SPEC_BRANCHES: tuple[str, ...] = SPEC_BRANCHES + ML_EXTRA_BRANCHES
 
-#: I/O-only branch sets of the reference (``IO_BRANCHES``, spec §2/§9), keyed by the percentage
-#: of file bytes they are on the real inputs.
+#: ``io_branches`` of a run: the analysis branches, or one of :data:`IO_BRANCH_SETS`.
+ANALYSIS_BRANCH_SET = "analysis"
+#: ``io_branches`` name of the branches of the analysis with the ML step (:data:`ML_BRANCHES`).
+ML_BRANCH_SET = "ml"
+
+#: I/O-only branch sets: those of the reference (``IO_BRANCHES``, spec §2/§9), keyed by the
+#: percentage of file bytes they are on the real inputs, and :data:`ML_BRANCH_SET`, what a chunk
+#: of the analysis with the ML step reads.
 IO_BRANCH_SETS: dict[str, tuple[str, ...]] = {
     "4.1": ("Jet_pt", "Jet_eta", "Jet_phi", "Jet_btagCSVV2", "Jet_mass", "Muon_pt", "Electron_pt"),
     "15": ("LHEPdfWeight", "GenPart_pdgId", "CorrT1METJet_phi"),
     "25": ("LHEPdfWeight", "GenPart_pt", "GenPart_eta", "GenPart_pdgId", "LHEScaleWeight"),
+    ML_BRANCH_SET: ML_BRANCHES,
 }
-#: ``io_branches`` of a run: the analysis branches, or one of :data:`IO_BRANCH_SETS`.
-ANALYSIS_BRANCH_SET = "analysis"
 
 
 def branch_set(name: str) -> tuple[str, ...]:

@@ -184,6 +184,80 @@ def test_isolated_lepton_jet_cross_reference(minimal_ds):
     assert ak.all(a["Jet_jetId"][ak.where(own, idx, 0)][own] == 2)
 
 
+# ---------------------------------------------------------------------------- ML inputs
+
+
+def test_ml_branches_are_in_both_layouts(minimal_ds, realistic_ds):
+    for catalog in (minimal_ds, realistic_ds):
+        names = set(_tree(_files(catalog)["ttbar__nominal"][0]).keys())
+        assert set(vocabulary.ML_BRANCHES) <= names and set(vocabulary.ML_SPEC_BRANCHES) <= names
+
+
+def test_quark_gluon_likelihood_is_realistic(minimal_ds):
+    a = _tree(_files(minimal_ds)["ttbar__nominal"][0]).arrays()
+    qgl, pt = (ak.to_numpy(ak.flatten(a[f"Jet_{f}"])) for f in ("qgl", "pt"))
+    eta, jet_id, flavour = (
+        ak.to_numpy(ak.flatten(a[f"Jet_{f}"])) for f in ("eta", "jetId", "partonFlavour")
+    )
+    undefined = qgl == -1
+    assert np.all(undefined | ((qgl >= 0) & (qgl < 1)))  # [0, 1) or exactly -1
+    assert np.all(undefined[pt < 20])  # NanoAOD leaves soft jets without a likelihood
+    assert np.mean(undefined[jet_id != 6]) > 0.6  # real 2015 files: ~0.8
+    selected = (pt > 30) & (np.abs(eta) < 2.4) & ((jet_id & 4) != 0)
+    assert 0.01 < np.mean(undefined[selected]) < 0.12  # real file: 3.9 %
+    good = selected & ~undefined
+    light, gluon = good & (np.abs(flavour) < 4) & (flavour != 0), good & (flavour == 21)
+    assert light.sum() > 500 and gluon.sum() > 100
+    # quark jets are quark-like (towards 1), gluon jets gluon-like (towards 0)
+    assert np.median(qgl[light]) > 0.75 and np.median(qgl[gluon]) < 0.35
+    assert np.mean(qgl[light] > 0.9) > 0.3 and np.mean(qgl[gluon] < 0.1) > 0.25
+
+
+def test_lepton_masses_and_angles_are_realistic(minimal_ds):
+    a = _tree(_files(minimal_ds)["ttbar__nominal"][0]).arrays()
+    e_mass, mu_mass = (ak.to_numpy(ak.flatten(a[b])) for b in ("Electron_mass", "Muon_mass"))
+    assert len(e_mass) > 1000 and len(mu_mass) > 1000
+    # the electron's stored mass is tiny and of either sign (real file: +-0.02 GeV)
+    assert abs(np.median(e_mass)) < 0.003 and 0.005 < np.std(e_mass) < 0.03
+    assert np.mean(e_mass < 0) > 0.3 and np.max(np.abs(e_mass)) < 0.1
+    # the muon's is 0.1057 GeV, as the real file stores it (two neighbouring float values)
+    stored = schema.to_branch_dtype("Muon_mass", np.array(physics.MUON_MASSES))
+    assert np.allclose(stored, 0.10568, atol=5e-5) and stored[0] != stored[1]
+    assert set(np.unique(mu_mass).tolist()) <= set(stored.tolist())
+    assert 0.85 < np.mean(mu_mass == stored[1]) < 0.99
+    for branch in ("Electron_phi", "Muon_phi"):
+        phi = ak.to_numpy(ak.flatten(a[branch]))
+        assert np.all(np.abs(phi) <= np.pi + 1e-3) and abs(np.mean(phi)) < 0.1, branch
+        assert np.std(phi) == pytest.approx(np.pi / np.sqrt(3), rel=0.05), branch  # uniform
+    event = np.asarray(a["event"])
+    assert np.array_equal(event, np.arange(1, len(event) + 1))  # half even, half odd
+
+
+def test_ml_quantities_come_from_their_own_random_stream():
+    """A different auxiliary stream changes qgl and the lepton masses, and nothing else."""
+
+    def run(aux_seed):
+        rng = writer.block_rng(5, "ttbar__nominal", 0, 0)
+        return physics.simulate(rng, "ttbar", physics.TUNES["ttbar__nominal"], 2000,
+                                np.random.default_rng(aux_seed))  # fmt: skip
+
+    first, second = run(1), run(2)
+    ml_only = {("Jet", "qgl"), ("Electron", "mass"), ("Muon", "mass")}
+    for collection, (counts, fields) in first.items():
+        assert np.array_equal(counts, second[collection][0]), collection
+        for name, values in fields.items():
+            same = np.array_equal(values, second[collection][1][name])
+            assert same != ((collection, name) in ml_only), (collection, name)
+    # the main stream of a block is the one of the seeding contract; the auxiliary one differs
+    key = (zlib.crc32(b"ttbar__nominal"), 0, 3)
+    contract = np.random.Generator(np.random.PCG64(np.random.SeedSequence(9, spawn_key=key)))
+    main = writer.block_rng(9, "ttbar__nominal", 0, 3)
+    aux = writer.block_rng(9, "ttbar__nominal", 0, 3, writer.AUX_STREAM)
+    draws = contract.uniform(size=4)
+    assert np.array_equal(main.uniform(size=4), draws)
+    assert not np.array_equal(aux.uniform(size=4), draws)
+
+
 # --------------------------------------------------------------------------- determinism
 
 

@@ -3,9 +3,11 @@
 Entry point: :func:`process_events`, which runs :func:`objects` and :func:`select_regions` and
 fills the histograms. The building blocks (:mod:`.selection`, :mod:`.observables`,
 :mod:`.systematics`) are public for tests, notebooks and the GPU path; the names of samples,
-regions, branches and histograms are in :mod:`agc.vocabulary`.
+regions, branches and histograms are in :mod:`agc.vocabulary`. The optional ML step (spec §5)
+is :mod:`.ml`: :func:`load_models` once, then ``process_events(..., ml=models)``.
 """
 
+from agc.analysis.ml import MLModels, load_models, models_fingerprint
 from agc.analysis.processor import (
     Objects,
     RegionEvents,
@@ -16,9 +18,12 @@ from agc.analysis.processor import (
 )
 
 __all__ = [
+    "MLModels",
     "Objects",
     "RegionEvents",
     "count_per_event",
+    "load_models",
+    "models_fingerprint",
     "objects",
     "process_events",
     "select_regions",

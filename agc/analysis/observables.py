@@ -33,7 +33,7 @@ def _triplets(n: int) -> np.ndarray:
     return np.array(list(itertools.combinations(range(n), 3)), dtype=np.int64).reshape(-1, 3)
 
 
-def _cartesian(pt, eta, phi, mass, xp):
+def cartesian(pt, eta, phi, mass, xp):
     """(x, y, z, t) of (pt, eta, phi, mass) with scikit-hep vector's formulas (rhophi_eta_tau)."""
     expmeta = xp.exp(-eta)
     invsintheta = 0.5 * (1 + expmeta**2) / expmeta
@@ -50,7 +50,7 @@ def trijet_mass_flat(pt, eta, phi, mass, btag, counts):
     xp = flat_namespace(pt)
     counts = xp.asarray(counts)
     starts = xp.cumsum(counts) - counts
-    x, y, z, t = _cartesian(pt, eta, phi, mass, xp)
+    x, y, z, t = cartesian(pt, eta, phi, mass, xp)
     out = xp.full(len(counts), xp.nan, dtype=pt.dtype)
     valid = xp.zeros(len(counts), dtype=bool)
     host_counts = counts.get() if hasattr(counts, "get") else counts

@@ -9,6 +9,11 @@ public function that tests drive directly:
 2. :func:`select_regions` -- for one (possibly varied) jet pT: the selected jets, their counts
    and b tags, the region of each event, and the region's observable (H_T or m_bjj);
 3. the fills: nominal, jet-pT variations, b-tag and W+jets weight variations.
+
+With ``ml`` (models of :func:`agc.analysis.ml.load_models`), the 4j2b events of each jet-pT
+variation also get the jet-parton assignment of :mod:`agc.analysis.ml`, and the features of
+each event's best candidate fill 20 ML histograms per variation label, with the same weights
+as that label's 4j2b histogram (see :func:`process_events`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import awkward as ak
 import hist
 import numpy as np
 
+from agc.analysis.ml import JetColumns, MLColumns, MLModels, best_candidate_features, ml_columns
 from agc.analysis.observables import ht_flat, trijet_mass_flat
 from agc.analysis.selection import btag_mask, electron_mask, jet_mask, muon_mask, region_masks
 from agc.analysis.systematics import (
@@ -30,17 +36,21 @@ from agc.analysis.systematics import (
 )
 from agc.analysis.xp import flat_namespace, to_flat_xp, to_host
 from agc.constants import DEFAULT_SEED
-from agc.histograms import new_histogram
+from agc.histograms import new_histogram, new_ml_histogram
 from agc.vocabulary import (
     DIRECTIONS,
     EVENT_ID_BRANCHES,
+    ML_FEATURES,
+    ML_REGION,
     N_BTAG_VARIATIONS,
     NOMINAL,
     REGIONS,
     WJETS_SCALE_VARIATION,
     btag_variation,
+    histogram_labels,
     histogram_name,
     histogram_names,
+    ml_histogram_name,
 )
 
 JET_FIELDS = ("pt", "eta", "phi", "mass", "btagCSVV2", "jetId")
@@ -78,6 +88,8 @@ class RegionEvents:
     phi: Any
     mass: Any
     btag: Any
+    #: Per jet of the chunk (flat): is it one of the selected jets above?
+    jet_mask: Any = None
 
 
 def objects(events: ak.Array) -> Objects:
@@ -121,7 +133,9 @@ def select_regions(obj: Objects, pt) -> dict[str, RegionEvents]:
             observable = ht_flat(region_pt, counts)
         else:
             observable, _ = trijet_mass_flat(region_pt, eta, phi, mass, btag, counts)
-        out[region] = RegionEvents(in_region, counts, observable, region_pt, eta, phi, mass, btag)
+        out[region] = RegionEvents(
+            in_region, counts, observable, region_pt, eta, phi, mass, btag, take
+        )
     return out
 
 
@@ -151,54 +165,108 @@ def process_events(
     dataset: str | None = None,
     seed: int = DEFAULT_SEED,
     systematics: bool = True,
+    ml: MLModels | None = None,
 ) -> dict[str, hist.Hist]:
     """Histograms of one chunk of events, keyed by the output names of spec §6.
 
     Args:
         events: awkward array with the branches of :data:`agc.vocabulary.ANALYSIS_BRANCHES`
-            (flat, as read by uproot) or coffea NanoEvents with Electron/Muon/Jet collections.
+            (flat, as read by uproot) or coffea NanoEvents with Electron/Muon/Jet collections;
+            with ``ml``, also those of :data:`agc.vocabulary.ML_EXTRA_BRANCHES`.
         process: e.g. ``"ttbar"``; ``variation``: e.g. ``"nominal"``, ``"ME_var"``.
         weight: per-event normalisation w = sigma * L / N (spec §1.3).
         dataset: fileset key, part of the seed of the ``pt_res_up`` smear (default
             ``"{process}__{variation}"``).
         seed: seed of the ``pt_res_up`` smear.
         systematics: False runs the nominal selection only (for quick checks).
+        ml: the ML models (:func:`agc.analysis.ml.load_models`), or None for no ML step.
 
     Returns:
         One 1D histogram per name of :func:`agc.vocabulary.histogram_names`, empty ones
-        included.
+        included. With ``ml``, the same dict also holds one histogram per name of
+        :func:`agc.vocabulary.ml_histogram_names` (``{feature}_{process}[_{variation}]``,
+        :func:`agc.histograms.split_ml_histograms` separates them): for every variation label
+        of the sample's 4j2b histograms, the features of the best candidate of each 4j2b
+        event, with that histogram's weights. As in the reference, ``pt_scale_up`` and
+        ``pt_res_up`` re-run the assignment on the varied jets, and the b-tag and W+jets weight
+        variations reuse the nominal assignment with their varied weights. The region
+        histograms are the same, bit for bit, with and without ``ml``.
+
+    Raises:
+        agc.analysis.ml.MissingBranchesError: with ``ml``, when the events lack an ML branch.
     """
     dataset = dataset or f"{process}__{variation}"
     hists = {
         name: new_histogram(name.split("_", 1)[0])
         for name in histogram_names(process, variation, systematics)
     }
+    ml_inputs = None
+    if ml is not None:
+        ml_inputs = ml_columns(events)
+        for feature in ML_FEATURES:
+            for label in histogram_labels(process, variation, systematics):
+                hists[ml_histogram_name(feature, process, label)] = new_ml_histogram(feature)
     obj = objects(events)
     with_systematics = variation == NOMINAL and systematics
     if with_systematics:
         pt_variations = jet_pt_variations(events, obj, dataset=dataset, seed=seed)
     else:
         pt_variations = [(NOMINAL, obj.jets["pt"])]
-    xp = obj.xp
     for pt_label, varied_pt in pt_variations:
         for region, selection in select_regions(obj, varied_pt).items():
             label = variation if pt_label == NOMINAL else pt_label
+            fills: list[tuple[str, Any]] = [(label, weight)]
+            if pt_label == NOMINAL and with_systematics:
+                fills += _weight_variations(obj, selection, process, weight)
             observable = selection.observable
-            _fill(hists[histogram_name(region, process, label)], observable, weight)
-            if pt_label != NOMINAL or not with_systematics:
-                continue
-            # b-tag weights: one nuisance parameter per leading jet (the i-th jet's pT)
-            first_jet = xp.cumsum(selection.counts) - selection.counts
-            for i in range(N_BTAG_VARIATIONS):
-                jet_pt = to_host(selection.pt[first_jet + i])
-                for direction in DIRECTIONS:
-                    name = histogram_name(region, process, btag_variation(i, direction))
-                    _fill(hists[name], observable, weight * btag_weight(jet_pt, direction))
-            if process == "wjets":
-                for direction, factor in WJETS_SCALE_VAR.items():
-                    name = histogram_name(region, process, f"{WJETS_SCALE_VARIATION}_{direction}")
-                    _fill(hists[name], observable, weight * factor)
+            for fill_label, fill_weight in fills:
+                _fill(hists[histogram_name(region, process, fill_label)], observable, fill_weight)
+            if ml is not None and ml_inputs is not None and region == ML_REGION:
+                features = _ml_features(ml, ml_inputs, selection)
+                for fill_label, fill_weight in fills:
+                    for i, feature in enumerate(ML_FEATURES):
+                        name = ml_histogram_name(feature, process, fill_label)
+                        _fill(hists[name], features[:, i], fill_weight)
     return hists
+
+
+def _weight_variations(
+    obj: Objects, selection: RegionEvents, process: str, weight: float
+) -> list[tuple[str, Any]]:
+    """(label, per-event weight) of the event-weight systematics of a region (nominal jets).
+
+    b-tag weights: one nuisance parameter per leading jet (the i-th selected jet's pT); the
+    W+jets scale: a constant factor.
+    """
+    out: list[tuple[str, Any]] = []
+    first_jet = obj.xp.cumsum(selection.counts) - selection.counts
+    for i in range(N_BTAG_VARIATIONS):
+        jet_pt = to_host(selection.pt[first_jet + i])
+        for direction in DIRECTIONS:
+            out.append((btag_variation(i, direction), weight * btag_weight(jet_pt, direction)))
+    if process == "wjets":
+        for direction, factor in WJETS_SCALE_VAR.items():
+            out.append((f"{WJETS_SCALE_VARIATION}_{direction}", weight * factor))
+    return out
+
+
+def _ml_features(ml: MLModels, inputs: MLColumns, selection: RegionEvents) -> np.ndarray:
+    """The best candidate's 20 features of each event of a region (host, events x 20)."""
+    jets = JetColumns(
+        selection.pt,
+        selection.eta,
+        selection.phi,
+        selection.mass,
+        selection.btag,
+        inputs.qgl[selection.jet_mask],
+    )
+    return best_candidate_features(
+        ml,
+        jets,
+        selection.counts,
+        inputs.lepton.take(selection.mask),
+        inputs.event[selection.mask],
+    )
 
 
 def count_per_event(mask, counts):

@@ -18,6 +18,15 @@ The model is deliberately simple but physically structured:
   decays and fakes; isolated leptons also appear as (``jetId == 2``) jets as in real
   NanoAOD, with the ``Jet_electronIdx1``/``Electron_jetIdx`` cross references filled.
   Jets are stored above 15 GeV, electrons above 5 GeV and muons above 3 GeV, pT ordered.
+* **ML inputs** (the jet-parton assignment of spec §5): ``qgl`` in [0, 1], gluon-like
+  (low) for gluon jets and quark-like (high, peaked at 1) for quark jets, and -1 where
+  NanoAOD leaves it undefined: below 20 GeV, for most jets failing the tight ID (lepton
+  jets among them) and for ~5 % of the others, as in the real 2015 files; lepton masses
+  (the electron's smeared around 0.5 MeV by the energy-momentum mismatch, the muon's
+  0.1057 GeV to float precision). The draws these need beyond the ``qgl`` values (which
+  values are undefined, the lepton masses) come from a second random stream (``aux_rng``),
+  and the ``qgl`` values keep their place in the main one, so every other branch is the
+  same as without them.
 
 This module must never import the analysis code (``agc.analysis``).
 """
@@ -458,12 +467,36 @@ def _btag(rng, flav, pt, eta, tune, kind):
     return np.where(notracks, -10.0, np.clip(val, 0.0, 1.0))
 
 
-def _qgl(rng, pflav, eta, kind):
+#: Jets whose ``qgl`` NanoAOD leaves undefined (-1), as in the real 2015 AGC files: all below
+#: QGL_MIN_PT, most of those failing the tight ID, a few of the others.
+QGL_MIN_PT = 20.0
+QGL_UNDEFINED_FAILING_ID = 0.85
+QGL_UNDEFINED = 0.05
+#: Largest stored ``qgl`` (real files: 0.99951).
+QGL_MAX = 0.9995
+
+
+def _qgl(rng, pflav):
+    """Quark-gluon likelihood values of all jets (main stream; see :func:`_qgl_undefined`).
+
+    Gluon jets pile up towards 0 and light-quark jets towards 1, like the real discriminant
+    (quartiles ~0.15 / 0.6 / 0.95 for the jets of a W+jets mix); heavy-flavour jets are
+    broader, between the two; at most QGL_MAX, as in real files.
+    """
     gluon = (pflav == 21) | (pflav == 0)
     qgl = np.empty(pflav.shape)
-    qgl[gluon] = rng.beta(1.2, 2.2, int(np.count_nonzero(gluon)))
+    qgl[gluon] = rng.beta(1.2, 2.2, int(np.count_nonzero(gluon))) ** 1.6
     qgl[~gluon] = rng.beta(3.0, 1.3, int(np.count_nonzero(~gluon)))
-    return np.where((np.abs(eta) > 2.5) | (kind == 3), -1.0, qgl)
+    light = ~gluon & (np.abs(pflav) < 4)
+    qgl[light] = 1 - (1 - qgl[light]) ** 2.2
+    return np.minimum(qgl, QGL_MAX)
+
+
+def _qgl_undefined(aux_rng, pt, jet_id):
+    """Which jets get ``qgl == -1`` (drawn from the auxiliary stream, one uniform per jet)."""
+    u = aux_rng.uniform(0, 1, pt.shape)
+    p = np.where(jet_id == 6, QGL_UNDEFINED, QGL_UNDEFINED_FAILING_ID)
+    return (pt < QGL_MIN_PT) | (u < p)
 
 
 def _jet_id(rng, eta, kind):
@@ -510,8 +543,31 @@ def _lepton_props(rng, flav, origin, pt, eta, tune):
     return sip, iso, cut, mtight
 
 
-def simulate(rng, process: str, tune: Tune, n: int) -> dict:
-    """Generate ``n`` events: returns {collection: (counts, {field: flat array})}."""
+#: Stored muon masses of the real files (M_MU rounded from the four-vector, 10 mantissa
+#: bits): two neighbouring values, the upper one in 93 % of the muons.
+MUON_MASSES = (0.10565, 0.10571)
+MUON_MASS_UPPER = 0.93
+
+
+def _lepton_mass(aux_rng, is_e):
+    """Stored lepton masses: electrons smeared around M_E (real files: sigma ~13 MeV, either
+    sign, from the energy-momentum mismatch), muons one of MUON_MASSES."""
+    n = is_e.shape
+    electron = M_E + aux_rng.normal(0.0, 0.013, n)
+    upper = aux_rng.uniform(0, 1, n) < MUON_MASS_UPPER
+    muon = np.where(upper, MUON_MASSES[1], MUON_MASSES[0])
+    return np.where(is_e, electron, muon)
+
+
+def simulate(rng, process: str, tune: Tune, n: int, aux_rng=None) -> dict:
+    """Generate ``n`` events: returns {collection: (counts, {field: flat array})}.
+
+    ``aux_rng`` draws what only the ML step reads (which ``qgl`` values are undefined, lepton
+    masses); default: a generator spawned from ``rng``'s seed, which leaves ``rng``'s own
+    stream untouched.
+    """
+    if aux_rng is None:
+        aux_rng = rng.spawn(1)[0]
     jets = Objects(n)
     leps = Objects(n)
     PROCESSES[process](rng, n, tune, jets, leps)
@@ -601,8 +657,9 @@ def simulate(rng, process: str, tune: Tune, n: int) -> dict:
     mass = np.where(kind == 3, rng.uniform(0.0, 2.0, shape), np.minimum(pt * mfrac, 0.6 * pt))
     stored = (pt > 15.0) & (np.abs(eta) < 4.7)
     btag = _btag(rng, flav, pt, eta, tune, kind)
-    qgl = _qgl(rng, pflav, eta, kind)
+    qgl = _qgl(rng, pflav)
     jet_id = _jet_id(rng, eta, kind)
+    qgl = np.where(_qgl_undefined(aux_rng, pt, jet_id), -1.0, qgl)
     jcounts, jidx, jpos = _sort_in_events(jrow, pt, stored, n)
     jf = {
         "pt": pt, "eta": eta, "phi": phi, "mass": mass, "btagCSVV2": btag, "qgl": qgl,
@@ -616,7 +673,8 @@ def simulate(rng, process: str, tune: Tune, n: int) -> dict:
     stored_l = np.where(is_e, (lpt > 5) & (np.abs(leta) < 2.5), (lpt > 3) & (np.abs(leta) < 2.4))
     sip, iso, cut, mtight = _lepton_props(rng, lflav, lorig, lpt, leta, tune)
     lfields = {
-        "pt": lpt, "eta": leta, "phi": lphi, "charge": leps.column("charge", 1, int), "sip3d": sip,
+        "pt": lpt, "eta": leta, "phi": lphi, "mass": _lepton_mass(aux_rng, is_e),
+        "charge": leps.column("charge", 1, int), "sip3d": sip,
         "iso": iso, "cut": cut, "tight": mtight, "origin": lorig,
         "jetIdx": np.where(ljet >= 0, jpos[np.maximum(ljet, 0)], -1),
     }  # fmt: skip

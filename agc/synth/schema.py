@@ -13,7 +13,7 @@ from importlib import resources
 
 import numpy as np
 
-from agc.vocabulary import EVENT_ID_BRANCHES, ML_BRANCHES, SPEC_BRANCHES
+from agc.vocabulary import EVENT_ID_BRANCHES, ML_EXTRA_BRANCHES, SPEC_BRANCHES
 
 #: Event-level branches the generator fills besides the counters.
 EVENT_BRANCHES = (*EVENT_ID_BRANCHES, "genWeight")
@@ -28,7 +28,7 @@ SCHEMA_SUPPORT = (
     "Jet_electronIdx1", "Jet_electronIdx2", "Jet_muonIdx1", "Jet_muonIdx2",
     "Jet_hadronFlavour", "Jet_partonFlavour",
 )  # fmt: skip
-MINIMAL_BRANCHES = frozenset(SPEC_BRANCHES + ML_BRANCHES + EVENT_BRANCHES + SCHEMA_SUPPORT)
+MINIMAL_BRANCHES = frozenset(SPEC_BRANCHES + ML_EXTRA_BRANCHES + EVENT_BRANCHES + SCHEMA_SUPPORT)
 
 BRANCHES: dict[str, dict] = {b["name"]: b for b in SCHEMA["branches"]}
 COUNTER_PMF: dict[str, list[float]] = SCHEMA["counters"]
@@ -161,10 +161,9 @@ def physics_branches(phys: dict, n: int) -> dict[str, np.ndarray]:
         "Jet_nMuons": (j["muonIdx1"] >= 0).astype(np.int32),
         "Jet_genJetIdx": minus1, "Jet_cleanmask": np.ones(nj, dtype=np.uint8),
     })  # fmt: skip
-    rng = np.random.default_rng(nj + 7 * ne + 13 * nm)  # only used for cosmetic jitter
     out.update({
         "Electron_pt": e["pt"], "Electron_eta": e["eta"], "Electron_phi": e["phi"],
-        "Electron_mass": rng.normal(0.0, 0.012, ne) + 0.000511,
+        "Electron_mass": e["mass"],
         "Electron_charge": e["charge"], "Electron_pdgId": -11 * e["charge"],
         "Electron_cutBased": e["cut"], "Electron_sip3d": e["sip3d"],
         "Electron_pfRelIso03_all": e["iso"], "Electron_miniPFRelIso_all": e["iso"] * 0.9,
@@ -177,7 +176,7 @@ def physics_branches(phys: dict, n: int) -> dict[str, np.ndarray]:
     })  # fmt: skip
     out.update({
         "Muon_pt": m["pt"], "Muon_eta": m["eta"], "Muon_phi": m["phi"],
-        "Muon_mass": np.full(nm, 0.10566),
+        "Muon_mass": m["mass"],
         "Muon_charge": m["charge"], "Muon_pdgId": -13 * m["charge"],
         "Muon_tightId": m["tight"], "Muon_sip3d": m["sip3d"], "Muon_pfRelIso04_all": m["iso"],
         "Muon_pfRelIso03_all": m["iso"] * 0.8, "Muon_miniPFRelIso_all": m["iso"] * 0.9,

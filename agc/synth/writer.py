@@ -44,8 +44,21 @@ class SynthError(UserError, ValueError):
 BLOCK_SIZE = 10_000  # events per deterministic RNG block (part of the seeding contract) and basket
 
 
-def block_rng(seed: int, sample: str, file_index: int, block_index: int) -> np.random.Generator:
-    key = (zlib.crc32(sample.encode()), int(file_index), int(block_index))
+#: Random stream of a block for what only the ML step reads (see :func:`block_rng`).
+AUX_STREAM = 1
+
+
+def block_rng(
+    seed: int, sample: str, file_index: int, block_index: int, stream: int = 0
+) -> np.random.Generator:
+    """The generator of one block; ``stream`` 0 is the main one, :data:`AUX_STREAM` the ML one.
+
+    The streams are independent (different spawn keys), so what the auxiliary stream draws
+    leaves every branch drawn from the main stream as it was.
+    """
+    key: tuple[int, ...] = (zlib.crc32(sample.encode()), int(file_index), int(block_index))
+    if stream:
+        key = (*key, int(stream))
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(int(seed), spawn_key=key)))
 
 
@@ -111,8 +124,9 @@ class FileTask:
 def generate_block(task: FileTask, block_index: int, n: int) -> dict[str, np.ndarray]:
     """All branches (flat contents; counters as per-event counts) of one block of events."""
     rng = block_rng(task.seed, task.sample, task.file_index, block_index)
+    aux_rng = block_rng(task.seed, task.sample, task.file_index, block_index, AUX_STREAM)
     process = task.sample.split("__")[0]
-    phys = physics.simulate(rng, process, physics.TUNES[task.sample], n)
+    phys = physics.simulate(rng, process, physics.TUNES[task.sample], n, aux_rng)
     br = schema.physics_branches(phys, n)
     tune = physics.TUNES[task.sample]
     first = task.first_event + block_index * BLOCK_SIZE
