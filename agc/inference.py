@@ -3,7 +3,8 @@
 The public entry points read as the pipeline:
 
 - :func:`cabinetry_config` -- the cabinetry configuration of the AGC (regions, samples,
-  systematics, ``ttbar_norm``), validated with cabinetry's own schema;
+  systematics, ``ttbar_norm``), validated with cabinetry's own schema; :func:`model_config`
+  gives the same model for other regions (the ML validation of :mod:`agc.ml_fit`);
 - :func:`load_fit_input` -- histograms from a run directory, ``histograms.root`` or a reference
   JSON, with the statistical variances the fit needs (see below);
 - :func:`build_workspace` -- ``templates.build`` (through :func:`rebinning_router`) ->
@@ -13,6 +14,9 @@ The public entry points read as the pipeline:
 - :func:`fit` -- maximum-likelihood fit to the pseudodata, with a ``strategy=2`` retry;
 - :func:`fit_run` -- all of the above for one input, writing ``workspace.json`` and
   ``fit_result.json``.
+
+The ML feature histograms are not fitted: :mod:`agc.ml_fit` maps this fit's parameters onto
+their workspace.
 
 MC statistical uncertainties (variances)
 -----------------------------------------
@@ -83,6 +87,10 @@ class MissingTemplateError(HistogramFileError):
     """The histograms lack templates the statistical model needs."""
 
 
+class TemplateBinningError(HistogramFileError):
+    """A template's bin edges are not those of its region in the statistical model."""
+
+
 class FitError(UserError, RuntimeError):
     """The likelihood fit did not converge with any of the strategies tried."""
 
@@ -119,6 +127,41 @@ def cabinetry_config(
     Returns:
         The configuration, validated against cabinetry's schema.
     """
+    regions = [
+        {
+            "Name": channel,
+            "RegionPath": region,
+            "Variable": OBSERVABLE_LABELS[region],
+            "Binning": list(FIT_BINNING),
+        }
+        for channel, region in CABINETRY_REGIONS.items()
+    ]
+    return model_config(regions, histogram_path=histogram_path, histogram_folder=histogram_folder)
+
+
+def model_config(
+    regions: Sequence[Mapping[str, Any]],
+    *,
+    histogram_path: str | os.PathLike,
+    histogram_folder: str | os.PathLike,
+) -> dict[str, Any]:
+    """A cabinetry configuration of the AGC model (samples, systematics, ``ttbar_norm``) for
+    the given regions.
+
+    The main fit (:func:`cabinetry_config`) and the ML validation
+    (:func:`agc.ml_fit.ml_cabinetry_config`) differ only in their regions: both have the six
+    samples (the pseudodata as data), the eleven systematics of spec §6 and the normalisation
+    factor ``ttbar_norm`` on ttbar in [0, 10].
+
+    Args:
+        regions: cabinetry regions (``Name``, ``RegionPath``, ``Variable``, ``Binning``).
+        histogram_path: the ROOT file the templates are read from (only used when templates
+            are built without :func:`rebinning_router`).
+        histogram_folder: where cabinetry stores its template histograms.
+
+    Returns:
+        The configuration, validated against cabinetry's schema.
+    """
     import cabinetry
 
     config: dict[str, Any] = {
@@ -129,15 +172,7 @@ def cabinetry_config(
             "InputPath": f"{histogram_path}:{{RegionPath}}_{{SamplePath}}{{VariationPath}}",
             "VariationPath": "",
         },
-        "Regions": [
-            {
-                "Name": channel,
-                "RegionPath": region,
-                "Variable": OBSERVABLE_LABELS[region],
-                "Binning": list(FIT_BINNING),
-            }
-            for channel, region in CABINETRY_REGIONS.items()
-        ],
+        "Regions": [dict(region) for region in regions],
         "Samples": [
             {"Name": name, "SamplePath": path, **({"Data": True} if path == PSEUDODATA else {})}
             for name, path in CABINETRY_SAMPLES.items()
@@ -204,17 +239,26 @@ def check_templates(
         raise MissingTemplateError(
             f"{source}: {len(missing)} histogram(s) needed by the fit are missing: {shown}. "
             "The fit needs a complete run with systematics: all nine samples (ttbar nominal, "
-            "scaleup, scaledown, ME_var, PS_var, single top s/t/tW, W+jets) and "
-            "{region}_pseudodata. Re-run without --no-systematics / --samples restrictions, "
+            "scaleup, scaledown, ME_var, PS_var, single top s/t/tW, W+jets) and the "
+            "pseudodata of every region. Re-run without --no-systematics / --samples restrictions, "
             "or with more events if a sample selected none."
         )
 
 
-def rebinning_router(histograms: Mapping[str, hist.Hist]):
+def rebinning_router(histograms: Mapping[str, hist.Hist], rebin: slice | None = REBIN):
     """A cabinetry router whose template builder takes each template from ``histograms``.
 
-    Each 25-bin histogram (20 GeV bins in [50, 550]) is cut to start at 110 GeV and rebinned
-    by 2 (``h[110j::hist.rebin(2)]``), giving the 11 fit bins of :data:`FIT_BINNING`.
+    By default each 25-bin histogram (20 GeV bins in [50, 550]) is cut to start at 110 GeV and
+    rebinned by 2 (``h[110j::hist.rebin(2)]``), giving the 11 fit bins of :data:`FIT_BINNING`.
+
+    Args:
+        histograms: the templates by name (``{RegionPath}_{SamplePath}{VariationPath}``).
+        rebin: the slice applied to each histogram (:data:`REBIN`), or ``None`` to take the
+            histograms as they are (the ML features, modelled in their 25 bins).
+
+    The template builder raises :class:`MissingTemplateError` for a missing histogram and
+    :class:`TemplateBinningError` for one whose (rebinned) bin edges are not the region's
+    ``Binning``.
     """
     import cabinetry
 
@@ -224,10 +268,19 @@ def rebinning_router(histograms: Mapping[str, hist.Hist]):
     def rebinned_template(region, sample, systematic, template) -> hist.Hist:
         name = template_name(region, sample, systematic, template)
         try:
-            h = histograms[name]
+            h = hist.Hist(histograms[name])
         except KeyError:
             raise MissingTemplateError(f"histogram {name!r} needed by the fit is missing") from None
-        return cast(hist.Hist, hist.Hist(h)[REBIN])
+        if rebin is not None:
+            h = cast(hist.Hist, h[rebin])
+        edges, binning = np.asarray(h.axes[0].edges), np.asarray(region["Binning"], dtype=float)
+        if edges.shape != binning.shape or not np.allclose(edges, binning):
+            raise TemplateBinningError(
+                f"histogram {name!r} has {len(edges) - 1} bins in [{edges[0]:g}, {edges[-1]:g}]"
+                f"{'' if rebin is None else ' after rebinning'}; region {region['Name']!r} "
+                f"needs {len(binning) - 1} bins in [{binning[0]:g}, {binning[-1]:g}]"
+            )
+        return h
 
     return router
 
@@ -373,6 +426,7 @@ def build_workspace(
     *,
     config: Mapping[str, Any] | None = None,
     source: str | None = None,
+    rebin: slice | None = REBIN,
 ) -> dict[str, Any]:
     """Build the pyhf workspace: ``templates.build`` -> ``postprocess`` -> ``workspace.build``.
 
@@ -380,14 +434,17 @@ def build_workspace(
         histograms_or_path: histograms by name, or anything :func:`load_fit_input` reads.
         workdir: if given, ``workspace.json`` is written there (atomically).
         config: the :func:`cabinetry_config` to use, whose ``HistogramFolder`` takes cabinetry's
-            intermediate template files; by default one with a temporary folder.
+            intermediate template files; by default one with a temporary folder. Any
+            :func:`model_config` will do (the ML one: :func:`agc.ml_fit.ml_cabinetry_config`).
         source: how error messages name the histograms.
+        rebin: what :func:`rebinning_router` applies to each histogram; ``None`` for none.
 
     Returns:
         The workspace (a pyhf JSON dict).
 
     Raises:
         MissingTemplateError: a template the model needs is not among the histograms.
+        TemplateBinningError: a template's bins are not those of its region.
     """
     import cabinetry
 
@@ -399,10 +456,10 @@ def build_workspace(
     if config is None:
         with tempfile.TemporaryDirectory(prefix="agc-templates-") as tmp:
             folder = cabinetry_config(histogram_folder=tmp)
-            return build_workspace(histograms, workdir, config=folder, source=source)
+            return build_workspace(histograms, workdir, config=folder, source=source, rebin=rebin)
     check_templates(histograms, config, source or "the histograms")
     with quiet_cabinetry():
-        cabinetry.templates.build(dict(config), router=rebinning_router(histograms))
+        cabinetry.templates.build(dict(config), router=rebinning_router(histograms, rebin))
         cabinetry.templates.postprocess(dict(config))
         workspace = cabinetry.workspace.build(dict(config))
     _repair_normsys(workspace)
@@ -535,6 +592,21 @@ class FitResult:
             attempts=payload["attempts"],
             converged=payload.get("converged", True),
             info=payload.get("info", {}),
+        )
+
+    def to_cabinetry(self) -> Any:
+        """This result as cabinetry ``FitResults``: the live one kept by :func:`fit`, else one
+        rebuilt from the stored values (a result read back with :meth:`from_dict`)."""
+        import cabinetry
+
+        if self.cabinetry_result is not None:
+            return self.cabinetry_result
+        return cabinetry.fit.FitResults(
+            np.asarray(self.values, dtype=float),
+            np.asarray(self.errors, dtype=float),
+            list(self.labels),
+            np.asarray(self.correlation, dtype=float),
+            self.best_twice_nll,
         )
 
     def __str__(self) -> str:

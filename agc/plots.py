@@ -9,6 +9,10 @@
 - with a fit result: ``pulls`` (nuisance parameters, ``ttbar_norm`` and MC-stat excluded) and
   ``data_mc_4j1b`` / ``data_mc_4j2b``: pre-fit | post-fit data/model with ratio panels.
 
+The ML validation (:func:`agc.ml_fit.fit_ml`) draws with the same pieces: the pre-/post-fit
+grid of :func:`data_mc_prefit_postfit` for each kept feature channel, and the grid of stacked
+features of :func:`feature_stacks`; :func:`draw_figure` builds and saves any one figure.
+
 Figures are built as :class:`matplotlib.figure.Figure` objects (no pyplot state, no GUI), under
 ``mplhep.style.CMS`` applied only while drawing.
 """
@@ -18,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -115,6 +119,25 @@ def _label(ax, label: str, experiment: str) -> None:
     )
 
 
+def draw_figure(
+    build: Callable[[], Figure], output_dir: Path, name: str, formats: Sequence[str] = FORMATS
+) -> list[Path]:
+    """Build a figure under the plot style and save it as ``{name}.{format}`` in ``output_dir``.
+
+    A figure whose inputs are missing (``build`` raises ValueError) is skipped with a warning.
+
+    Returns:
+        The files written (none if skipped).
+    """
+    with _style():
+        try:
+            fig = build()
+        except ValueError as err:
+            log.warning("plot %s skipped: %s", name, err)
+            return []
+        return _save(fig, output_dir, name, formats)
+
+
 def _save(fig: Figure, output_dir: Path, name: str, formats: Sequence[str]) -> list[Path]:
     paths = []
     for fmt in formats:
@@ -129,9 +152,20 @@ def _rebinned(h: hist.Hist, start: float | None, rebin: int) -> hist.Hist:
     return cast(hist.Hist, h[(start * 1j if start is not None else None) :: hist.rebin(rebin)])
 
 
-def _per_bin_label(h: hist.Hist) -> str:
-    widths = np.unique(np.round(np.diff(h.axes[0].edges), 6))
-    return f"Events / {widths[0]:g} GeV" if len(widths) == 1 else "Events / bin"
+def _per_bin_label(edges: Sequence[float] | np.ndarray, unit: str = "GeV") -> str:
+    """``Events / 40 GeV`` (``Events / 0.24`` without a unit); ``Events / bin`` if they vary."""
+    widths = np.unique(np.round(np.diff(np.asarray(edges, dtype=float)), 6))
+    if len(widths) != 1:
+        return "Events / bin"
+    return f"Events / {widths[0]:g}" + (f" {unit}" if unit else "")
+
+
+def _unit(xlabel: str) -> str:
+    """The unit of an axis label ending in ``[unit]`` (``"GeV"``), else ``""``."""
+    text = xlabel.strip()
+    if text.endswith("]") and "[" in text:
+        return text[text.rindex("[") + 1 : -1].strip()
+    return ""
 
 
 def _headroom(ax, top: float, factor: float = 1.6) -> None:
@@ -190,7 +224,7 @@ def stacked_region(
         top = max(top, float(values.max()))
     _headroom(ax, top)
     ax.set_xlabel(OBSERVABLE_LABELS[region])
-    ax.set_ylabel(_per_bin_label(stack[0]))
+    ax.set_ylabel(_per_bin_label(stack[0].axes[0].edges))
     ax.set_xlim(stack[0].axes[0].edges[0], stack[0].axes[0].edges[-1])
     _legend(ax, title=REGION_TITLES[region])
     _label(ax, label, experiment)
@@ -266,7 +300,7 @@ def variations(
         top = max(top, float(values.max()))
     rax.axhline(1.0, color="black", linewidth=1)
     _headroom(ax, top, 1.5)
-    ax.set_ylabel(_per_bin_label(curves["nominal"][1]))
+    ax.set_ylabel(_per_bin_label(curves["nominal"][1].axes[0].edges))
     ax.set_xlabel("")
     ax.legend(loc="upper right", fontsize="small", title=title, title_fontsize="small")
     rax.set_ylabel("Var. / nom.")
@@ -275,6 +309,89 @@ def variations(
     margin = min(1.25 * spread, 0.5)  # ratio range follows the largest effect, at most +-50 %
     rax.set_ylim(1 - margin, 1 + margin)
     _label(ax, label, experiment)
+    return fig
+
+
+def feature_stacks(
+    histograms: Mapping[str, hist.Hist],
+    features: Mapping[str, str],
+    *,
+    label: str,
+    experiment: str,
+    rows: int = 10,
+    title: str = REGION_TITLES["4j2b"],
+) -> Figure:
+    """A grid of stacked nominal MC with the pseudodata as points, one panel per feature.
+
+    The features fill the grid column by column (``rows`` per column: the ML step's 20
+    features make a 10 x 2 grid). Each feature's histograms are named like a region's,
+    ``{feature}_{process}`` and ``{feature}_pseudodata``.
+
+    Args:
+        histograms: histograms by name.
+        features: feature name -> its axis label, in drawing order.
+        title: the legend title of the top panels (the ML features are of 4j2b events).
+
+    Raises:
+        ValueError: not one nominal histogram of any feature is present.
+    """
+    names = list(features)
+    if not any(histogram_name(f, p) in histograms for f in names for p in PROCESS_LABELS):
+        raise ValueError("no nominal feature histograms to plot")
+    columns = -(-len(names) // rows)
+    fig = Figure(figsize=(12 * columns, 6.5 * rows))
+    grid = fig.subplots(rows, columns, squeeze=False, gridspec_kw={"hspace": 0.45, "wspace": 0.25})
+    for i, feature in enumerate(names):
+        ax = grid[i % rows, i // rows]
+        present = [
+            (p, histograms[histogram_name(feature, p)])
+            for p in PROCESS_LABELS
+            if histogram_name(feature, p) in histograms
+        ]
+        top = 0.0
+        if present:
+            edges = present[0][1].axes[0].edges
+            mplhep.histplot(
+                [h.values() for _, h in present],
+                edges,
+                ax=ax,
+                stack=True,
+                histtype="fill",
+                label=[PROCESS_LABELS[p] for p, _ in present],
+                color=[COLORS[p] for p, _ in present],
+                edgecolor="black",
+                linewidth=0.5,
+                flow=None,
+            )
+            top = float(np.sum([h.values() for _, h in present], axis=0).max())
+            data_name = histogram_name(feature, PSEUDODATA)
+            if data_name in histograms:
+                values = histograms[data_name].values()
+                mplhep.histplot(
+                    values,
+                    histograms[data_name].axes[0].edges,
+                    yerr=np.sqrt(np.abs(values)),
+                    ax=ax,
+                    histtype="errorbar",
+                    color="black",
+                    markersize=5,
+                    label="Pseudodata",
+                    flow=None,
+                )
+                top = max(top, float(values.max()))
+            ax.set_xlim(edges[0], edges[-1])
+            ax.set_ylabel(_per_bin_label(edges, _unit(features[feature])), fontsize="small")
+        else:
+            ax.text(0.5, 0.5, "no events", ha="center", va="center", transform=ax.transAxes)
+        _headroom(ax, top, 1.5 if i % rows else 1.9)
+        ax.set_xlabel(features[feature], fontsize="small")
+        ax.tick_params(labelsize="x-small")
+        if i % rows == 0:
+            if present:
+                _legend(ax, title=title, ncols=2, fontsize="x-small")
+            _label(ax, label, experiment)
+    for j in range(len(names), rows * columns):  # a grid larger than the features
+        fig.delaxes(grid[j % rows, j // rows])
     return fig
 
 
@@ -333,7 +450,16 @@ def pulls(
 
 
 def data_mc_prefit_postfit(
-    prefit, postfit, data: Sequence[float], channel: str, *, label: str, experiment: str
+    prefit,
+    postfit,
+    data: Sequence[float],
+    channel: str,
+    *,
+    label: str,
+    experiment: str,
+    binning: Sequence[float] | None = None,
+    xlabel: str | None = None,
+    title: str | None = None,
 ) -> Figure:
     """2x2 grid for one channel: pre-fit | post-fit stacked model vs data, ratio panels below.
 
@@ -341,14 +467,22 @@ def data_mc_prefit_postfit(
         prefit, postfit: ``cabinetry.model_utils.ModelPrediction`` of the same model.
         data: observed yields of all channels (auxdata may follow; it is cut off).
         channel: cabinetry channel name (``"4j1b CR"``).
+        binning: the channel's bin edges; :data:`FIT_BINNING` by default.
+        xlabel: the observable's label; by default that of the channel's region.
+        title: the legend title before "pre-fit" / "post-fit"; the channel name by default.
     """
     config = prefit.model.config
     i_ch = config.channels.index(channel)
     observed = np.asarray(data[: sum(config.channel_nbins.values())], dtype=float)
     observed = observed[config.channel_slices[channel]]
     observed_err = np.sqrt(np.abs(observed))
-    region = region_of_channel(channel)
-    edges = np.asarray(FIT_BINNING)
+    if xlabel is None:
+        xlabel = OBSERVABLE_LABELS.get(region_of_channel(channel), "observable [GeV]")
+    edges = np.asarray(FIT_BINNING if binning is None else binning, dtype=float)
+    if len(edges) != len(observed) + 1:
+        raise ValueError(
+            f"channel {channel!r} has {len(observed)} bins, but {len(edges)} bin edges were given"
+        )
     centers = 0.5 * (edges[1:] + edges[:-1])
     samples = _stack_order(config.samples)
     order = [config.samples.index(s) for s in samples]
@@ -417,14 +551,19 @@ def data_mc_prefit_postfit(
         rax.set_ylim(0.5, 1.5)
         rax.set_yticks([0.5, 0.75, 1.0, 1.25])
         rax.set_xlim(edges[0], edges[-1])
-        rax.set_xlabel(OBSERVABLE_LABELS.get(region, "observable [GeV]"))
+        rax.set_xlabel(xlabel)
         ax.tick_params(labelbottom=False)
         ax.set_xlabel("")
         top = max(top, float(np.max(total + unc)), float(np.max(observed + observed_err)))
-        _legend(ax, title=f"{channel}, {prediction.label.lower()}", ncols=2, fontsize="x-small")
+        _legend(
+            ax,
+            title=f"{title or channel}, {prediction.label.lower()}",
+            ncols=2,
+            fontsize="x-small",
+        )
         _label(ax, label, experiment)
     _headroom(main[0], top, 1.6)
-    main[0].set_ylabel(f"Events / {edges[1] - edges[0]:g} GeV")
+    main[0].set_ylabel(_per_bin_label(edges, _unit(xlabel)))
     ratio_axes[0].set_ylabel("Data / model")
     for ax in (main[1], ratio_axes[1]):
         ax.tick_params(labelleft=False)
@@ -443,21 +582,6 @@ def _sample_label(sample: str) -> str:
 def _stack_order(samples: Sequence[str]) -> list[str]:
     rank = {p: i for i, p in enumerate(PROCESS_LABELS)}
     return sorted(samples, key=lambda s: rank.get(_sample_process(s), -1))
-
-
-def _cabinetry_fit_results(fit_result):
-    """cabinetry ``FitResults`` from an :class:`agc.inference.FitResult` (live or from JSON)."""
-    import cabinetry
-
-    if getattr(fit_result, "cabinetry_result", None) is not None:
-        return fit_result.cabinetry_result
-    return cabinetry.fit.FitResults(
-        np.asarray(fit_result.values),
-        np.asarray(fit_result.errors),
-        list(fit_result.labels),
-        np.asarray(fit_result.correlation),
-        fit_result.best_twice_nll,
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -497,13 +621,7 @@ def make_plots(
     written: list[Path] = []
 
     def draw(name: str, build) -> None:
-        with _style():
-            try:
-                fig = build()
-            except ValueError as err:
-                log.warning("plot %s skipped: %s", name, err)
-                return
-            written.extend(_save(fig, output_dir, name, formats))
+        written.extend(draw_figure(build, output_dir, name, formats))
 
     draw(
         "stack_4j1b",
@@ -549,15 +667,13 @@ def make_plots(
 
         model, data = model_and_data
         prefit = cabinetry.model_utils.prediction(model)
-        postfit = cabinetry.model_utils.prediction(
-            model, fit_results=_cabinetry_fit_results(fit_result)
-        )
+        postfit = cabinetry.model_utils.prediction(model, fit_results=fit_result.to_cabinetry())
         for channel in model.config.channels:
             region = region_of_channel(channel)
             draw(
                 f"data_mc_{region}",
                 lambda channel=channel: data_mc_prefit_postfit(
-                    prefit, postfit, data, channel, **common
+                    prefit, postfit, data, channel, label=label, experiment=experiment
                 ),
             )
     log.info("wrote %d plot files to %s", len(written), output_dir)
