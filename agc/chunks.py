@@ -17,7 +17,7 @@ from typing import Any
 import awkward as ak
 import hist
 
-from agc.analysis import process_events
+from agc.analysis import MLModels, ModelFilesError, load_models, process_events
 from agc.catalog import Chunk
 from agc.metrics import TaskTiming, peak_rss_mb
 from agc.reader import InputFileError, open_tree, read_chunk, with_retries
@@ -41,6 +41,10 @@ class ChunkTask:
     skip_bad_files: bool = False
     #: Retries of a remote read that failed for access reasons (with back-off).
     read_retries: int = 0
+    #: The ML step: the models directory (absolute) and the fingerprint of its two models
+    #: (:func:`agc.analysis.ml.models_fingerprint`), which the worker checks it sees.
+    ml: str | None = None
+    ml_fingerprint: str | None = None
 
 
 @dataclass
@@ -111,6 +115,7 @@ def analyse(
     ``started`` / ``cpu0``: wall and process CPU time when the task began (reading included).
     """
     c = task.chunk
+    models = worker_models(task)  # loaded once per process, before the analysis is timed
     analysis_started = time.time()
     if task.io_only:
         histograms = {}
@@ -123,6 +128,7 @@ def analyse(
             dataset=c.sample,
             seed=task.seed,
             systematics=task.systematics,
+            ml=models,
         )
     finished = time.time()
     timing = chunk_timing(
@@ -136,6 +142,31 @@ def analyse(
         open_seconds=open_seconds,
     )
     return ChunkResult(task.index, len(events), histograms, timing)
+
+
+_models: dict[str, MLModels] = {}  # fingerprint -> the models this process loaded
+
+
+def worker_models(task: ChunkTask) -> MLModels | None:
+    """The ML models of ``task`` (None without the ML step), loaded once per process.
+
+    A worker that finds other models at the directory than the plan fingerprinted (a site
+    where the path holds another copy) refuses, naming both.
+    """
+    if task.ml is None:
+        return None
+    if task.ml_fingerprint in _models:
+        return _models[task.ml_fingerprint]
+    # one XGBoost thread per worker process: the workers are the parallelism
+    models = load_models(task.ml, n_threads=1)
+    if task.ml_fingerprint is not None and models.fingerprint != task.ml_fingerprint:
+        raise ModelFilesError(
+            f"--ml {task.ml}: the models on {socket.gethostname()} (sha256 "
+            f"{models.fingerprint[:12]}) are not those of the run ({task.ml_fingerprint[:12]}); "
+            "give workers the same files"
+        )
+    _models[models.fingerprint] = models
+    return models
 
 
 def skipped_result(

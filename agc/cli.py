@@ -73,6 +73,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("analysis")
     g.add_argument("--no-systematics", action="store_true", help="nominal selection only")
     _option(g, "seed", type=int)
+    _option(g, "ml", metavar="MODELS_DIR")
     g = p.add_argument_group("execution")
     g.add_argument(
         "--backend",
@@ -187,10 +188,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     elif fit:
         print(f"No fit: {fit['error']}")
+    if result.ml_histograms:
+        ml_fit = (fit or {}).get("ml") or {}
+        print(
+            f"ML step: {len(result.ml_histograms)} feature histograms "
+            f"({result.summary['ml']['histograms_filled']} filled)"
+            + (
+                f"; ML workspace of {len(ml_fit['channels'])} features"
+                if "channels" in ml_fit
+                else ""
+            )
+            + (f"; no ML workspace: {ml_fit['error']}" if "error" in ml_fit else "")
+        )
     if result.run_dir is not None:
         print(
             f"Outputs: {result.run_dir}/ (histograms.root/.json, summary.json, metrics/"
+            + (", histograms_ml.root/.json" if result.ml_histograms else "")
             + (", workspace.json, fit_result.json, plots" if fit and "bestfit" in fit else "")
+            + (
+                ", workspace_ml.json, ML plots"
+                if "channels" in ((fit or {}).get("ml") or {})
+                else ""
+            )
             + ")"
         )
     return 0

@@ -110,6 +110,12 @@ RUN_SCHEMA: dict[str, Any] = {
             "maximum": 2**64 - 1,
             "description": "seed of the pt_res_up smear",
         },
+        "ml": {
+            **_nullable(_PATH),
+            "description": "the ML step (spec §5) with the XGBoost models model_even.json and "
+            "model_odd.json of this directory: 20 feature histograms per sample and variation "
+            "in histograms_ml.root",
+        },
         # where the inputs are read from
         "eos": {"type": "boolean", "description": "read the real inputs from CERN EOS"},
         "xcache": {
@@ -229,6 +235,7 @@ class RunConfig:
     samples: tuple[str, ...] | None = None
     systematics: bool = True
     seed: int = DEFAULT_SEED
+    ml: str | None = None
     eos: bool = False
     xcache: str | None = None
     mirror: str | None = None
@@ -250,7 +257,7 @@ class RunConfig:
     label: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("catalog", "mirror", "cache", "output_dir", "profile"):
+        for name in ("catalog", "mirror", "cache", "output_dir", "profile", "ml"):
             value = getattr(self, name)
             if isinstance(value, os.PathLike):
                 object.__setattr__(self, name, os.fspath(value))
@@ -262,8 +269,10 @@ class RunConfig:
 
     @property
     def branches(self) -> tuple[str, ...]:
-        """The branches each chunk reads."""
-        return vocabulary.branch_set(self.io_branches if self.io_only else "analysis")
+        """The branches each chunk reads (with the ML step, its extra branches too)."""
+        if self.io_only:
+            return vocabulary.branch_set(self.io_branches)
+        return vocabulary.ML_BRANCHES if self.ml else vocabulary.ANALYSIS_BRANCHES
 
     def backend_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of the backend class: the backend fields that are set, and
@@ -314,6 +323,13 @@ def check(options: Mapping[str, Any]) -> None:
     if options.get("io_branches", "analysis") != "analysis" and not options.get("io_only"):
         raise ConfigError(
             "io_branches", options["io_branches"], "only applies with io_only (--io-only)"
+        )
+    if options.get("ml") and options.get("io_only"):
+        raise ConfigError(
+            "ml",
+            options["ml"],
+            "the ML step needs the analysis, not io_only; to read the ML branches only, use "
+            f"io_only with io_branches={vocabulary.ML_BRANCH_SET!r}",
         )
     local_without_dask = options.get("backend") == "local" and options.get("mode") != "dask"
     if options.get("engine") == "dask-awkward" and local_without_dask:

@@ -58,6 +58,27 @@ def new_histogram(region: str = "") -> hist.Hist:
     )
 
 
+#: What the ML histograms are written to (spec §5), beside ``histograms.root``.
+ML_HISTOGRAMS_FILE = "histograms_ml.root"
+#: Added to every bin of every ML histogram before it is written, as the reference does
+#: (spec §5), so that no bin of an ML template is empty.
+ML_OFFSET = 1e-6
+
+
+def add_offset(histograms: Mapping[str, hist.Hist], offset: float = ML_OFFSET) -> Histograms:
+    """Copies of ``histograms`` with ``offset`` added to every bin, flow included.
+
+    As in the reference (``h += 1e-6``), the offset is added like one fill of weight ``offset``:
+    with weighted storage the variances grow by ``offset**2``.
+    """
+    out: Histograms = {}
+    for name, h in histograms.items():
+        h = h.copy()
+        h += offset
+        out[name] = h
+    return out
+
+
 def new_ml_histogram(feature: str) -> hist.Hist:
     """An empty histogram of an ML feature (spec §5): 25 bins in the feature's range, Weight."""
     low, high = ML_RANGES[feature]

@@ -142,6 +142,8 @@ class RunRecord:
     read_seconds: float = float("nan")
     open_seconds: float = float("nan")
     analysis_seconds: float = float("nan")
+    #: the run had the ML step (spec §5)
+    ml: bool = False
     #: a partial result: chunks left out (``skip_bad_files``) and the events they held
     partial: bool = False
     chunks_skipped: int = 0

@@ -48,7 +48,13 @@ from matplotlib.figure import Figure
 
 from agc import inference, plots
 from agc.fileio import atomic_write_text
-from agc.histograms import HistogramFileError, read_histograms
+from agc.histograms import (
+    ML_HISTOGRAMS_FILE,
+    ML_OFFSET,
+    HistogramFileError,
+    add_offset,
+    read_histograms,
+)
 from agc.inference import FitResult
 
 # The ML step's vocabulary: its only import point in this module.
@@ -58,12 +64,8 @@ log = logging.getLogger(__name__)
 
 Histograms = dict[str, hist.Hist]
 
-#: What the ML histograms are written to (spec §5), beside ``histograms.root``.
-ML_HISTOGRAMS_FILE = "histograms_ml.root"
 #: The pruned ML workspace.
 ML_WORKSPACE_FILE = "workspace_ml.json"
-#: Added to every bin of every ML histogram before it is written (spec §5).
-ML_OFFSET = 1e-6
 
 #: Indices (into :data:`ML_FEATURES`) of the features whose channels stay in the workspace.
 ML_FIT_INDICES: tuple[int, ...] = (0, 1, 2, 4, 5, 6, 7)
@@ -121,20 +123,6 @@ def ml_cabinetry_config(
     return inference.model_config(
         ml_regions(), histogram_path=histogram_path, histogram_folder=histogram_folder
     )
-
-
-def add_offset(histograms: Mapping[str, hist.Hist], offset: float = ML_OFFSET) -> Histograms:
-    """Copies of ``histograms`` with ``offset`` added to every bin, flow included.
-
-    As in the reference (``h += 1e-6``), the offset is added like one fill of weight ``offset``:
-    with weighted storage the variances grow by ``offset**2``.
-    """
-    out: Histograms = {}
-    for name, h in histograms.items():
-        h = h.copy()
-        h += offset
-        out[name] = h
-    return out
 
 
 def load_ml_histograms(path: str | os.PathLike) -> Histograms:

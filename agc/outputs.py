@@ -24,7 +24,7 @@ import hist
 
 from agc.errors import UserError
 from agc.fileio import atomic_write_text
-from agc.histograms import write_json, write_root
+from agc.histograms import ML_HISTOGRAMS_FILE, add_offset, write_json, write_root
 from agc.metrics import RunRecord, TaskTiming, phases_frame, runs_frame, tasks_frame
 from agc.processes import alive
 
@@ -34,7 +34,17 @@ SUMMARY = "summary.json"
 METRICS = "metrics"
 #: Files of a run directory besides the plots (``*.png``, ``*.pdf``).
 RUN_FILES = frozenset(
-    {"histograms.root", "histograms.json", SUMMARY, METRICS, "workspace.json", "fit_result.json"}
+    {
+        "histograms.root",
+        "histograms.json",
+        SUMMARY,
+        METRICS,
+        "workspace.json",
+        "fit_result.json",
+        ML_HISTOGRAMS_FILE,
+        "histograms_ml.json",
+        "workspace_ml.json",
+    }
 )
 PLOT_SUFFIXES = (".png", ".pdf")
 
@@ -188,6 +198,15 @@ def write_histograms(directory: Path, histograms: Mapping[str, hist.Hist]) -> No
     """``histograms.root`` (TH1D with sumw2) and ``histograms.json`` (the reference's form)."""
     write_root(histograms, directory / "histograms.root")
     write_json(histograms, directory / "histograms.json")
+
+
+def write_ml_histograms(directory: Path, histograms: Mapping[str, hist.Hist]) -> None:
+    """``histograms_ml.root`` and ``histograms_ml.json``: the ML feature histograms of every
+    sample and variation of the run, each with :data:`agc.histograms.ML_OFFSET` (1e-6) added
+    to every bin, as the reference writes them (an unfilled one is 1e-6 everywhere)."""
+    filled = add_offset(histograms)
+    write_root(filled, directory / ML_HISTOGRAMS_FILE)
+    write_json(filled, directory / "histograms_ml.json")
 
 
 def write_record(

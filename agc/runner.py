@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -40,13 +40,20 @@ from agc.config import SYNTHETIC_CATALOG, RunConfig
 from agc.constants import sample_weight
 from agc.engines import Engine, get_engine
 from agc.errors import UserError
-from agc.histograms import add_pseudodata, is_written, merge
+from agc.histograms import (
+    add_ml_pseudodata,
+    add_pseudodata,
+    is_written,
+    merge,
+    split_ml_histograms,
+)
 from agc.metrics import PhaseClock, RunRecord, TaskTiming, task_totals
 from agc.outputs import (
     OutputLock,
     StagedRunDirectory,
     check_output_dir,
     write_histograms,
+    write_ml_histograms,
     write_record,
 )
 from backends.base import Backend, Executor, get_backend, start_backend
@@ -89,16 +96,21 @@ class FitSummary:
     uncertainty: float | None = None
     strategy: int | None = None
     error: str | None = None
+    #: With the ML step: the ML workspace's channels and plots drawn, or why there are none.
+    ml: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         if self.error is not None:
             return {"error": self.error}
-        return {
+        out: dict[str, Any] = {
             "poi": self.poi,
             "bestfit": self.bestfit,
             "uncertainty": self.uncertainty,
             "strategy": self.strategy,
         }
+        if self.ml is not None:
+            out["ml"] = self.ml
+        return out
 
 
 @dataclass
@@ -118,6 +130,9 @@ class RunResult:
     run_dir: Path | None = None
     #: URL of the run in the data lake, when it was published there.
     stored_run: str | None = None
+    #: The ML step's feature histograms (with their pseudodata; empty without ``ml``), as
+    #: filled: ``histograms_ml.root`` holds them with 1e-6 added per bin.
+    ml_histograms: dict[str, hist.Hist] = field(default_factory=dict)
 
     @property
     def events(self) -> int:
@@ -166,20 +181,38 @@ def run(config: RunConfig | None = None, *, progress: bool = True, write: bool =
     with claim_output(plan), staged_outputs(plan) as outputs:
         execution = execute(plan, engine, backend, clock, progress=progress)
         with clock.phase("merge"):
-            histograms = merge_results(plan, execution.results)
+            histograms, ml_histograms = split_ml_histograms(merge_results(plan, execution.results))
+            if ml_histograms:
+                ml_histograms = add_ml_pseudodata(ml_histograms)
         # the processing, end to end (wall and this process's CPU): writing, fit not included
         wall_seconds, cpu_seconds = clock.elapsed(), time.process_time() - cpu0
         fit = None
         if outputs is not None:
             with clock.phase("write"), outputs.writing():
                 write_histograms(outputs.staging, histograms)
+                if ml_histograms:
+                    write_ml_histograms(outputs.staging, ml_histograms)
             if config.fit and not config.io_only:
                 with clock.phase("fit"), outputs.writing():
                     lost = sum(s["events_lost"] for s in skipped_chunks(plan, execution.results))
                     fit = fit_and_plot(
-                        histograms, outputs.staging, synthetic=plan.synthetic, events_lost=lost
+                        histograms,
+                        outputs.staging,
+                        synthetic=plan.synthetic,
+                        events_lost=lost,
+                        ml_histograms=ml_histograms,
                     )
-        result = record(config, plan, execution, histograms, fit, clock, wall_seconds, cpu_seconds)
+        result = record(
+            config,
+            plan,
+            execution,
+            histograms,
+            fit,
+            clock,
+            wall_seconds,
+            cpu_seconds,
+            ml_histograms=ml_histograms,
+        )
         if outputs is not None:
             with outputs.writing():
                 write_record(outputs.staging, result.summary, result.record, result.tasks)
@@ -213,6 +246,7 @@ def make_plan(config: RunConfig, catalog: str, *, write: bool = True) -> Plan:
         mirror=config.mirror,
     )
     chunks = make_chunks(fileset, config.chunksize)
+    ml_dir, ml_fingerprint = ml_models(config)
     tasks = [
         ChunkTask(
             i,
@@ -223,6 +257,8 @@ def make_plan(config: RunConfig, catalog: str, *, write: bool = True) -> Plan:
             config.io_only,
             skip_bad_files=config.skip_bad_files,
             read_retries=config.read_retries,
+            ml=ml_dir,
+            ml_fingerprint=ml_fingerprint,
         )
         for i, c in enumerate(chunks)
     ]
@@ -235,6 +271,17 @@ def make_plan(config: RunConfig, catalog: str, *, write: bool = True) -> Plan:
             run_dir = Path(config.output_dir) if config.output_dir else DEFAULT_OUTPUT_ROOT / run_id
             check_output_dir(run_dir)
     return Plan(run_id, fileset, chunks, tasks, run_dir, is_synthetic(fileset))
+
+
+def ml_models(config: RunConfig) -> tuple[str | None, str | None]:
+    """The ML step's models directory (absolute, as workers see it) and their fingerprint;
+    (None, None) without it. Missing or unreadable models, or no XGBoost, fail here."""
+    if config.ml is None:
+        return None, None
+    from agc.analysis import check_models
+
+    directory = os.path.abspath(config.ml)
+    return directory, check_models(directory)  # checked before any work, not loaded here
 
 
 def new_run_id(config: RunConfig) -> str:
@@ -407,11 +454,18 @@ def skipped_chunks(plan: Plan, results: Iterable[ChunkResult]) -> list[dict[str,
 
 # -- fit ----------------------------------------------------------------------------------
 def fit_and_plot(
-    histograms: Mapping[str, hist.Hist], directory: Path, *, synthetic: bool, events_lost: int = 0
+    histograms: Mapping[str, hist.Hist],
+    directory: Path,
+    *,
+    synthetic: bool,
+    events_lost: int = 0,
+    ml_histograms: Mapping[str, hist.Hist] | None = None,
 ) -> FitSummary:
     """Fit the histograms as written (empty ones are not) and draw the plots into ``directory``.
 
     ``events_lost``: events of skipped chunks; the plots of a partial result say so.
+    ``ml_histograms``: the ML step's; their workspace gets the main fit's parameters and its
+    plots (:func:`agc.ml_fit.fit_ml`; no second fit).
 
     A fit that cannot run (a sample missing from the run) or does not converge is reported
     in the summary and on the log; the run's histograms are kept either way.
@@ -430,7 +484,37 @@ def fit_and_plot(
     if events_lost:
         label += f", PARTIAL: {events_lost:,} events lost"
     plots.make_plots(written, directory, result, label=label, experiment=experiment)
-    return FitSummary(result.poi, result.bestfit, result.uncertainty, result.strategy)
+    ml = None
+    if ml_histograms:
+        ml = ml_fit_and_plot(ml_histograms, result, directory, label=label, experiment=experiment)
+    return FitSummary(result.poi, result.bestfit, result.uncertainty, result.strategy, ml=ml)
+
+
+def ml_fit_and_plot(
+    ml_histograms: Mapping[str, hist.Hist],
+    fit: Any,
+    directory: Path,
+    *,
+    label: str,
+    experiment: str,
+) -> dict[str, Any]:
+    """The ML workspace with the main fit's parameters, and the ML plots (summary form).
+
+    An ML workspace that cannot be built (a sample missing from the run) is reported, not
+    raised: the run's histograms and main fit stand.
+    """
+    from agc import ml_fit
+
+    try:  # every histogram, as written: the offset of 1e-6 per bin fills the empty ones
+        summary = ml_fit.fit_ml(ml_histograms, fit, directory, label=label, experiment=experiment)
+    except (UserError, ValueError) as err:
+        log.warning("no ML workspace for this run: %s", err)
+        return {"error": str(err)}
+    return {
+        "channels": summary.channels,
+        "parameters_from_main_fit": len(summary.from_main_fit),
+        "plots": sorted({p.stem for p in summary.plots}),
+    }
 
 
 # -- record -------------------------------------------------------------------------------
@@ -443,6 +527,8 @@ def record(
     clock: PhaseClock,
     wall_seconds: float,
     cpu_seconds: float,
+    *,
+    ml_histograms: dict[str, hist.Hist] | None = None,
 ) -> RunResult:
     """The run record (one row of the runs table), the summary, and the result.
 
@@ -476,6 +562,7 @@ def record(
         cache_misses=sum(not t.cached for t in timings) if config.cache is not None else 0,
         phases=dict(clock.durations),
         label=config.label,
+        ml=config.ml is not None,
         partial=bool(skipped),
         chunks_skipped=len(skipped),
         events_lost=sum(s["events_lost"] for s in skipped),
@@ -502,6 +589,14 @@ def record(
         "histograms_written": sum(1 for h in histograms.values() if is_written(h)),
         "partial": run_record.partial,
     }
+    if config.ml is not None:
+        summary["ml"] = {
+            "models": plan.tasks[0].ml if plan.tasks else config.ml,
+            "models_sha256": plan.tasks[0].ml_fingerprint if plan.tasks else None,
+            "histograms": len(ml_histograms or {}),
+            "histograms_filled": sum(1 for h in (ml_histograms or {}).values() if is_written(h)),
+            "offset_per_bin_in_files": 1e-6,
+        }
     if skipped:
         summary["events_lost"] = run_record.events_lost
         lost_per_sample: dict[str, int] = {}
@@ -513,7 +608,16 @@ def record(
     if fit is not None:
         summary["fit"] = fit.to_dict()
     return RunResult(
-        plan.run_id, histograms, events, yields, weights, run_record, timings, summary, fit
+        plan.run_id,
+        histograms,
+        events,
+        yields,
+        weights,
+        run_record,
+        timings,
+        summary,
+        fit,
+        ml_histograms=dict(ml_histograms or {}),
     )
 
 

@@ -7,7 +7,13 @@ regions, branches and histograms are in :mod:`agc.vocabulary`. The optional ML s
 is :mod:`.ml`: :func:`load_models` once, then ``process_events(..., ml=models)``.
 """
 
-from agc.analysis.ml import MLModels, load_models, models_fingerprint
+from agc.analysis.ml import (
+    MLModels,
+    ModelFilesError,
+    check_models,
+    load_models,
+    models_fingerprint,
+)
 from agc.analysis.processor import (
     Objects,
     RegionEvents,
@@ -19,8 +25,10 @@ from agc.analysis.processor import (
 
 __all__ = [
     "MLModels",
+    "ModelFilesError",
     "Objects",
     "RegionEvents",
+    "check_models",
     "count_per_event",
     "load_models",
     "models_fingerprint",

@@ -353,6 +353,37 @@ def _fingerprint(contents: dict[str, bytes]) -> str:
     return digest.hexdigest()
 
 
+def check_models(models_dir: str | os.PathLike) -> str:
+    """Check, without loading them, that ``models_dir`` holds two XGBoost JSON models of the
+    20 features and that XGBoost is installed; returns :func:`models_fingerprint`.
+
+    XGBoost is not imported here: a process that will fork workers must not have started
+    XGBoost's OpenMP threads (a forked child would wait on their locks forever).
+    """
+    import importlib.util
+    import json
+
+    contents = _read_models(models_dir)
+    for name, data in contents.items():
+        path = Path(models_dir) / name
+        try:
+            learner = json.loads(data)["learner"]
+            n_features = int(learner["learner_model_param"]["num_feature"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise ModelFilesError(
+                f"ML model {path}: not an XGBoost JSON model ({type(err).__name__}: {err})"
+            ) from err
+        if n_features != N_FEATURES:
+            raise ModelFilesError(
+                f"ML model {path}: takes {n_features} features, the assignment has {N_FEATURES}"
+            )
+    if importlib.util.find_spec("xgboost") is None:
+        raise ModelFilesError(
+            f"--ml {models_dir}: the ML step needs XGBoost: pip install 'agc-harness[ml]'"
+        )
+    return _fingerprint(contents)
+
+
 def models_fingerprint(models_dir: str | os.PathLike) -> str:
     """SHA-256 (hex) of the bytes of both model files, names and order included: a cache key.
 
@@ -409,7 +440,13 @@ def load_models(models_dir: str | os.PathLike, *, n_threads: int | None = None) 
     process among several should pass its share. Raises :class:`ModelFilesError` naming the
     missing or unreadable file(s) and the directory.
     """
-    import xgboost  # noqa: PLC0415 - only with the ML step
+    try:
+        import xgboost  # noqa: PLC0415 - only with the ML step
+    except ImportError as err:
+        raise ModelFilesError(
+            f"--ml {models_dir}: the ML step needs XGBoost: pip install 'agc-harness[ml]' "
+            f"(or xgboost) ({err})"
+        ) from err
 
     contents = _read_models(models_dir)
     boosters, iterations = {}, {}

@@ -176,6 +176,8 @@ def chunk_key_parts(task, *, code: str, identity: Mapping[str, Any]) -> dict[str
             "seed": int(task.seed),
             "io_only": bool(task.io_only),
             "branches": list(task.branches),
+            # the ML step's models (their bytes); runs without it keep their earlier keys
+            **({"ml_models": task.ml_fingerprint} if task.ml is not None else {}),
         },
         "input": {
             **dict(identity),
