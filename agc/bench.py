@@ -141,6 +141,8 @@ def run_config(catalog: Path | str, options: Mapping, label: str = ""):
         )
     fields.setdefault("fit", False)
     fields.setdefault("label", label)
+    if fields.get("ml") and not os.path.isabs(fields["ml"]):  # models beside the project
+        fields["ml"] = str(REPO_ROOT / fields["ml"])
     try:
         return RunConfig(catalog=str(catalog), **fields)
     except ConfigError as err:
@@ -245,7 +247,9 @@ def unavailable(point: Mapping) -> str | None:
     if not command:
         return None
     try:
-        done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            command, shell=True, capture_output=True, text=True, timeout=30, cwd=REPO_ROOT
+        )
     except subprocess.TimeoutExpired:
         return f"'{command}' did not answer within 30 s"
     if done.returncode != 0:

@@ -319,6 +319,32 @@ def time_split(records: Records) -> pd.DataFrame:
     return per_run.groupby(["scenario", "point"], sort=False).median().reset_index()
 
 
+def ml_cost(records: Records) -> pd.DataFrame:
+    """The ML step's cost (scenario ``ml``): events/s per core without and with it (medians
+    over the repeats), their ratio, and the ML share of the summed task time,
+    1 - task time without / task time with. Empty without that scenario."""
+    runs = records.measured("ml")
+    split = time_split(records)
+    if runs.empty or split.empty or "ml" not in runs:
+        return pd.DataFrame()
+    rate = runs.groupby("point", sort=False)["events_per_second_per_core"].median()
+    tasks = split[split["scenario"] == "ml"].set_index("point")["task_s"]
+    without = [p for p in rate.index if not bool(runs.loc[runs["point"] == p, "ml"].iloc[0])]
+    if not without:
+        return pd.DataFrame()
+    base = without[0]
+    return pd.DataFrame(
+        {
+            "point": rate.index,
+            "events/s per core": rate.to_numpy(),
+            "vs without ML": (rate / rate[base]).to_numpy(),
+            "ML share of task time": [
+                1 - tasks[base] / tasks[p] if p in tasks and p != base else 0.0 for p in rate.index
+            ],
+        }
+    )
+
+
 def _time_to_first_result(runs: pd.DataFrame) -> pd.Series:
     """From the start of the run to the first chunk result: every phase before it, plus it."""
     parts = ["preprocessing", "cluster_start", "first_worker", "first_result"]
@@ -543,6 +569,7 @@ PLOTS = (
         lambda r: plot_phases(r, "backends", "Latency phases per backend"),
     ),
     ("cache", "Cache gains", plot_cache),
+    ("ml", "ML step", lambda r: plot_bars(r, "ml", "Without and with the ML step")),
 )
 
 
@@ -578,6 +605,7 @@ def build_report(
         "engines",
         "backends",
         "cache",
+        "ml",
     }
     generic = [
         (name, f"Scenario {name}", lambda r, name=name: plot_bars(r, name, f"Scenario {name}"))
@@ -620,6 +648,14 @@ def build_report(
         )
         h += ["<h2>Where the time goes</h2>", f"<p>{html.escape(text)}</p>", _table_html(split)]
         md += ["## Where the time goes", "", text, "", _table_md(split), ""]
+    cost = ml_cost(records)
+    if not cost.empty:
+        text = (
+            "The ML step (spec 5) on the same files and workers: events/s per core (medians "
+            "over the repeats) and its share of the summed task time."
+        )
+        h += ["<h2>ML step cost</h2>", f"<p>{html.escape(text)}</p>", _table_html(cost)]
+        md += ["## ML step cost", "", text, "", _table_md(cost), ""]
     h += ["<h2>Scenarios</h2>"]
     md += ["## Scenarios", ""]
     for name, meta in records.meta.items():

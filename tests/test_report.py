@@ -218,3 +218,39 @@ def test_a_benchmark_report_with_a_fault_record_gains_the_reliability_section(
     text = build_report(folder).with_name("README.md").read_text()
     assert "## Targets" in text and "## Reliability" in text
     assert "at commit abc1234 on m" in text and "| f | survived | identical | 0 | passed |" in text
+
+
+def test_ml_cost_is_the_rate_ratio_and_the_ml_share_of_task_time():
+    from agc.report import Records, ml_cost
+
+    runs = pd.DataFrame(
+        {
+            "scenario": "ml",
+            "point": ["without ML", "with ML"] * 3,
+            "warmup": [True, True, False, False, False, False],
+            "ml": [False, True] * 3,
+            "events_per_second_per_core": [1.0, 1.0, 100.0, 40.0, 120.0, 50.0],
+            "run_id": ["w0", "m0", "w1", "m1", "w2", "m2"],
+        }
+    )
+    # every run: two tasks; without ML 1 s each, with ML 4 s each -> ML share 1 - 2/8
+    tasks = pd.DataFrame(
+        {
+            "scenario": "ml",
+            "point": [p for p in runs["point"] for _ in range(2)],
+            "run_id": [r for r in runs["run_id"] for _ in range(2)],
+            "warmup": [w for w in runs["warmup"] for _ in range(2)],
+            "started": 0.0,
+            "finished": [4.0 if p == "with ML" else 1.0 for p in runs["point"] for _ in range(2)],
+            "cpu_seconds": 1.0,
+            "read_seconds": 0.5,
+            "open_seconds": 0.1,
+            "analysis_seconds": 0.4,
+        }
+    )
+    cost = ml_cost(Records(runs, pd.DataFrame(), tasks)).set_index("point")
+    assert cost.loc["without ML", "events/s per core"] == 110.0  # median of the repeats
+    assert cost.loc["with ML", "vs without ML"] == pytest.approx(45.0 / 110.0)
+    assert cost.loc["with ML", "ML share of task time"] == pytest.approx(0.75)
+    assert cost.loc["without ML", "ML share of task time"] == 0.0
+    assert ml_cost(Records(runs.drop(columns="ml"), pd.DataFrame(), tasks)).empty
