@@ -4,6 +4,10 @@ A catalog is the AGC's ``nanoaod_inputs.json`` structure,
 ``{process: {variation: {"nevts_total": int, "files": [{"path": str, "nevts": int}]}}}``, either the
 real AGC catalog shipped with the package (``"agc"``) or a synthetic one written by
 ``agc generate``. Both take exactly the same path from here on.
+
+A file entry's ``nevts`` must equal the file's entries (checked when it is read); an entry
+with ``"partial": true`` deliberately covers only the file's first ``nevts`` events (a file
+longer than that is then fine, a shorter one is still an error).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class CatalogError(UserError, ValueError):
 class InputFile:
     path: str
     nevts: int
+    #: ``nevts`` deliberately covers only the first events of the file (catalog ``partial``)
+    partial: bool = False
 
 
 @dataclass(frozen=True)
@@ -204,6 +210,7 @@ def build_fileset(
                         _path(f, key), base_dir=base_dir, eos=eos, xcache=xcache, mirror=mirror
                     ),
                     _nevts(f, key),
+                    _partial(f, key),
                 )
                 for f in chosen
             )
@@ -227,6 +234,15 @@ def _path(entry: Mapping, sample: str) -> str:
     if not isinstance(path, str) or not path:
         raise CatalogError(f"catalog {sample}: a file has path {path!r}; give the file's path")
     return path
+
+
+def _partial(entry: Mapping, sample: str) -> bool:
+    partial = entry.get("partial", False)
+    if not isinstance(partial, bool):
+        raise CatalogError(
+            f"catalog {sample}: {entry.get('path')}: partial {partial!r} must be true or false"
+        )
+    return partial
 
 
 def _nevts(entry: Mapping, sample: str) -> int:
@@ -300,7 +316,7 @@ def make_chunks(fileset: Mapping[str, Sample], chunksize: int) -> list[Chunk]:
                         start,
                         stop,
                         weight,
-                        file_entries=f.nevts,
+                        file_entries=None if f.partial else f.nevts,
                     )
                 )
     return chunks

@@ -194,10 +194,13 @@ def check_tree(
     too_short = tree.num_entries < entry_stop
     if too_short or (file_entries is not None and tree.num_entries != file_entries):
         expected = file_entries if file_entries is not None else entry_stop
+        hint = (
+            "re-copy the file" if too_short
+            else 'to read only its first nevts events deliberately, give the entry "partial": true'
+        )  # fmt: skip
         raise InputFileError(
             f"{path}: the catalog's 'nevts' is {expected} but the file has "
-            f"{tree.num_entries} entries in {tree.name!r}; correct the catalog (or re-copy the "
-            "file)"
+            f"{tree.num_entries} entries in {tree.name!r}; correct the catalog (or {hint})"
         )
 
 

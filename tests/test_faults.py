@@ -119,8 +119,29 @@ def test_a_catalog_that_undercounts_a_file_is_refused(small_catalog, tmp_path, e
     path, n = _file(small_catalog, "wjets")
     catalog = _catalog(tmp_path, {"wjets": {"nominal": [(path, n // 2)]}})
     mode = {"engine": engine, "mode": "dask", "workers": 1} if engine != "chunked" else {}
-    with pytest.raises(UserError, match=f"nevts' is {n // 2} but the file has {n} entries"):
+    with pytest.raises(UserError, match=f"nevts' is {n // 2} but the file has {n} entries.*"
+                       'give the entry "partial": true'):  # fmt: skip
         _run(catalog, **mode)
+
+
+def test_a_deliberately_partial_catalog_entry_reads_the_first_events(small_catalog, tmp_path):
+    """``"partial": true``: the first nevts events of a longer file, normalised to them."""
+    path, n = _file(small_catalog, "wjets")
+    catalog = _catalog(tmp_path, {"wjets": {"nominal": [(path, n // 2)]}})
+    data = json.loads(catalog.read_text())
+    data["wjets"]["nominal"]["files"][0]["partial"] = True
+    catalog.write_text(json.dumps(data))
+    result = _run(catalog)
+    assert result.events_per_sample == {"wjets__nominal": n // 2}
+    assert result.record.chunks == 2 and not result.record.partial  # asked for, not lost
+    data["wjets"]["nominal"]["files"][0]["nevts"] = n + 1  # longer than the file: still refused
+    catalog.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=f"nevts' is {n + 1} but the file has {n} entries.*re-copy"):
+        _run(catalog)
+    data["wjets"]["nominal"]["files"][0]["partial"] = "yes"
+    catalog.write_text(json.dumps(data))
+    with pytest.raises(CatalogError, match="partial 'yes' must be true or false"):
+        _run(catalog)
 
 
 @pytest.mark.fault("--samples with an unknown key", "failed clearly", histograms="none written")
