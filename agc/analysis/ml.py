@@ -415,16 +415,29 @@ class MLModels:
     def scores(self, features, even_event: bool) -> np.ndarray:
         """``predict_proba(features)[:, 1]`` of the model for events of this parity.
 
-        ``features``: (candidates, 20) host array. Returns float32 scores in (0, 1).
+        ``features``: (candidates, 20), a host array, or a cupy array on the GPU path, which
+        XGBoost's own device support scores where it is (the booster is switched to
+        ``device="cuda"``; not yet run on a GPU here). Returns float32 scores in (0, 1), on the
+        features' device.
         """
         which = MODEL_ODD if even_event else MODEL_EVEN
         booster = self.booster_for(even_event)
-        features = np.ascontiguousarray(features)
-        if len(features) == 0:
-            return np.zeros(0, dtype=np.float32)
+        if _on_device(features):
+            booster.set_param({"device": "cuda"})
+            if len(features) == 0:
+                return features[:0, 0].astype("float32")
+        else:
+            features = np.ascontiguousarray(features)
+            if len(features) == 0:
+                return np.zeros(0, dtype=np.float32)
         return booster.inplace_predict(
             features, iteration_range=self.iterations.get(which, (0, 0)), validate_features=False
         )
+
+
+def _on_device(array) -> bool:
+    """True for a CUDA array (cupy), as :func:`agc.analysis.xp.flat_namespace` tells them."""
+    return hasattr(array, "__cuda_array_interface__")
 
 
 def _iteration_range(booster) -> tuple[int, int]:
@@ -513,17 +526,13 @@ def best_candidate_features(
             chosen = events[even[events] == parity]
             for lo in range(0, len(chosen), batch):
                 part = chosen[lo : lo + batch]
-                table = to_host(
-                    _group_features(
-                        jets,
-                        cart,
-                        lepton.take(part),
-                        lepton_t[part],
-                        starts[part],
-                        perms,
-                    )
+                table = _group_features(
+                    jets, cart, lepton.take(part), lepton_t[part], starts[part], perms
                 )
+                if not _on_device(table):  # on the GPU path the features stay on the device
+                    table = to_host(table)
+                tx = flat_namespace(table)
                 scores = models.scores(table.reshape(-1, N_FEATURES), parity)
-                best = np.argmax(scores.reshape(len(table), len(perms)), axis=1)
-                out[to_host(part)] = table[np.arange(len(table)), best]
+                best = tx.argmax(scores.reshape(len(table), len(perms)), axis=1)
+                out[to_host(part)] = to_host(table[tx.arange(len(table)), best])
     return out
