@@ -34,15 +34,16 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def faults(session: nox.Session) -> None:
-    """The fault suite: every test marked ``fault`` (tests/test_faults.py), each fault injected
-    for real (damaged files, full and read-only tmpfs mounts, SIGKILL, xrootd daemons stopped
-    mid-run, a silent store). Tests needing root (mounts) or xrootd skip with the reason.
+    """The fault suite: every test marked ``fault`` (most in tests/test_faults.py), each fault
+    injected for real (damaged files, full and read-only tmpfs mounts, SIGKILL of the main
+    process and of pool workers, xrootd daemons stopped mid-run, a silent store). Tests needing
+    root (mounts) or xrootd skip with the reason.
 
     ``nox -s faults -- RESULTS_DIR`` also records the outcomes in ``RESULTS_DIR/raw/faults.json``
     and builds that folder's report, whose reliability table comes from them.
     """
     session.install("-e", ".[test]")
-    args = ["-m", "fault", "tests/test_faults.py", "-p", "no:cacheprovider"]
+    args = ["-m", "fault", "tests", "-p", "no:cacheprovider"]
     if session.posargs:
         results = session.posargs[0]
         session.run("pytest", *args, f"--fault-record={results}/raw/faults.json")

@@ -81,6 +81,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         help=RUN_SCHEMA["properties"]["backend"]["description"],
     )
     _option(g, "profile", metavar="FILE_OR_NAME")
+    _option(g, "scheduler_address", metavar="ADDRESS")
     _option(g, "mode")
     _option(g, "workers", type=int)
     _option(g, "engine")
@@ -109,6 +110,8 @@ def config_from_args(args: argparse.Namespace):
         value = getattr(args, key, None)
         if value is not None and value is not False:
             given[key] = value
+    if given.get("scheduler_address") and "backend" not in given:
+        given["backend"] = "dask"  # --scheduler-address alone: join that cluster
     given["systematics"] = not args.no_systematics
     given["fit"] = not args.no_fit
     return RunConfig(**given)

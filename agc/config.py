@@ -157,6 +157,13 @@ RUN_SCHEMA: dict[str, Any] = {
             **_nullable(_PATH),
             "description": "site profile (YAML file or shipped name) for the backend",
         },
+        "scheduler_address": {
+            "type": ["string", "null"],
+            "pattern": r"^[a-z]+://[^/]+",
+            "x-expected": "a Dask scheduler address such as tls://localhost:8786",
+            "description": "join this existing Dask scheduler (backend dask; e.g. coffea-casa's "
+            "tls://localhost:8786)",
+        },
         "backend_options": {
             "type": "object",
             "description": "further keyword arguments of a site's own backend class",
@@ -184,7 +191,7 @@ RUN_SCHEMA: dict[str, Any] = {
 
 #: Fields that name a backend option rather than something of the run; with the backend's own
 #: ``backend_options`` they are the backend's keyword arguments.
-BACKEND_FIELDS: tuple[str, ...] = ("workers", "mode", "profile")
+BACKEND_FIELDS: tuple[str, ...] = ("workers", "mode", "profile", "scheduler_address")
 
 
 class ConfigError(UserError, ValueError):
@@ -247,6 +254,7 @@ class RunConfig:
     workers: int | None = None
     mode: str | None = None
     profile: str | None = None
+    scheduler_address: str | None = None
     backend_options: Mapping[str, Any] = field(default_factory=FrozenOptions)
     engine: str = "chunked"
     chunksize: int = 100_000
@@ -323,6 +331,12 @@ def check(options: Mapping[str, Any]) -> None:
     if options.get("io_branches", "analysis") != "analysis" and not options.get("io_only"):
         raise ConfigError(
             "io_branches", options["io_branches"], "only applies with io_only (--io-only)"
+        )
+    if options.get("scheduler_address") and options.get("backend", "local") != "dask":
+        raise ConfigError(
+            "scheduler_address",
+            options["scheduler_address"],
+            "joins an existing Dask cluster: give backend='dask' (--backend dask)",
         )
     if options.get("ml") and options.get("io_only"):
         raise ConfigError(

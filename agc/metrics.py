@@ -144,6 +144,9 @@ class RunRecord:
     analysis_seconds: float = float("nan")
     #: the run had the ML step (spec §5)
     ml: bool = False
+    #: workers lost and replaced during the run, and the tasks run again because of it
+    worker_restarts: int = 0
+    tasks_resubmitted: int = 0
     #: a partial result: chunks left out (``skip_bad_files``) and the events they held
     partial: bool = False
     chunks_skipped: int = 0

@@ -36,7 +36,7 @@ from agc._version import __version__
 from agc.cache import CachingEngine, ResultStore, lake_store, publish_run, staging_dir
 from agc.catalog import Chunk, Sample, build_fileset, is_synthetic, load_catalog, make_chunks
 from agc.chunks import ChunkResult, ChunkTask, worker_name
-from agc.config import SYNTHETIC_CATALOG, RunConfig
+from agc.config import SYNTHETIC_CATALOG, ConfigError, RunConfig
 from agc.constants import sample_weight
 from agc.engines import Engine, get_engine
 from agc.errors import UserError
@@ -85,6 +85,9 @@ class Execution:
     results: list[ChunkResult]
     workers: int
     cores_per_worker: int
+    #: workers lost and replaced, and the tasks run again because of it (executor counts)
+    worker_restarts: int = 0
+    tasks_resubmitted: int = 0
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,13 @@ class RunResult:
         return self.record.bytes_read
 
 
-def run(config: RunConfig | None = None, *, progress: bool = True, write: bool = True) -> RunResult:
+def run(
+    config: RunConfig | None = None,
+    *,
+    progress: bool = True,
+    write: bool = True,
+    client: Any = None,
+) -> RunResult:
     """Run the analysis as ``config`` says (default: ``RunConfig()``, as ``agc run``).
 
     Args:
@@ -167,6 +176,8 @@ def run(config: RunConfig | None = None, *, progress: bool = True, write: bool =
         progress: show progress bars (tqdm; in a notebook, its widget).
         write: write the run directory (histograms, summary, metrics, fit and plots). Without
             it nothing is written and no fit is made: the processing is measured alone.
+        client: a ``distributed.Client`` of an existing cluster to run on (with
+            ``backend="dask"``); it is left open.
 
     Outputs are staged in a hidden directory and moved into place only when everything is
     written, so a failed run never leaves a directory that looks complete.
@@ -176,7 +187,7 @@ def run(config: RunConfig | None = None, *, progress: bool = True, write: bool =
     clock, cpu0 = PhaseClock(), time.process_time()
     with clock.phase("preprocessing"):
         plan = make_plan(config, catalog, write=write)
-        backend = make_backend(config)
+        backend = make_backend(config, client)
         engine = make_engine(config)
     with claim_output(plan), staged_outputs(plan) as outputs:
         execution = execute(plan, engine, backend, clock, progress=progress)
@@ -289,9 +300,19 @@ def new_run_id(config: RunConfig) -> str:
     return f"{stamp}-{config.backend}-{os.getpid()}"
 
 
-def make_backend(config: RunConfig) -> Backend:
-    """The configured backend, its options (and site profile) checked; nothing started."""
-    return get_backend(config.backend)(**config.backend_kwargs())
+def make_backend(config: RunConfig, client: Any = None) -> Backend:
+    """The configured backend, its options (and site profile) checked; nothing started.
+
+    ``client``: an existing Dask client for the ``dask`` backend (never closed by the run).
+    """
+    if client is None:
+        return get_backend(config.backend)(**config.backend_kwargs())
+    if config.backend != "dask":
+        raise ConfigError(
+            "backend", config.backend, "run(client=...) runs on that client: give backend='dask'"
+        )
+    dask_backend: Any = get_backend("dask")  # a class whose arguments include client=
+    return cast(Backend, dask_backend(client=client, **config.backend_kwargs()))
 
 
 def make_engine(config: RunConfig) -> Engine:
@@ -361,7 +382,13 @@ def execute(
             executor.close()
     if executor is None:
         return Execution(results, workers=1, cores_per_worker=1)
-    return Execution(results, executor.workers, executor.cores_per_worker)
+    return Execution(
+        results,
+        executor.workers,
+        executor.cores_per_worker,
+        worker_restarts=getattr(executor, "worker_restarts", 0),
+        tasks_resubmitted=getattr(executor, "tasks_resubmitted", 0),
+    )
 
 
 def _progress(plan: Plan, enabled: bool) -> Any:
@@ -563,6 +590,8 @@ def record(
         phases=dict(clock.durations),
         label=config.label,
         ml=config.ml is not None,
+        worker_restarts=execution.worker_restarts,
+        tasks_resubmitted=execution.tasks_resubmitted,
         partial=bool(skipped),
         chunks_skipped=len(skipped),
         events_lost=sum(s["events_lost"] for s in skipped),
@@ -588,6 +617,8 @@ def record(
         "phases_seconds": run_record.phases,
         "histograms_written": sum(1 for h in histograms.values() if is_written(h)),
         "partial": run_record.partial,
+        "worker_restarts": run_record.worker_restarts,
+        "tasks_resubmitted": run_record.tasks_resubmitted,
     }
     if config.ml is not None:
         summary["ml"] = {

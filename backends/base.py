@@ -21,6 +21,7 @@ ENTRY_POINT_GROUP = "agc.backends"
 #: Backends of this package, also used when it runs from a source tree without being installed.
 BUILTIN_BACKENDS = {
     "local": "backends.local:LocalBackend",
+    "dask": "backends.dask_cluster:DaskClusterBackend",
     "slurm": "backends.slurm:SlurmBackend",
     "htcondor": "backends.htcondor:HTCondorBackend",
     "dirac": "backends.dirac:DiracBackend",
@@ -33,7 +34,10 @@ class Executor(Protocol):
 
     Every member is part of the protocol; :class:`BaseExecutor` gives the defaults of those
     that only some executors need (a Dask client, several cores per worker, timed worker
-    arrival), so callers never probe for them.
+    arrival, recovery from lost workers), so callers never probe for them.
+    ``worker_restarts`` and ``tasks_resubmitted`` count what the executor did itself to
+    survive workers that died; both stay 0 for an executor that never loses one (or leaves
+    the recovery to its scheduler), and the run records them once the executor is done.
     """
 
     #: Number of worker processes (or threads) that run tasks in parallel.
@@ -42,6 +46,10 @@ class Executor(Protocol):
     cores_per_worker: int
     #: The ``distributed.Client`` of a Dask executor, else None.
     client: Any
+    #: Times the executor replaced workers that died (a process pool made anew), so far.
+    worker_restarts: int
+    #: Tasks run again because the worker running them died, so far.
+    tasks_resubmitted: int
 
     def map_unordered(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
         """Run ``fn(task)`` for every task; yield the results in completion order."""
@@ -62,11 +70,14 @@ class Executor(Protocol):
 
 class BaseExecutor:
     """Defaults of the :class:`Executor` protocol: no Dask client, one core per worker, no
-    waiting and no arrival times (workers that exist as soon as the executor does)."""
+    waiting and no arrival times (workers that exist as soon as the executor does), no worker
+    ever restarted."""
 
     workers: int = 1
     cores_per_worker: int = 1
     client: Any = None
+    worker_restarts: int = 0
+    tasks_resubmitted: int = 0
 
     def map_unordered(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
         raise NotImplementedError

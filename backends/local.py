@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,33 +32,99 @@ class InProcessExecutor(BaseExecutor):
 
 
 class ProcessPoolTaskExecutor(BaseExecutor):
-    """A pool of forked worker processes; at most ``2 * workers`` tasks are in flight."""
+    """A pool of forked worker processes; at most ``2 * workers`` tasks are in flight.
 
-    def __init__(self, workers: int):
+    A worker that dies (killed by the kernel's OOM killer, a signal) breaks the whole pool:
+    every task in flight fails with ``BrokenProcessPool``. The executor then starts a new
+    pool and runs again the tasks that had not returned a result, at most ``max_restarts``
+    times per executor (each counted in ``worker_restarts``, the tasks in
+    ``tasks_resubmitted``, and logged); one more loss raises :class:`BackendError`.
+
+    The workers die with this process, however it ends (SIGKILL included): see
+    :func:`die_with_parent`. The parent-death signal follows the thread that forked them, the
+    one that first submits a task (or calls :meth:`wait_for_workers`), which must outlive the
+    pool.
+    """
+
+    def __init__(self, workers: int, max_restarts: int = 3):
         self.workers = workers
-        self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        self.max_restarts = max_restarts
+        self.worker_restarts = 0
+        self.tasks_resubmitted = 0
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            self.workers,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=die_with_parent,
+            initargs=(os.getpid(),),
+        )
+
+    def _restart(self, lost: int) -> None:
+        """A new pool after the old one broke; ``lost``: the tasks that will be run again."""
+        if self.worker_restarts >= self.max_restarts:
+            raise BackendError(
+                f"process-pool workers keep dying: the pool broke {self.worker_restarts + 1} "
+                f"times (max_restarts={self.max_restarts}); a worker killed for using too "
+                "much memory is the usual reason (see the kernel log, dmesg): try fewer "
+                "--workers or a smaller --chunksize"
+            )
+        self.worker_restarts += 1
+        self.tasks_resubmitted += lost
+        log.warning(
+            "a process-pool worker died; starting a new pool and running %d task(s) again "
+            "(restart %d of at most %d)",
+            lost,
+            self.worker_restarts,
+            self.max_restarts,
+        )
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = self._new_pool()
 
     def wait_for_workers(self, n: int = 1) -> None:
         """Start the worker processes (the pool forks them lazily) and wait for ``n`` to answer."""
-        for future in [self._pool.submit(os.getpid) for _ in range(n)]:
-            future.result()
+        while True:
+            try:
+                for future in [self._pool.submit(os.getpid) for _ in range(n)]:
+                    future.result()
+                return
+            except BrokenProcessPool:
+                self._restart(0)
 
     def map_unordered(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
-        pending: set[Future] = set()
+        pending: dict[Future, Any] = {}  # future -> its task
+        again: deque[Any] = deque()  # tasks of a broken pool, submitted before the others
         todo = iter(tasks)
         try:
             while True:
+                broken: list[Any] = []
                 while len(pending) < 2 * self.workers:
-                    task = next(todo, None)
-                    if task is None:
+                    if again:
+                        task = again.popleft()
+                    elif (task := next(todo, _END)) is _END:
                         break
-                    pending.add(self._pool.submit(fn, task))
-                if not pending:
+                    try:
+                        pending[self._pool.submit(fn, task)] = task
+                    except BrokenProcessPool:
+                        broken.append(task)
+                        break
+                if not pending and not broken:
                     return
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                if broken or any(_broke(f) for f in done):
+                    # the pool fails every task in flight at once: wait for all of them
+                    done, _ = wait(pending)
                 # every result that arrived is handed on before a failed task raises
                 for future in sorted(done, key=lambda f: f.exception() is not None):
-                    yield future.result()
+                    task = pending.pop(future)
+                    if _broke(future):
+                        broken.append(task)
+                    else:
+                        yield future.result()
+                if broken:
+                    self._restart(len(broken))
+                    again.extend(broken)
         finally:
             for future in pending:
                 future.cancel()
@@ -60,13 +133,62 @@ class ProcessPoolTaskExecutor(BaseExecutor):
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-class DaskExecutor(BaseExecutor):
-    """Tasks submitted to a Dask client; results gathered as they complete."""
+_END = object()
 
-    def __init__(self, client, cluster=None, workers: int | None = None):
+
+def _broke(future: Future) -> bool:
+    return isinstance(future.exception(), BrokenProcessPool)
+
+
+#: ``prctl`` option: the signal a process gets when its parent dies (linux/prctl.h).
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int, poll_seconds: float = 1.0) -> None:
+    """Pool-worker initializer: end this process when ``parent`` (the pool's owner) ends.
+
+    On Linux the kernel sends SIGKILL when the parent dies (``prctl(PR_SET_PDEATHSIG)``), so a
+    SIGKILL or SIGTERM of the main process leaves no worker behind; elsewhere a daemon thread
+    polls :func:`os.getppid` every ``poll_seconds``. A parent that died before this ran (the
+    worker was already handed to init) ends the worker at once.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+        if armed:
+            if os.getppid() != parent:
+                os._exit(1)
+            return
+        log.warning("prctl(PR_SET_PDEATHSIG) failed: polling the parent process instead")
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=watch, name="agc-parent-watch", daemon=True).start()
+
+
+class DaskExecutor(BaseExecutor):
+    """Tasks submitted to a Dask client; results gathered as they complete.
+
+    ``owns_client``: :meth:`close` closes the client (and ``cluster``, when given). An
+    executor on a client or cluster that someone else made (a scheduler the site runs, a
+    client handed in) leaves them open: it was not its to close.
+    """
+
+    def __init__(
+        self, client, cluster=None, workers: int | None = None, *, owns_client: bool = True
+    ):
         self.client = client
         self.cluster = cluster
-        self.workers = workers or max(len(client.scheduler_info().get("workers", {})), 1)
+        self.owns_client = owns_client
+        self.workers = workers or max(len(client.nthreads()), 1)
 
     def wait_for_workers(self, n: int = 1) -> None:
         self.client.wait_for_workers(n)
@@ -76,13 +198,15 @@ class DaskExecutor(BaseExecutor):
 
         futures = self.client.map(fn, list(tasks), pure=False)
         try:
-            for future in as_completed(futures):
+            for future in as_completed(futures, loop=self.client.loop):
                 yield future.result()
                 future.release()
         finally:
             self.client.cancel(futures)
 
     def close(self) -> None:
+        if not self.owns_client:
+            return
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()

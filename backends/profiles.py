@@ -69,7 +69,7 @@ PROFILE_SCHEMA: dict = _obj(
     {
         "backend": {
             "type": "string",
-            "description": "backend this profile is for: slurm, htcondor, dirac or local",
+            "description": "backend this profile is for: slurm, htcondor, dirac, local or dask",
         },
         "description": {"type": "string", "description": "one line shown by 'agc profiles list'"},
         "workers": {
@@ -201,6 +201,34 @@ PROFILE_SCHEMA: dict = _obj(
             },
             description="local backend options",
         ),
+        "dask": _obj(
+            {
+                "scheduler_address": {
+                    "type": "string",
+                    "minLength": 1,
+                    "description": "the running scheduler, e.g. tls://localhost:8786",
+                },
+                "connect_timeout": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "description": "seconds to wait for the scheduler to answer (default 10)",
+                },
+                "start_timeout": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "description": "seconds to wait for the workers (default 600)",
+                },
+                "tls": _obj(
+                    {
+                        "ca_file": {"type": "string"},
+                        "cert": {"type": "string", "description": "certificate of the client"},
+                        "key": {"type": "string", "description": "key of the client"},
+                    },
+                    description="TLS credentials of the client (tls:// scheduler)",
+                ),
+            },
+            description="dask backend: an existing Dask cluster (no worker is started)",
+        ),
         "slurm": _obj(
             {
                 "partition": {"type": "string"},
@@ -286,11 +314,15 @@ PROFILE_SCHEMA: dict = _obj(
             description="DIRAC (JDL) settings",
         ),
     },
-    required=("backend", "worker"),
+    required=("backend",),
 )
 
 # Backend-specific requirements that the plain schema above cannot say.
 PROFILE_SCHEMA["allOf"] = [
+    {  # every backend but dask (an existing cluster) starts workers: what one looks like
+        "if": {"properties": {"backend": {"const": "dask"}}, "required": ["backend"]},
+        "else": {"required": ["worker"]},
+    },
     {
         "if": {"properties": {"backend": {"const": "htcondor"}}},
         "then": {"properties": {"worker": {"required": ["disk"]}}},
@@ -327,7 +359,8 @@ class Profile:
 
     @property
     def worker(self) -> Mapping[str, Any]:
-        return self.data["worker"]
+        """The ``worker`` section (required but for ``backend: dask``, empty there)."""
+        return self.data.get("worker") or {}
 
     def section(self, key: str) -> Mapping[str, Any]:
         """A top-level mapping (``scheduler``, ``tls``, ``slurm``...), empty when absent."""

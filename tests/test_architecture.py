@@ -136,7 +136,9 @@ def test_engines_do_not_know_the_cache_and_the_cache_does_not_know_the_runner():
     assert not {"agc.runner", "agc.outputs"} & reachable("agc.cache")
 
 
-@pytest.mark.parametrize("module", ["agc.synth", "backends.local", "backends.slurm"])
+@pytest.mark.parametrize(
+    "module", ["agc.synth", "backends.local", "backends.slurm", "backends.dask_cluster"]
+)
 def test_generator_and_backends_never_import_the_analysis(module):
     """The generator must not be tuned to the selection; backends run whatever they are given."""
     assert not {m for m in reachable(module) if m.startswith("agc.analysis")}
