@@ -37,6 +37,7 @@ IO = {"full pipeline": [61e3, 58e3, 66e3], "I/O only (analysis)": [150e3, 171e3,
 BEFORE_AFTER = {"baseline HEAD": [30e3, 33e3, 35e3], "current 1234abcd": [55e3, 49e3, 52e3]}
 ENGINES = {"dask-awkward": [21e3, 24e3, 22e3], "chunked": [48e3, 51e3, 45e3]}
 BACKENDS = {"local": [50e3, 47e3, 52e3], "htcondor (stand-in)": [12e3, 15e3, 13e3]}
+ML = {"without ML": [48e3, 51e3, 45e3], "with ML": [20e3, 22e3, 21e3]}
 CACHE_WALL = {"cold": [4.2, 3.9, 4.4], "warm": [0.31, 0.29, 0.35], "code changed": [4.0, 4.1, 3.8]}
 LATENCY = {  # point -> phase -> seconds of the measured repeats
     "processes": {
@@ -111,6 +112,7 @@ SCENARIOS = {
     "engines": (run_rows("engines", ENGINES), []),
     "backends": (run_rows("backends", BACKENDS), phase_rows("backends", BACKEND_PHASES)),
     "cache": (run_rows("cache", CACHE_WALL, value="wall_seconds"), []),
+    "ml": (run_rows("ml", ML), []),
     # its runs are recorded too, but only its phases are plotted
     "latency": (run_rows("latency", {p: [1.0] for p in LATENCY}), phase_rows("latency", LATENCY)),
 }
@@ -124,6 +126,7 @@ PLOTS_OF = {
     "engines": {"engines"},
     "backends": {"backends", "backends_latency"},
     "cache": {"cache"},
+    "ml": {"ml"},
     "latency": {"latency"},
 }
 
