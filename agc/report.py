@@ -136,8 +136,10 @@ def reliability_table(results_dir: str | os.PathLike) -> pd.DataFrame | None:
 def _reliability_note(results_dir: Path) -> str:
     record = json.loads((results_dir / "raw" / FAULTS_RECORD).read_text())
     return (
-        "Every fault injected for real by the fault suite (nox -s faults, tests/test_faults.py): "
-        "damaged input files, full and read-only tmpfs mounts, SIGKILL of the main process, "
+        "Every fault injected for real by the fault suite (nox -s faults: the tests marked "
+        "fault, most in tests/test_faults.py): "
+        "damaged input files, full and read-only tmpfs mounts, SIGKILL of the main process "
+        "and of pool workers, "
         "two runs on one output, real xrootd daemons stopped mid-run, a store that never "
         "answers. Outcome: what the test asserts -- survived (histograms unaffected), failed "
         "clearly (a message naming the problem, nothing half-written), partial (finished, "
