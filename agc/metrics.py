@@ -56,12 +56,19 @@ TRACKED_PACKAGES = (
 )
 
 
+#: Moments of a run, in seconds from its start (one origin for all): when the first worker
+#: was there, when all were, when the first chunk result arrived, when processing ended.
+MILESTONES = ("first_worker", "all_workers", "first_result", "processing_end")
+
+
 class PhaseClock:
-    """Wall-clock durations of named phases (monotonic clock)."""
+    """Wall-clock durations of named phases (monotonic clock), and :data:`MILESTONES`: when
+    something happened, in seconds from the clock's start."""
 
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
         self.durations: dict[str, float] = {}
+        self.milestones: dict[str, float] = {}
         self._open: dict[str, float] = {}
 
     @contextlib.contextmanager
@@ -83,6 +90,14 @@ class PhaseClock:
 
     def record(self, phase: str, seconds: float) -> None:
         self.durations[phase] = seconds
+
+    def started(self, phase: str) -> float:
+        """When the open phase ``phase`` started, in seconds from the clock's start."""
+        return self._open[phase] - self.t0
+
+    def mark(self, milestone: str, at: float | None = None) -> None:
+        """Record ``milestone`` now, or ``at`` seconds from the clock's start."""
+        self.milestones[milestone] = self.elapsed() if at is None else at
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
@@ -142,6 +157,8 @@ class RunRecord:
     read_seconds: float = float("nan")
     open_seconds: float = float("nan")
     analysis_seconds: float = float("nan")
+    #: :data:`MILESTONES` of the run, seconds from its start
+    milestones: dict[str, float] = field(default_factory=dict)
     #: the run had the ML step (spec §5)
     ml: bool = False
     #: workers lost and replaced during the run, and the tasks run again because of it
@@ -165,6 +182,13 @@ class RunRecord:
         return self.events_per_second / self.cores
 
     @property
+    def processing_events_per_second(self) -> float:
+        """The steady-state rate: events over the processing phase alone (the workers were
+        there; no planning, cluster start, merge). ``events_per_second`` is end to end."""
+        seconds = self.phases.get("processing", float("nan"))
+        return self.events / seconds if seconds > 0 else float("nan")
+
+    @property
     def cpu_efficiency(self) -> float:
         """CPU time of all processes over (wall time x cores)."""
         denom = self.wall_seconds * self.cores
@@ -172,13 +196,16 @@ class RunRecord:
 
     def row(self) -> dict:
         """The flat runs-table row, with derived rates, machine, versions and commit."""
-        row = {k: v for k, v in asdict(self).items() if k != "phases"}
+        row = {k: v for k, v in asdict(self).items() if k not in ("phases", "milestones")}
         row.update(
             events_per_second=self.events_per_second,
             events_per_second_per_core=self.events_per_second_per_core,
+            processing_events_per_second=self.processing_events_per_second,
+            processing_events_per_second_per_core=self.processing_events_per_second / self.cores,
             cpu_efficiency=self.cpu_efficiency,
         )
         row.update({f"{p}_seconds": self.phases.get(p, float("nan")) for p in PHASES})
+        row.update({f"{m}_at_seconds": self.milestones.get(m, float("nan")) for m in MILESTONES})
         row["load_average_1min"] = load_average()
         row.update(environment())
         return row

@@ -353,11 +353,13 @@ def execute(
     """Run the plan's tasks; the backend is started only if the engine has work for it.
 
     Phases: ``cluster_start``, ``first_worker``, ``processing`` (with ``first_result``, from
-    its start) and, when the executor knows it, ``all_workers``.
+    its start) and, when the executor knows it, ``all_workers`` (from the cluster's start).
+    The same moments from the run's start are the clock's milestones.
     """
     todo = engine.pending(plan.tasks)
     executor: Executor | None = None
     with clock.phase("cluster_start"):
+        cluster_started = clock.started("cluster_start")
         if todo:
             executor = start_backend(backend, len(todo))
     try:
@@ -365,6 +367,7 @@ def execute(
             engine.check(executor)
             with clock.phase("first_worker"):
                 executor.wait_for_workers(1)
+            clock.mark("first_worker")
         results: list[ChunkResult] = []
         bar = _progress(plan, progress)
         with clock.phase("processing"):
@@ -372,13 +375,16 @@ def execute(
             for result in engine.run(plan.tasks, executor):
                 if not results:
                     clock.record("first_result", time.perf_counter() - started)
+                    clock.mark("first_result")
                 results.append(result)
                 bar.update(result.nevents)
+        clock.mark("processing_end")
         bar.close()
     finally:
         if executor is not None:
             if (seconds := executor.time_to_all_workers()) is not None:
-                clock.record("all_workers", seconds)
+                clock.record("all_workers", seconds)  # from the cluster's start, as a phase
+                clock.mark("all_workers", cluster_started + seconds)
             executor.close()
     if executor is None:
         return Execution(results, workers=1, cores_per_worker=1)
@@ -588,6 +594,7 @@ def record(
         cache_hits=sum(t.cached for t in timings),
         cache_misses=sum(not t.cached for t in timings) if config.cache is not None else 0,
         phases=dict(clock.durations),
+        milestones=dict(clock.milestones),
         label=config.label,
         ml=config.ml is not None,
         worker_restarts=execution.worker_restarts,
@@ -611,6 +618,8 @@ def record(
         "wall_seconds": run_record.wall_seconds,
         "events_per_second": run_record.events_per_second,
         "events_per_second_per_core": run_record.events_per_second_per_core,
+        "processing_events_per_second": run_record.processing_events_per_second,
+        "milestones_seconds": run_record.milestones,
         "workers": run_record.workers,
         "chunks": run_record.chunks,
         "bytes_read": run_record.bytes_read,

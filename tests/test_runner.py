@@ -152,6 +152,30 @@ def test_execute_records_the_phases_and_closes_the_executor(small_catalog):
     for phase in ("cluster_start", "first_worker", "processing", "first_result"):
         assert clock.durations[phase] >= 0
     assert clock.durations["first_result"] <= clock.durations["processing"]
+    # the milestones share one origin, the run's start, and come in order
+    m = clock.milestones
+    assert 0 <= m["first_worker"] <= m["first_result"] <= m["processing_end"] <= clock.elapsed()
+    # all workers: the executor's 0.25 s counted from the cluster's start, not the run's
+    assert m["all_workers"] == pytest.approx(
+        m["first_worker"] - clock.durations["first_worker"] - clock.durations["cluster_start"]
+        + 0.25, abs=1e-3
+    )  # fmt: skip
+
+
+def test_the_record_has_the_steady_state_and_the_end_to_end_rate(small_catalog):
+    result = run(
+        RunConfig(catalog=str(small_catalog), mode="inprocess", fit=False),
+        progress=False,
+        write=False,
+    )
+    r = result.record
+    assert r.processing_events_per_second == r.events / r.phases["processing"]
+    assert r.events_per_second == r.events / r.wall_seconds
+    assert r.processing_events_per_second > r.events_per_second  # planning etc. left out
+    row = r.row()
+    assert row["processing_events_per_second"] == r.processing_events_per_second
+    assert row["first_result_at_seconds"] <= row["processing_end_at_seconds"] <= r.wall_seconds
+    assert result.summary["processing_events_per_second"] == r.processing_events_per_second
 
 
 def test_every_executor_follows_the_protocol():
