@@ -56,7 +56,13 @@ from agc.outputs import (
     write_ml_histograms,
     write_record,
 )
-from backends.base import Backend, Executor, get_backend, start_backend
+from backends.base import (
+    Backend,
+    Executor,
+    check_worker_environment,
+    get_backend,
+    start_backend,
+)
 
 log = logging.getLogger(__name__)
 
@@ -368,6 +374,8 @@ def execute(
             with clock.phase("first_worker"):
                 executor.wait_for_workers(1)
             clock.mark("first_worker")
+            if executor.client is not None:  # Dask workers: the same code and libraries
+                check_worker_environment(executor.client)
         results: list[ChunkResult] = []
         bar = _progress(plan, progress)
         with clock.phase("processing"):

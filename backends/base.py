@@ -158,3 +158,48 @@ def get_backend(name: str) -> type[Backend]:
             f"--backend {name}: cannot load {backends[name]}: {err}; install "
             "the package that provides it"
         ) from None
+
+
+#: What a worker must have as this process has it for histograms bit-identical to a local run
+#: (and for the tasks to unpickle at all): the harness, and the libraries that fill them.
+WORKER_PACKAGES: tuple[str, ...] = ("agc", "numpy", "awkward", "uproot", "hist", "distributed")
+
+
+def check_worker_environment(client: Any, packages: tuple[str, ...] = WORKER_PACKAGES) -> None:
+    """Refuse workers whose Python (major.minor) or ``packages`` differ from this process's.
+
+    Compares what ``client.get_versions`` (distributed's own report) says of the connected
+    workers with this process; raises :class:`BackendError` naming each differing worker,
+    package and both versions (a worker without ``agc`` is named as such, with what to do).
+    """
+    import importlib
+    import sys
+
+    from distributed.versions import version_of_package
+
+    mine: dict[str, str | None] = {"python": f"{sys.version_info[0]}.{sys.version_info[1]}"}
+    for name in packages:
+        try:
+            mine[name] = version_of_package(importlib.import_module(name))
+        except ImportError:
+            mine[name] = None
+    reported = client.get_versions(packages=list(packages)).get("workers", {})
+    problems = []
+    for address, info in sorted(reported.items()):
+        theirs = dict(info.get("packages", {}))
+        theirs["python"] = ".".join(str(theirs.get("python", "")).split(".")[:2])
+        for name, version in mine.items():
+            if theirs.get(name) == version:
+                continue
+            if name == "agc" and theirs.get(name) is None:
+                problems.append(
+                    f"{address} has no agc (the harness): install this version ({version}) in "
+                    "the workers' environment or give the profile a container with it"
+                )
+            else:
+                problems.append(f"{address} has {name} {theirs.get(name)}, this process {version}")
+    if problems:
+        raise BackendError(
+            "the workers' environment differs from this one (their histograms would not be "
+            "those of a local run, or their tasks would not load): " + "; ".join(problems)
+        )

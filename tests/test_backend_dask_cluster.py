@@ -54,9 +54,11 @@ class Processes:
         self.address = ""
         self.started: list[tuple[subprocess.Popen, Path]] = []
 
-    def start(self, name: str, *args: str) -> subprocess.Popen:
+    def start(self, name: str, *args: str, first_on_path: str | None = None) -> subprocess.Popen:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [first_on_path, str(ROOT), env.get("PYTHONPATH")])
+        )
         logfile = self.directory / f"{name}.log"
         with logfile.open("w") as out:
             proc = subprocess.Popen(
@@ -388,3 +390,37 @@ def test_a_scheduler_address_needs_the_dask_backend():
         RunConfig(scheduler_address="tcp://127.0.0.1:8786")
     with pytest.raises(ConfigError, match="run\\(client=...\\) runs on that client"):
         run(RunConfig(), client=object(), write=False, progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.fault(
+    "workers without the harness, or with another version of it",
+    "failed clearly",
+    histograms="none computed; the message names the worker and the versions",
+)
+@pytest.mark.parametrize(
+    ("package", "needle"),
+    [
+        ("raise ImportError('not installed here')", "has no agc \\(the harness\\): install"),
+        ("__version__ = '0.0.1'", "has agc 0.0.1, this process"),
+    ],
+)
+def test_workers_with_another_environment_are_refused_naming_it(
+    small_catalog, tmp_path, package, needle
+):
+    """A real ``dask worker`` whose ``import agc`` finds something else than this process (a
+    site image without the harness, or an old copy of it): the run stops before any task."""
+    fake = tmp_path / "site-packages"
+    (fake / "agc").mkdir(parents=True)
+    (fake / "agc" / "__init__.py").write_text(package + "\n")
+    procs = Processes(tmp_path)
+    try:
+        address = start_scheduler(procs)
+        procs.start(
+            "worker", "worker", address, "--nthreads", "1", "--no-dashboard", "--host",
+            "127.0.0.1", "--local-directory", str(tmp_path / "worker"), first_on_path=str(fake),
+        )  # fmt: skip
+        with pytest.raises(BackendError, match=f"workers' environment differs.*{needle}"):
+            run(_site_config(small_catalog, address, workers=1), progress=False, write=False)
+    finally:
+        procs.stop()
