@@ -65,10 +65,15 @@ def is_run_directory(path: Path) -> bool:
     return all(n in RUN_FILES or Path(n).suffix in PLOT_SUFFIXES for n in names)
 
 
-def check_output_dir(path: Path) -> None:
+#: About what a run writes (histograms, summary, metrics, workspace, plots; with the ML step
+#: ~6 MB): a place with less free space is refused before any work.
+EXPECTED_OUTPUT_BYTES = 8 * 2**20
+
+
+def check_output_dir(path: Path, expected_bytes: int | None = None) -> None:
     """Refuse, before any work, an output location that the run could not use or must not
-    replace: a file, a place it cannot write, or a directory with content that is not a run
-    of ours."""
+    replace: a file, a place it cannot write or without room for ``expected_bytes``, or a
+    directory with content that is not a run of ours."""
     if path.exists() and not path.is_dir():
         raise OutputError(f"--output {path}: is a file; give a directory")
     existing = next(p for p in (path.parent, *path.parent.parents) if p.exists())
@@ -76,6 +81,13 @@ def check_output_dir(path: Path) -> None:
         raise OutputError(
             f"--output {path}: {existing} is not a directory this user can write; choose "
             "another place"
+        )
+    expected_bytes = EXPECTED_OUTPUT_BYTES if expected_bytes is None else expected_bytes
+    free = shutil.disk_usage(existing).free
+    if free < expected_bytes:
+        raise OutputError(
+            f"--output {path}: {existing} has {free / 2**20:.1f} MiB free, a run writes about "
+            f"{expected_bytes / 2**20:.0f} MiB; free some space or choose another place"
         )
     if path.is_dir() and any(path.iterdir()) and not is_run_directory(path):
         raise OutputError(
@@ -184,7 +196,7 @@ class StagedRunDirectory:
 
     def commit(self) -> Path:
         """Move the staged outputs into place (replacing a previous run directory there)."""
-        check_output_dir(self.target)  # it may have changed while the run ran
+        check_output_dir(self.target, expected_bytes=0)  # it may have changed while we ran
         if self.target.exists():
             shutil.rmtree(self.target)
         self.staging.rename(self.target)

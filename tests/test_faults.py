@@ -396,9 +396,23 @@ def _full_run(small_catalog, **kw):
 @pytest.mark.fault(
     "full file system (tmpfs) for the outputs", "failed clearly", histograms="nothing left on it"
 )
-def test_a_full_disk_for_the_outputs_fails_clearly_and_leaves_nothing(small_catalog, tmpfs):
+def test_a_full_disk_for_the_outputs_fails_clearly_and_leaves_nothing(
+    small_catalog, tmpfs, monkeypatch
+):
+    import agc.engines
+    import agc.outputs
+
     disk = tmpfs("size=64k")
     out = disk / "run"
+    processed = []
+    monkeypatch.setattr(agc.engines, "process_chunk", lambda t: processed.append(t))
+    # too little room for what a run writes: refused while planning, before any chunk
+    with pytest.raises(OutputError, match="has 0.1 MiB free, a run writes about 8 MiB"):
+        run(_full_run(small_catalog, output_dir=str(out)), progress=False)
+    assert processed == [] and list(disk.iterdir()) == []
+    # room that runs out while writing (the estimate was wrong): the same clean failure
+    monkeypatch.undo()
+    monkeypatch.setattr(agc.outputs, "EXPECTED_OUTPUT_BYTES", 0)
     with pytest.raises(OutputError, match="writing failed: No space left on device"):
         run(_full_run(small_catalog, output_dir=str(out)), progress=False)
     assert list(disk.iterdir()) == []  # no run directory, no staging, no lock
