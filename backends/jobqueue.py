@@ -202,8 +202,12 @@ class JobQueueBackend:
         return f"{runtime} exec{gpu}{bind} {shlex.quote(container['image'])} {python}"
 
     def worker_extra_args(self) -> list[str]:
+        """The job's extra ``dask worker`` arguments: the profile's, the nanny preload that
+        gives batch workers the allocator behaviour of local ones (:mod:`backends.worker_setup`),
+        and the port range."""
         w = self.profile.worker
         args = list(w.get("extra_args", []))
+        args += ["--preload-nanny", "backends.worker_setup"]
         if w.get("port_range"):
             args += ["--worker-port", w["port_range"], "--nanny-port", w["port_range"]]
         return args
