@@ -112,9 +112,9 @@ RUN_SCHEMA: dict[str, Any] = {
         },
         "ml": {
             **_nullable(_PATH),
-            "description": "the ML step (spec §5) with the XGBoost models model_even.json and "
-            "model_odd.json of this directory: 20 feature histograms per sample and variation "
-            "in histograms_ml.root",
+            "description": "run the AGC's ML step (jet-parton assignment BDT) with the XGBoost "
+            "models model_even.json and model_odd.json of this directory: 20 feature "
+            "histograms per sample and variation in histograms_ml.root",
         },
         # where the inputs are read from
         "eos": {"type": "boolean", "description": "read the real inputs from CERN EOS"},

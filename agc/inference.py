@@ -715,7 +715,7 @@ def fit_histograms(
 
 
 def fit_run(
-    path: str | os.PathLike,
+    path: str | os.PathLike | FitInput,
     *,
     output_dir: str | os.PathLike | None = None,
     strategies: Sequence[Strategy] = DEFAULT_STRATEGIES,
@@ -724,14 +724,16 @@ def fit_run(
 
     Args:
         path: a run directory (with ``histograms.root``), a ``histograms.root`` or a JSON file
-            (reference-style or a run's ``histograms.json``).
+            (reference-style or a run's ``histograms.json``), or what :func:`load_fit_input`
+            read from one.
         output_dir: where to write the outputs; defaults to the run directory (or the
-            directory of the file given).
+            directory of the file given). ``agc fit`` always gives one, so that it never
+            writes beside its input.
 
     Returns:
         The fit result (also written to ``fit_result.json``).
     """
-    fit_input = load_fit_input(path)
+    fit_input = path if isinstance(path, FitInput) else load_fit_input(path)
     return fit_histograms(
         fit_input.histograms,
         output_dir=Path(output_dir) if output_dir is not None else fit_input.source.parent,

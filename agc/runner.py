@@ -619,6 +619,7 @@ def record(
         "agc_version": __version__,
         "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": config.to_dict(),
+        "synthetic": plan.synthetic,
         "events": run_record.events,
         "events_per_sample": events,
         "weights": weights,

@@ -58,12 +58,21 @@ def register(subparsers) -> None:
     q = sub.add_parser("list", help="the shipped profiles (backends/profiles/*.yaml)")
     q.set_defaults(func=cmd_list)
     q = sub.add_parser("check", help="validate profiles against the schema")
-    q.add_argument("profiles", nargs="+", metavar="FILE_OR_NAME")
+    q.add_argument(
+        "profiles",
+        nargs="+",
+        metavar="FILE_OR_NAME",
+        help="site profile files (YAML) or names of shipped profiles ('agc profiles list')",
+    )
     q.set_defaults(func=cmd_check)
     q = sub.add_parser(
         "script", help="print the job script / submit file / JDL(s), submitting nothing"
     )
-    q.add_argument("profile", metavar="FILE_OR_NAME")
+    q.add_argument(
+        "profile",
+        metavar="FILE_OR_NAME",
+        help="a site profile file (YAML) or the name of a shipped profile",
+    )
     q.add_argument("--workers", type=int, default=None, help="number of jobs")
     q.set_defaults(func=cmd_script)
     q = sub.add_parser("schema", help="print the profile JSON Schema")

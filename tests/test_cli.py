@@ -7,9 +7,12 @@ import contextlib
 import io
 import json
 import logging
+import os
 import re
+import shlex
 import shutil
 import statistics
+import subprocess
 from pathlib import Path
 
 import awkward as ak
@@ -183,18 +186,67 @@ def _printed_fit(stdout: str, saved: dict) -> None:
     assert 0 < saved["uncertainty"] < saved["bestfit"]
 
 
+@pytest.fixture
+def read_only_reference(reference_copy, tmp_path):
+    """The reference copy alone in a folder nothing can write to: a tmpfs remounted read-only
+    (root ignores file modes), else a folder without write permission."""
+    if os.geteuid() != 0:
+        reference_copy.parent.chmod(0o555)
+        yield reference_copy
+        reference_copy.parent.chmod(0o755)
+        return
+    if shutil.which("mount") is None:
+        pytest.skip("a read-only folder for root needs mount(8) and a tmpfs")
+    point = tmp_path / "read-only"
+    point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(point)],
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        shutil.copy(reference_copy, point / reference_copy.name)
+        subprocess.run(["mount", "-o", "remount,ro", str(point)], check=True)
+        with pytest.raises(OSError):
+            (point / "probe").write_text("")
+        yield point / reference_copy.name
+    finally:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+@pytest.fixture
+def plot_labels(monkeypatch) -> list[tuple[str, str]]:
+    """The (label, experiment) of every ``plots.make_plots`` call, which still draws."""
+    from agc import plots
+
+    calls: list[tuple[str, str]] = []
+    real = plots.make_plots
+
+    def recording(*args, **kwargs):
+        calls.append((kwargs["label"], kwargs["experiment"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(plots, "make_plots", recording)
+    return calls
+
+
 @pytest.mark.slow
-def test_fit_prints_the_result_it_writes_and_draws_the_plots(reference_copy, tmp_path, capsys):
+def test_fit_of_a_read_only_reference_writes_into_output_with_open_data_plots(
+    read_only_reference, tmp_path, capsys, plot_labels
+):
+    from agc import plots
+
     out = tmp_path / "fit"
-    assert main(["fit", str(reference_copy), "--output", str(out)]) == 0
+    before = sorted(p.name for p in read_only_reference.parent.iterdir())
+    assert main(["fit", str(read_only_reference), "--output", str(out)]) == 0
     stdout = capsys.readouterr().out
     saved = json.loads((out / "fit_result.json").read_text())
     _printed_fit(stdout, saved)
-    assert saved["info"]["input"] == str(reference_copy)
+    assert saved["info"]["input"] == str(read_only_reference)
     assert saved["info"]["n_files"] == 1  # weights recognised from the contents
     workspace = json.loads((out / "workspace.json").read_text())
     assert {c["name"] for c in workspace["channels"]} == {"4j1b CR", "4j2b SR"}
-    assert f"Plots and fit_result.json in {out}/" in stdout
+    assert f"Plots, workspace.json and fit_result.json in {out}/" in stdout
+    assert plot_labels == [(plots.OPEN_DATA_LABEL, "CMS")]  # the real CMS inputs
 
     from PIL import Image
 
@@ -202,19 +254,83 @@ def test_fit_prints_the_result_it_writes_and_draws_the_plots(reference_copy, tmp
         with Image.open(out / f"{name}.png") as image:
             assert image.format == "PNG" and min(image.size) >= 300, name
         assert (out / f"{name}.pdf").read_bytes().startswith(b"%PDF"), name
-    # --output: nothing is written beside the input
-    assert [p.name for p in reference_copy.parent.iterdir()] == [reference_copy.name]
+    assert sorted(p.name for p in read_only_reference.parent.iterdir()) == before
 
 
-def test_fit_without_plots_writes_beside_the_input(reference_copy, tmp_path, capsys):
+def test_fit_writes_into_the_working_directory_never_beside_its_input(
+    reference_copy, tmp_path, monkeypatch, capsys
+):
+    here = tmp_path / "working"
+    here.mkdir()
+    monkeypatch.chdir(here)
     assert main(["fit", str(reference_copy), "--no-plots"]) == 0
     stdout = capsys.readouterr().out
-    here = reference_copy.parent
     saved = json.loads((here / "fit_result.json").read_text())
     _printed_fit(stdout, saved)
     assert (here / "workspace.json").is_file()
+    assert f"workspace.json and fit_result.json in {here}/" in stdout
     assert "Plots" not in stdout
+    assert [p.name for p in reference_copy.parent.iterdir()] == [reference_copy.name]
     assert not list(tmp_path.rglob("*.png")) and not list(tmp_path.rglob("*.pdf"))
+
+
+@pytest.mark.slow
+def test_fit_of_a_synthetic_run_keeps_the_synthetic_label(
+    small_catalog, reference_copy, tmp_path, capsys, plot_labels
+):
+    """A run directory of synthetic inputs: the small dataset's run, with histograms that fit
+    (the small dataset has no W+jets event in 4j1b; the reference's stand in for its own)."""
+    from agc import plots
+
+    run_dir = tmp_path / "run"
+    argv = ["run", "--catalog", str(small_catalog), "--mode", "inprocess", "--no-fit"]
+    assert main([*argv, "--output", str(run_dir), "--quiet"]) == 0
+    (run_dir / "histograms.root").unlink()
+    shutil.copy(reference_copy, run_dir / "histograms.json")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    del summary["weights"]  # the reference's weights, found from its contents
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    before = sorted(p.name for p in run_dir.iterdir())
+    out = tmp_path / "fit"
+    assert main(["fit", str(run_dir), "--output", str(out)]) == 0
+    capsys.readouterr()
+    assert plot_labels == [(plots.SYNTHETIC_LABEL, "AGC")]
+    assert (out / "pulls.png").is_file() and (out / "fit_result.json").is_file()
+    assert sorted(p.name for p in run_dir.iterdir()) == before  # the run is left as it was
+    argv = ["fit", str(run_dir), "--output", str(out), "--label", "L", "--experiment", "E"]
+    assert main(argv) == 0  # --label and --experiment still choose
+    assert plot_labels[-1] == ("L", "E")
+
+
+def _summary(run_dir: Path, catalog: str) -> Path:
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps({"config": {"catalog": catalog}}))
+    return run_dir
+
+
+def test_synthetic_inputs_are_told_by_the_runs_catalog(small_catalog, tmp_path, caplog):
+    from agc.cli import synthetic_inputs
+
+    assert synthetic_inputs(_summary(tmp_path / "default", "synthetic")) is True
+    assert synthetic_inputs(_summary(tmp_path / "real", "agc")) is False
+    generated = _summary(tmp_path / "generated", str(small_catalog))
+    assert synthetic_inputs(generated) is True
+    assert synthetic_inputs(generated / "histograms.root") is True  # a file of the run
+    renamed = tmp_path / "renamed" / "catalog.json"
+    renamed.parent.mkdir()
+    data = json.loads(small_catalog.read_text())
+    for variations in data.values():
+        for entry in variations.values():
+            for f in entry["files"]:
+                f["path"] = str(small_catalog.parent / f["path"]).replace("synth_", "cms_")
+    renamed.write_text(json.dumps(data))
+    assert synthetic_inputs(_summary(tmp_path / "other", str(renamed))) is False
+    gone = _summary(tmp_path / "gone", str(tmp_path / "no-such" / "catalog.json"))
+    assert synthetic_inputs(gone) is None
+    assert "cannot tell whether" in caplog.text
+    loose = tmp_path / "loose.json"  # a file outside any run: the AGC's reference JSONs
+    loose.write_text("{}")
+    assert synthetic_inputs(loose) is False
 
 
 @pytest.mark.parametrize(
@@ -516,18 +632,42 @@ def test_run_says_how_many_chunks_came_from_the_cache(small_catalog, tmp_path, c
         sum(f["nevts"] for k in first for f in files[k]),
         sum(chunks[k] for k in first),
     )
-    assert "came from the cache" not in stdout  # an empty store: no hits
+    assert "from the cache" not in stdout  # an empty store: no hits
+    assert re.search(r"s, [\d,]+ events/s \([\d,]+ per worker\)", stdout), stdout
 
     stdout = agc_run("all")
     assert _run_events_and_chunks(stdout) == (total, sum(chunks.values()))
     hits = sum(chunks[k] for k in first)
-    assert f"{hits} of {sum(chunks.values())} chunks came from the cache {cache}" in stdout
+    assert f"{hits} of {sum(chunks.values())} chunks from the cache ({cache})" in stdout
+    assert re.search(r"s, [\d,]+ events/s", stdout), stdout  # some chunks were processed
 
     stdout = agc_run("again")
     assert _run_events_and_chunks(stdout) == (total, sum(chunks.values()))
     n = sum(chunks.values())
-    assert f"{n} of {n} chunks came from the cache {cache}" in stdout
+    assert f"{n} of {n} chunks from the cache ({cache})" in stdout
+    assert "events/s" in stdout and not re.search(r"[\d,]+ events/s", stdout), stdout
+    assert "no processing rate: every chunk was a cache hit" in stdout
     # the per-sample table: every sample with the events of its files
     for sample, fs in files.items():
         row = re.search(rf"^{sample}\s+(\d+)\s", stdout, re.M)
         assert row and int(row[1]) == sum(f["nevts"] for f in fs), sample
+
+
+def test_data_lake_only_prints_the_run_id_and_the_fetch_command(small_catalog, tmp_path, capsys):
+    store = tmp_path / "store with space"
+    argv = ["run", "--catalog", str(small_catalog), "--mode", "inprocess", "--no-fit"]
+    argv += ["--samples", "ttbar__PS_var", "--cache", str(store), "--data-lake", "only"]
+    assert main([*argv, "--quiet"]) == 0
+    stdout = capsys.readouterr().out
+    assert "Outputs:" not in stdout  # no local run directory
+    match = re.search(
+        r"^Run (\S+): outputs .* only in the store (.+); get them with: (.+)$", stdout, re.M
+    )
+    assert match, stdout
+    run_id, command = match[1], shlex.split(match[3])
+    assert match[2] == str(store)
+    assert command == ["agc", "fetch", run_id, "--cache", str(store)]
+    to = tmp_path / "fetched"
+    assert main([*command[1:], "--to", str(to)]) == 0  # the command works as printed
+    assert (to / "histograms.root").is_file()
+    assert json.loads((to / "summary.json").read_text())["run_id"] == run_id
