@@ -348,6 +348,38 @@ def ml_cost(records: Records) -> pd.DataFrame:
     )
 
 
+def many_workers_table(records: Records) -> pd.DataFrame:
+    """Scheduling overhead vs worker count (scenario ``many-workers``), medians over repeats:
+    seconds until all workers had joined, the processing and merge phases, and the idle
+    worker-seconds per task, (processing x workers - summed task time) / tasks: what
+    dispatching a task costs besides running it (on a machine with fewer cores than workers
+    this includes waiting for a core)."""
+    runs = records.measured("many-workers")
+    split = time_split(records)
+    if runs.empty or split.empty:
+        return pd.DataFrame()
+    tasks = split[split["scenario"] == "many-workers"].set_index("point")
+    rows = []
+    for point, g in runs.groupby("point", sort=False):
+        workers = int(g["workers"].median())
+        processing = g["processing_seconds"].median()
+        n_tasks = g["chunks"].median()
+        busy = tasks["task_s"].get(point, np.nan)
+        rows.append(
+            {
+                "workers": workers,
+                "tasks": int(n_tasks),
+                "all workers after (s)": g.get(
+                    "all_workers_at_seconds", pd.Series(np.nan)
+                ).median(),
+                "processing (s)": processing,
+                "merge (s)": g["merge_seconds"].median(),
+                "idle worker-s per task": (processing * workers - busy) / n_tasks,
+            }
+        )
+    return pd.DataFrame(rows).sort_values("workers")
+
+
 def _time_to_first_result(runs: pd.DataFrame) -> pd.Series:
     """From the start of the run to the first chunk result: every phase before it, plus it."""
     parts = ["preprocessing", "cluster_start", "first_worker", "first_result"]
@@ -621,6 +653,7 @@ def build_report(
         "backends",
         "cache",
         "ml",
+        "many-workers",
     }
     generic = [
         (name, f"Scenario {name}", lambda r, name=name: plot_bars(r, name, f"Scenario {name}"))
@@ -663,6 +696,15 @@ def build_report(
         )
         h += ["<h2>Where the time goes</h2>", f"<p>{html.escape(text)}</p>", _table_html(split)]
         md += ["## Where the time goes", "", text, "", _table_md(split), ""]
+    many = many_workers_table(records)
+    if not many.empty:
+        text = (
+            "Scheduling overhead at many stand-in batch workers (each job a local process: "
+            "they share this machine's cores, so these are the harness's and Dask's costs "
+            "under contention, not a site's), on tiny chunks."
+        )
+        h += ["<h2>Many workers</h2>", f"<p>{html.escape(text)}</p>", _table_html(many)]
+        md += ["## Many workers", "", text, "", _table_md(many), ""]
     cost = ml_cost(records)
     if not cost.empty:
         text = (

@@ -254,3 +254,40 @@ def test_ml_cost_is_the_rate_ratio_and_the_ml_share_of_task_time():
     assert cost.loc["with ML", "ML share of task time"] == pytest.approx(0.75)
     assert cost.loc["without ML", "ML share of task time"] == 0.0
     assert ml_cost(Records(runs.drop(columns="ml"), pd.DataFrame(), tasks)).empty
+
+
+def test_many_workers_table_gives_the_idle_worker_seconds_per_task():
+    from agc.report import Records, many_workers_table
+
+    runs = pd.DataFrame(
+        {
+            "scenario": "many-workers",
+            "point": ["workers=4", "workers=16"],
+            "warmup": False,
+            "workers": [4, 16],
+            "chunks": [100, 100],
+            "processing_seconds": [10.0, 5.0],
+            "merge_seconds": [0.1, 0.2],
+            "all_workers_at_seconds": [3.0, 9.0],
+            "run_id": ["a", "b"],
+        }
+    )
+    # 100 tasks of 0.3 s each in both runs: 30 busy worker-seconds
+    tasks = pd.DataFrame(
+        {
+            "scenario": "many-workers",
+            "point": ["workers=4"] * 100 + ["workers=16"] * 100,
+            "run_id": ["a"] * 100 + ["b"] * 100,
+            "warmup": False,
+            "started": 0.0,
+            "finished": 0.3,
+            "cpu_seconds": 0.2,
+            "read_seconds": 0.1,
+            "open_seconds": 0.0,
+            "analysis_seconds": 0.2,
+        }
+    )
+    table = many_workers_table(Records(runs, pd.DataFrame(), tasks)).set_index("workers")
+    assert table.loc[4, "idle worker-s per task"] == pytest.approx((10 * 4 - 30) / 100)
+    assert table.loc[16, "idle worker-s per task"] == pytest.approx((5 * 16 - 30) / 100)
+    assert table.loc[16, "all workers after (s)"] == 9.0 and table.loc[4, "merge (s)"] == 0.1
