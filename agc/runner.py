@@ -59,8 +59,8 @@ from agc.outputs import (
 from backends.base import (
     Backend,
     Executor,
-    check_worker_environment,
     get_backend,
+    prepare_workers,
     start_backend,
 )
 
@@ -374,8 +374,8 @@ def execute(
             with clock.phase("first_worker"):
                 executor.wait_for_workers(1)
             clock.mark("first_worker")
-            if executor.client is not None:  # Dask workers: the same code and libraries
-                check_worker_environment(executor.client)
+            if executor.client is not None:  # Dask workers: this harness, the same libraries
+                prepare_workers(executor.client)
         results: list[ChunkResult] = []
         bar = _progress(plan, progress)
         with clock.phase("processing"):

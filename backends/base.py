@@ -165,13 +165,11 @@ def get_backend(name: str) -> type[Backend]:
 WORKER_PACKAGES: tuple[str, ...] = ("agc", "numpy", "awkward", "uproot", "hist", "distributed")
 
 
-def check_worker_environment(client: Any, packages: tuple[str, ...] = WORKER_PACKAGES) -> None:
-    """Refuse workers whose Python (major.minor) or ``packages`` differ from this process's.
-
-    Compares what ``client.get_versions`` (distributed's own report) says of the connected
-    workers with this process; raises :class:`BackendError` naming each differing worker,
-    package and both versions (a worker without ``agc`` is named as such, with what to do).
-    """
+def environment_differences(
+    client: Any, packages: tuple[str, ...] = WORKER_PACKAGES
+) -> dict[str, dict[str, tuple[str | None, str | None]]]:
+    """Per connected worker: ``{package: (theirs, ours)}`` where its Python (major.minor) or
+    one of ``packages`` differs from this process's (distributed's own version report)."""
     import importlib
     import sys
 
@@ -184,20 +182,71 @@ def check_worker_environment(client: Any, packages: tuple[str, ...] = WORKER_PAC
         except ImportError:
             mine[name] = None
     reported = client.get_versions(packages=list(packages)).get("workers", {})
-    problems = []
+    out: dict[str, dict[str, tuple[str | None, str | None]]] = {}
     for address, info in sorted(reported.items()):
         theirs = dict(info.get("packages", {}))
         theirs["python"] = ".".join(str(theirs.get("python", "")).split(".")[:2])
-        for name, version in mine.items():
-            if theirs.get(name) == version:
-                continue
-            if name == "agc" and theirs.get(name) is None:
+        differs = {n: (theirs.get(n), v) for n, v in mine.items() if theirs.get(n) != v}
+        if differs:
+            out[address] = differs
+    return out
+
+
+def ship_harness(client: Any) -> None:
+    """Give every worker (those that join later too) this process's ``agc`` and ``backends``
+    packages: distributed's ``UploadDirectory`` nanny plugin unpacks them into each worker's
+    local directory, puts it first on the path, and restarts the worker process."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from distributed.diagnostics.plugin import UploadDirectory
+
+    from agc._version import __version__
+
+    source = Path(__file__).resolve().parents[1]  # agc/ and backends/ are installed together
+    with tempfile.TemporaryDirectory(prefix="agc-ship-") as tmp:
+        bundle = Path(tmp) / f"agc-harness-{__version__}"
+        for package in ("agc", "backends"):
+            shutil.copytree(
+                source / package,
+                bundle / package,
+                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+            )
+        plugin = UploadDirectory(str(bundle), restart_workers=True, update_path=True)
+        client.register_plugin(plugin)
+
+
+def prepare_workers(client: Any, packages: tuple[str, ...] = WORKER_PACKAGES) -> None:
+    """Make sure the connected Dask workers run what this process runs, before any task.
+
+    Workers that lack the harness, or have another version of it (a site image without it,
+    an old copy), get this one (:func:`ship_harness`). Any other difference -- Python or a
+    library that fills the histograms -- raises :class:`BackendError` naming each worker,
+    package and both versions: their histograms would not be those of a local run.
+    """
+    differences = environment_differences(client, packages)
+    if differences and all(set(d) == {"agc"} for d in differences.values()):
+        log.warning(
+            "%d worker(s) lack this harness (agc %s): sending it to them",
+            len(differences),
+            next(iter(differences.values()))["agc"][1],
+        )
+        workers = len(client.nthreads())
+        ship_harness(client)
+        client.wait_for_workers(max(workers, 1), timeout=120)
+        differences = environment_differences(client, packages)
+    problems = []
+    for address, differs in differences.items():
+        for name, (theirs, ours) in differs.items():
+            if name == "agc" and theirs is None:
                 problems.append(
-                    f"{address} has no agc (the harness): install this version ({version}) in "
-                    "the workers' environment or give the profile a container with it"
+                    f"{address} has no agc (the harness) even after it was sent: install "
+                    f"this version ({ours}) in the workers' environment or give the profile a "
+                    "container with it"
                 )
             else:
-                problems.append(f"{address} has {name} {theirs.get(name)}, this process {version}")
+                problems.append(f"{address} has {name} {theirs}, this process {ours}")
     if problems:
         raise BackendError(
             "the workers' environment differs from this one (their histograms would not be "

@@ -7,6 +7,7 @@ its address."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -395,21 +396,17 @@ def test_a_scheduler_address_needs_the_dask_backend():
 @pytest.mark.slow
 @pytest.mark.fault(
     "workers without the harness, or with another version of it",
-    "failed clearly",
-    histograms="none computed; the message names the worker and the versions",
+    "survived",
+    histograms="identical to an in-process run: the harness is sent to the workers",
 )
 @pytest.mark.parametrize(
-    ("package", "needle"),
-    [
-        ("raise ImportError('not installed here')", "has no agc \\(the harness\\): install"),
-        ("__version__ = '0.0.1'", "has agc 0.0.1, this process"),
-    ],
+    "package", ["raise ImportError('not installed here')", "__version__ = '0.0.1'"]
 )
-def test_workers_with_another_environment_are_refused_naming_it(
-    small_catalog, tmp_path, package, needle
+def test_workers_without_this_harness_get_it_and_give_the_same_histograms(
+    small_catalog, reference, tmp_path, package, caplog
 ):
-    """A real ``dask worker`` whose ``import agc`` finds something else than this process (a
-    site image without the harness, or an old copy of it): the run stops before any task."""
+    """A real ``dask worker`` whose ``import agc`` finds nothing or an old copy (a site image
+    without the harness): the harness is uploaded to it and the run is that of a local run."""
     fake = tmp_path / "site-packages"
     (fake / "agc").mkdir(parents=True)
     (fake / "agc" / "__init__.py").write_text(package + "\n")
@@ -420,7 +417,34 @@ def test_workers_with_another_environment_are_refused_naming_it(
             "worker", "worker", address, "--nthreads", "1", "--no-dashboard", "--host",
             "127.0.0.1", "--local-directory", str(tmp_path / "worker"), first_on_path=str(fake),
         )  # fmt: skip
-        with pytest.raises(BackendError, match=f"workers' environment differs.*{needle}"):
+        with caplog.at_level(logging.WARNING, logger="backends.base"):
+            result = run(_site_config(small_catalog, address, workers=1), progress=False,
+                         write=False)  # fmt: skip
+        assert "1 worker(s) lack this harness" in caplog.text
+        assert_same_histograms(reference.histograms, result.histograms, rtol=0)
+        assert list((tmp_path / "worker").rglob("agc-harness-*/agc/runner.py"))
+    finally:
+        procs.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.fault(
+    "workers with another version of a library that fills the histograms",
+    "failed clearly",
+    histograms="none computed; the message names the worker, the library and the versions",
+)
+def test_workers_with_another_library_version_are_refused_naming_it(small_catalog, tmp_path):
+    fake = tmp_path / "site-packages"
+    (fake / "hist").mkdir(parents=True)
+    (fake / "hist" / "__init__.py").write_text("__version__ = '0.0.1'\n")
+    procs = Processes(tmp_path)
+    try:
+        address = start_scheduler(procs)
+        procs.start(
+            "worker", "worker", address, "--nthreads", "1", "--no-dashboard", "--host",
+            "127.0.0.1", "--local-directory", str(tmp_path / "worker"), first_on_path=str(fake),
+        )  # fmt: skip
+        with pytest.raises(BackendError, match="environment differs.*has hist 0.0.1, this process"):
             run(_site_config(small_catalog, address, workers=1), progress=False, write=False)
     finally:
         procs.stop()
