@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,21 +103,8 @@ def split_ml_histograms(histograms: Mapping[str, hist.Hist]) -> tuple[Histograms
 
 
 def add_ml_pseudodata(histograms: Histograms) -> Histograms:
-    """Add ``{feature}_pseudodata`` = (ttbar ME_var + ttbar PS_var) / 2 + wjets nominal.
-
-    The ML counterpart of :func:`add_pseudodata`, written only when all three inputs exist.
-    """
-    out = dict(histograms)
-    for feature in ML_FEATURES:
-        names = [
-            ml_histogram_name(feature, "ttbar", "ME_var"),
-            ml_histogram_name(feature, "ttbar", "PS_var"),
-            ml_histogram_name(feature, "wjets"),
-        ]
-        if all(n in histograms for n in names):
-            me, ps, wjets = (histograms[n] for n in names)
-            out[ml_histogram_name(feature, PSEUDODATA)] = (me + ps) / 2 + wjets
-    return out
+    """Add ``{feature}_pseudodata``: the ML counterpart of :func:`add_pseudodata`."""
+    return _with_pseudodata(histograms, ML_FEATURES, ml_histogram_name)
 
 
 def merge(histograms: Iterable[Mapping[str, hist.Hist]]) -> Histograms:
@@ -134,16 +121,21 @@ def add_pseudodata(histograms: Histograms) -> Histograms:
 
     Written only when all three inputs exist for the region (no single top, as in the code).
     """
+    return _with_pseudodata(histograms, REGIONS, histogram_name)
+
+
+def _with_pseudodata(
+    histograms: Histograms, prefixes: Iterable[str], name: Callable[..., str]
+) -> Histograms:
+    """``histograms`` and, per prefix (region or ML feature) whose three inputs exist,
+    ``name(prefix, "pseudodata")`` = (ttbar ME_var + ttbar PS_var) / 2 + wjets nominal."""
     out = dict(histograms)
-    for region in REGIONS:
-        names = [
-            histogram_name(region, "ttbar", "ME_var"),
-            histogram_name(region, "ttbar", "PS_var"),
-            histogram_name(region, "wjets"),
-        ]
+    for prefix in prefixes:
+        names = [name(prefix, "ttbar", "ME_var"), name(prefix, "ttbar", "PS_var")]
+        names.append(name(prefix, "wjets"))
         if all(n in histograms for n in names):
             me, ps, wjets = (histograms[n] for n in names)
-            out[histogram_name(region, PSEUDODATA)] = (me + ps) / 2 + wjets
+            out[name(prefix, PSEUDODATA)] = (me + ps) / 2 + wjets
     return out
 
 

@@ -156,11 +156,13 @@ def histogram_name(region: str, process: str, variation: str = NOMINAL) -> str:
 
 def histogram_names(process: str, variation: str, systematics: bool = True) -> list[str]:
     """Every output name one sample fills (before pseudodata)."""
-    return [
-        histogram_name(region, process, label)
-        for region in REGIONS
-        for label in histogram_labels(process, variation, systematics)
-    ]
+    return _names(REGIONS, process, variation, systematics)
+
+
+def _names(prefixes, process: str, variation: str, systematics: bool) -> list[str]:
+    """``{prefix}_{process}[_{label}]`` for each prefix (region or ML feature) and label."""
+    labels = histogram_labels(process, variation, systematics)
+    return [histogram_name(prefix, process, label) for prefix in prefixes for label in labels]
 
 
 def parse_histogram_name(
@@ -258,19 +260,14 @@ class MLHistogramName(NamedTuple):
 
 
 def ml_histogram_name(feature: str, process: str, variation: str = NOMINAL) -> str:
-    """``{feature}_{process}`` for nominal, else ``{feature}_{process}_{variation}`` (spec §5)."""
-    if variation == NOMINAL:
-        return f"{feature}_{process}"
-    return f"{feature}_{process}_{variation}"
+    """``{feature}_{process}`` for nominal, else ``{feature}_{process}_{variation}`` (spec §5):
+    the pattern of :func:`histogram_name` with the feature in place of the region."""
+    return histogram_name(feature, process, variation)
 
 
 def ml_histogram_names(process: str, variation: str, systematics: bool = True) -> list[str]:
     """Every ML name one sample fills: each feature for the variations of its 4j2b histograms."""
-    return [
-        ml_histogram_name(feature, process, label)
-        for feature in ML_FEATURES
-        for label in histogram_labels(process, variation, systematics)
-    ]
+    return _names(ML_FEATURES, process, variation, systematics)
 
 
 def parse_ml_histogram_name(
