@@ -150,6 +150,12 @@ def _reliability_note(results_dir: Path) -> str:
     )
 
 
+def _section(h: list[str], md: list[str], heading: str, text: str, table: pd.DataFrame) -> None:
+    """Add a section (heading, a sentence, a table) to the HTML and markdown pages."""
+    h += [f"<h2>{html.escape(heading)}</h2>", f"<p>{html.escape(text)}</p>", _table_html(table)]
+    md += [f"## {heading}", "", text, "", _table_md(table), ""]
+
+
 def _reliability_report(results_dir: Path, title: str) -> Path:
     """The page of a folder holding only the fault suite's record."""
     table = reliability_table(results_dir)
@@ -694,8 +700,7 @@ def build_report(
             "analysis; cpu_s is the tasks' CPU time. Wall time above cpu_s is waiting "
             "(for the disk, or for a core on a busy machine)."
         )
-        h += ["<h2>Where the time goes</h2>", f"<p>{html.escape(text)}</p>", _table_html(split)]
-        md += ["## Where the time goes", "", text, "", _table_md(split), ""]
+        _section(h, md, "Where the time goes", text, split)
     many = many_workers_table(records)
     if not many.empty:
         text = (
@@ -703,16 +708,14 @@ def build_report(
             "they share this machine's cores, so these are the harness's and Dask's costs "
             "under contention, not a site's), on tiny chunks."
         )
-        h += ["<h2>Many workers</h2>", f"<p>{html.escape(text)}</p>", _table_html(many)]
-        md += ["## Many workers", "", text, "", _table_md(many), ""]
+        _section(h, md, "Many workers", text, many)
     cost = ml_cost(records)
     if not cost.empty:
         text = (
             "The ML step (spec 5) on the same files and workers: events/s per core (medians "
             "over the repeats) and its share of the summed task time."
         )
-        h += ["<h2>ML step cost</h2>", f"<p>{html.escape(text)}</p>", _table_html(cost)]
-        md += ["## ML step cost", "", text, "", _table_md(cost), ""]
+        _section(h, md, "ML step cost", text, cost)
     h += ["<h2>Scenarios</h2>"]
     md += ["## Scenarios", ""]
     for name, meta in records.meta.items():
@@ -740,8 +743,7 @@ def build_report(
     reliability = reliability_table(results_dir)
     if reliability is not None:
         text = _reliability_note(results_dir)
-        h += ["<h2>Reliability</h2>", f"<p>{html.escape(text)}</p>", _table_html(reliability)]
-        md += ["## Reliability", "", text, "", _table_md(reliability), ""]
+        _section(h, md, "Reliability", text, reliability)
     caveats = not_measured(records)
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in caveats)
     h += [
