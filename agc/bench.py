@@ -32,7 +32,8 @@ from agc.errors import UserError
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS_FILE = REPO_ROOT / "benchmarks" / "scenarios.yaml"
+#: The scenarios shipped with the package (benchmarks/scenarios.yaml of the source tree).
+SCENARIOS_FILE = Path(__file__).resolve().parents[1] / "benchmarks" / "scenarios.yaml"
 CACHE_SCENARIOS_FILE = REPO_ROOT / "benchmarks" / "cache_scenarios.py"
 #: Point options that say how and whether a point runs, not what it runs.
 #: ``requires``: a shell command that must succeed (e.g. ``sinfo`` answering) or the point is
@@ -45,10 +46,26 @@ class BenchError(UserError, ValueError):
     """A bad scenario file, scenario name or option."""
 
 
+#: On-disk bytes per generated event, by layout (measured: 1.7 GB for the 1M-event realistic
+#: dataset, 4 MB for 18k minimal events), to say what a dataset will take before it is made.
+BYTES_PER_EVENT = {"realistic": 1800, "minimal": 250}
+
+
 def default_data_root() -> Path:
-    """Where benchmark datasets are generated: $AGC_BENCH_DATA, else ~/.cache/agc/bench."""
+    """Where benchmark datasets are generated: $AGC_BENCH_DATA, else ``bench/`` under the
+    harness's one cache root ($XDG_CACHE_HOME or ~/.cache, then ``agc-harness``), beside the
+    default dataset of ``agc run``."""
     env = os.environ.get("AGC_BENCH_DATA")
-    return Path(env) if env else Path.home() / ".cache" / "agc" / "bench"
+    if env:
+        return Path(env)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "agc-harness" / "bench"
+
+
+def dataset_bytes(spec: Mapping) -> int:
+    """About how many bytes a dataset of ``spec`` takes on disk."""
+    events = sum(int(n) * int(e) for n, e in spec["events"].values())
+    return events * BYTES_PER_EVENT.get(str(spec.get("layout")), BYTES_PER_EVENT["realistic"])
 
 
 def load_scenarios(path: str | os.PathLike | None = None) -> dict:
@@ -57,10 +74,7 @@ def load_scenarios(path: str | os.PathLike | None = None) -> dict:
 
     path = Path(path or SCENARIOS_FILE)
     if not path.is_file():
-        raise BenchError(
-            f"--scenarios {path}: no such file; the default lives in "
-            "benchmarks/scenarios.yaml of the source tree"
-        )
+        raise BenchError(f"--scenarios {path}: no such file; give a scenario file (YAML)")
     spec = yaml.safe_load(path.read_text())
     if not isinstance(spec, dict) or not {"datasets", "scenarios"} <= set(spec):
         raise BenchError(f"{path}: needs top-level 'datasets' and 'scenarios' mappings")
@@ -117,7 +131,15 @@ def ensure_dataset(
     directory = Path(root or default_data_root()) / f"{name}-{dataset_key(spec)}"
     catalog = directory / synth.CATALOG_NAME
     if not catalog.exists():
-        log.info("generating benchmark dataset %s into %s", name, directory)
+        events = sum(int(n) * int(e) for n, e in spec["events"].values())
+        log.warning(
+            "generating benchmark dataset %s (%s events, about %.1f GB) into %s (once; set "
+            "AGC_BENCH_DATA to put it elsewhere)",
+            name,
+            f"{events:,}",
+            dataset_bytes(spec) / 1e9,
+            directory,
+        )
         synth.generate(
             directory,
             events={k: tuple(v) for k, v in spec["events"].items()},

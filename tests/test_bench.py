@@ -199,3 +199,33 @@ def test_points_that_cannot_run_are_skipped_and_stand_ins_are_selected(
     assert any(n.startswith("htcondor (stand-in): the production cluster classes") for n in notes)
     assert not any(n.startswith("Batch backends") for n in notes)
     assert "Scenario batch, nowhere: not measured" in (build_report(tmp_path).read_text())
+
+
+def test_benchmark_data_lives_under_the_one_cache_root_and_its_size_is_announced(
+    tmp_path, monkeypatch, caplog
+):
+    import logging
+
+    from agc import bench
+
+    monkeypatch.delenv("AGC_BENCH_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert bench.default_data_root() == tmp_path / "xdg" / "agc-harness" / "bench"
+    spec = {"layout": "minimal", "seed": 1, "events": {"wjets__nominal": [1, 400]}}
+    with caplog.at_level(logging.WARNING, logger="agc.bench"):
+        catalog = bench.ensure_dataset("tiny", spec)
+    assert catalog.is_relative_to(tmp_path / "xdg" / "agc-harness" / "bench")
+    assert "tiny (400 events, about 0.0 GB)" in caplog.text
+    assert bench.dataset_bytes({"layout": "realistic", "events": {"a": [2, 500_000]}}) == 1.8e9
+
+
+def test_the_scenarios_ship_with_the_package():
+    import tomllib
+
+    from agc import bench
+
+    project = tomllib.loads((bench.REPO_ROOT / "pyproject.toml").read_text())
+    setuptools = project["tool"]["setuptools"]
+    assert "benchmarks*" in setuptools["packages"]["find"]["include"]
+    assert "scenarios.yaml" in setuptools["package-data"]["benchmarks"]
+    assert bench.SCENARIOS_FILE.is_file() and "ml" in bench.load_scenarios()["scenarios"]
