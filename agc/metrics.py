@@ -164,6 +164,8 @@ class RunRecord:
     #: workers lost and replaced during the run, and the tasks run again because of it
     worker_restarts: int = 0
     tasks_resubmitted: int = 0
+    #: workers retired on purpose: a lifetime before the walltime, adapt scaling down
+    workers_retired: int = 0
     #: a partial result: chunks left out (``skip_bad_files``) and the events they held
     partial: bool = False
     chunks_skipped: int = 0

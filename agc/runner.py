@@ -91,9 +91,11 @@ class Execution:
     results: list[ChunkResult]
     workers: int
     cores_per_worker: int
-    #: workers lost and replaced, and the tasks run again because of it (executor counts)
+    #: workers lost and replaced, and the tasks run again because of it (executor counts);
+    #: workers retired on purpose (a lifetime before the walltime, adapt scaling down)
     worker_restarts: int = 0
     tasks_resubmitted: int = 0
+    workers_retired: int = 0
 
 
 @dataclass(frozen=True)
@@ -402,6 +404,7 @@ def execute(
         executor.cores_per_worker,
         worker_restarts=getattr(executor, "worker_restarts", 0),
         tasks_resubmitted=getattr(executor, "tasks_resubmitted", 0),
+        workers_retired=getattr(executor, "workers_retired", 0),
     )
 
 
@@ -607,6 +610,7 @@ def record(
         ml=config.ml is not None,
         worker_restarts=execution.worker_restarts,
         tasks_resubmitted=execution.tasks_resubmitted,
+        workers_retired=execution.workers_retired,
         partial=bool(skipped),
         chunks_skipped=len(skipped),
         events_lost=sum(s["events_lost"] for s in skipped),
@@ -637,6 +641,7 @@ def record(
         "partial": run_record.partial,
         "worker_restarts": run_record.worker_restarts,
         "tasks_resubmitted": run_record.tasks_resubmitted,
+        "workers_retired": run_record.workers_retired,
     }
     if config.ml is not None:
         summary["ml"] = {

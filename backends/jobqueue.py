@@ -9,8 +9,10 @@ containers, port ranges, TLS, timing of worker arrival, cleanup) lives here once
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -31,18 +33,56 @@ SCHEDULER_PLACEHOLDER = "tcp://<scheduler-address>:8786"
 
 DEFAULT_DEATH_TIMEOUT = 60
 DEFAULT_START_TIMEOUT = 600
+DEFAULT_LOST_TIMEOUT = 120
+#: Margin before the walltime at which workers retire by default (adapt), at most.
+LIFETIME_MARGIN = 120
 
 
 class WorkerArrivals(SchedulerPlugin):
-    """Scheduler plugin: the time (``time.perf_counter()``) each worker joined."""
+    """Scheduler plugin: when workers join and leave, and the work lost with those that leave.
+
+    Attributes:
+        times: the time (``time.perf_counter()``) each worker joined.
+        connected: workers connected now.
+        alone_since: ``time.monotonic()`` since when no worker is connected (None while one is).
+        lost: workers that left without being retired (their job was killed or ended:
+            ``scancel``, walltime, a crash).
+        retired: workers that left gracefully (``--lifetime``, adapt scaling down).
+        tasks_lost: tasks the scheduler had to run again because the worker that was
+            running them, or held their result, left: the sum of the ``processing-tasks`` and
+            ``lost-computed-tasks`` of its ``remove-worker`` events.
+    """
 
     name = "agc-worker-arrivals"
 
     def __init__(self) -> None:
         self.times: list[float] = []
+        self.connected = 0
+        self.alone_since: float | None = time.monotonic()
+        self.lost = 0
+        self.retired = 0
+        self.tasks_lost = 0
 
     def add_worker(self, scheduler=None, worker=None) -> None:
         self.times.append(time.perf_counter())
+        self.connected += 1
+        self.alone_since = None
+
+    def remove_worker(self, scheduler=None, worker=None, **kwargs) -> None:
+        self.connected = max(self.connected - 1, 0)
+        if not self.connected:
+            self.alone_since = time.monotonic()
+
+    def log_event(self, topic, msg) -> None:
+        if topic != "all" or not isinstance(msg, dict) or msg.get("action") != "remove-worker":
+            return
+        if msg.get("expected"):
+            self.retired += 1
+        else:
+            self.lost += 1
+        self.tasks_lost += len(msg.get("processing-tasks", ())) + len(
+            msg.get("lost-computed-tasks", ())
+        )
 
 
 class RecordsSubmitError:
@@ -62,9 +102,20 @@ class RecordsSubmitError:
 class JobQueueExecutor(DaskExecutor):
     """A Dask client on a dask-jobqueue cluster, with the latency hooks of a batch system.
 
+    While it waits (for the first workers, for results) it wakes up every
+    :attr:`poll_seconds`: it fails with :class:`BackendError` naming the jobs, their state and
+    their logs when no worker connected within ``start_timeout`` or when none has been
+    connected for ``lost_timeout`` (every job gone); with ``adaptive`` it submits jobs again
+    for those that ended (a worker that retired at the end of its lifetime, a killed job).
+
     Attributes:
-        workers: Dask worker processes requested (jobs x processes per job).
+        workers: Dask worker processes requested (jobs x processes per job; with adapt, the
+            maximum).
         cores_per_worker: threads per worker process.
+        worker_restarts: workers lost during the run (left without being retired).
+        workers_retired: workers that retired during the run (``--lifetime``, adapt).
+        tasks_resubmitted: tasks run again because their worker left (see
+            :class:`WorkerArrivals`).
     """
 
     def __init__(
@@ -76,23 +127,145 @@ class JobQueueExecutor(DaskExecutor):
         arrivals: WorkerArrivals,
         started: float,
         start_timeout: float,
+        *,
+        backend: JobQueueBackend | None = None,
+        lost_timeout: float = DEFAULT_LOST_TIMEOUT,
+        adaptive: bool = False,
     ):
-        super().__init__(client, cluster, workers)
+        super().__init__(client, cluster, workers, lost_timeout=lost_timeout)
         self.cores_per_worker = cores_per_worker
         self._arrivals = arrivals
         self._started = started
         self._start_timeout = start_timeout
+        self._backend = backend
+        self._adaptive = adaptive
+        self._jobs_seen: dict[str, None] = {}  # every job id, in submission order
+        self._counted = False  # set by close()
+        self.worker_restarts = self.workers_retired = self.tasks_resubmitted = 0
+        self._lost_error: BackendError | None = None
+        self._remember_jobs()
+        self._stop = threading.Event()
+        self._watchdog = threading.Thread(target=self._watch_jobs, name="agc-jobs", daemon=True)
+        self._watchdog.start()
 
+    # --- what was lost -------------------------------------------------------------------
+    def _count_losses(self) -> None:
+        """Copy the plugin's counts (until :meth:`close`: what closing removes is no loss)."""
+        if self._counted:
+            return
+        a = self._arrivals
+        self.worker_restarts, self.workers_retired = a.lost, a.retired
+        self.tasks_resubmitted = a.tasks_lost
+
+    # --- waiting -------------------------------------------------------------------------
     def wait_for_workers(self, n: int = 1) -> None:
-        """Block until ``n`` workers have connected (time to first worker for ``n=1``)."""
-        try:
-            self.client.wait_for_workers(n, timeout=self._start_timeout)
-        except TimeoutError:
-            logs = getattr(self.cluster._dummy_job, "log_directory", None) or "the job logs"
-            raise RuntimeError(
-                f"{n} worker(s) did not connect within {self._start_timeout:.0f} s "
-                f"(worker.start_timeout); jobs: {self.job_ids()}; see {logs}"
-            ) from None
+        """Block until ``n`` workers have connected (time to first worker for ``n=1``), at
+        most ``start_timeout`` seconds."""
+        deadline = time.monotonic() + self._start_timeout
+        while True:
+            try:
+                self.client.wait_for_workers(
+                    n, timeout=min(self.poll_seconds, max(deadline - time.monotonic(), 0.01))
+                )
+                return
+            except TimeoutError:
+                pass
+            if time.monotonic() >= deadline:
+                raise BackendError(
+                    f"{self._who()}: {n} worker(s) did not connect within "
+                    f"{self._start_timeout:g} s (worker.start_timeout); {self._jobs_report()}"
+                ) from None
+
+    def watch(self) -> None:
+        """Called while waiting for results: raise the error of :meth:`_watch_jobs`, if any."""
+        if self._lost_error is not None:
+            raise self._lost_error
+
+    def _watch_jobs(self) -> None:
+        """Background thread, every :attr:`poll_seconds`: remember the job ids, replace ended
+        jobs (adapt), and once a worker has connected, fail when none has been for
+        ``lost_timeout`` seconds. The error also fails the tasks waiting in the scheduler, so
+        that whoever waits for their results (not only :meth:`map_unordered`) gets it."""
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self._count_losses()
+                self._remember_jobs()
+                self._replace_ended_jobs()
+                since = self._arrivals.alone_since
+                if self.lost_timeout is None or since is None or not self._arrivals.times:
+                    continue
+                alone = time.monotonic() - since
+                if alone < self.lost_timeout:
+                    continue
+                self._lost_error = BackendError(
+                    f"{self._who()}: no Dask worker connected for {alone:.0f} s "
+                    f"(worker.lost_timeout {self.lost_timeout:g} s): every job ended or lost "
+                    f"its connection; {self._jobs_report()}"
+                )
+                log.error("%s", self._lost_error)
+                self._fail_waiting_tasks(self._lost_error)
+                return
+            except Exception:  # the cluster closing under it
+                if self._stop.is_set():
+                    return
+                log.debug("job watch failed", exc_info=True)
+
+    def _fail_waiting_tasks(self, err: Exception) -> None:
+        """Mark every task waiting for a worker as failed with ``err``."""
+        from distributed.protocol import pickle
+
+        scheduler = getattr(self.cluster, "scheduler", None)
+        if scheduler is None or not hasattr(scheduler, "queued"):
+            return
+        exception = pickle.dumps(err)
+
+        def fail() -> None:
+            stimulus_id = f"agc-lost-timeout-{time.time()}"
+            recommendations: dict = {}
+            for ts in [*scheduler.queued, *scheduler.unrunnable]:
+                recommendations.update(
+                    scheduler.transition(
+                        ts.key, "erred", exception=exception, cause=ts.key, stimulus_id=stimulus_id
+                    )
+                )
+            scheduler.transitions(recommendations, stimulus_id=stimulus_id)
+
+        self.cluster.loop.add_callback(fail)
+
+    def _who(self) -> str:
+        if self._backend is None:
+            return "batch backend"
+        return f"--backend {self._backend.name} (profile {self._backend.profile.source})"
+
+    def _jobs_report(self) -> str:
+        """The jobs, their state in the batch system where it can be asked, and their logs."""
+        ids = list(self._jobs_seen)
+        if not ids:
+            return "no job was submitted"
+        text = f"jobs {', '.join(ids)}"
+        if self._backend is not None:
+            states = self._backend.job_states(ids)
+            if states is not None:
+                listed = (f"{i}: {states.get(i, 'not in the queue')}" for i in ids)
+                text += f" ({', '.join(listed)})"
+            text += f"; their logs: {self._backend.log_locations(ids)}"
+        return text
+
+    def _remember_jobs(self) -> None:
+        for job_id in self.job_ids():
+            self._jobs_seen.setdefault(job_id, None)
+
+    def _replace_ended_jobs(self) -> None:
+        """With adapt: submit again the jobs the cluster still plans but no longer holds.
+
+        dask-jobqueue forgets a job some seconds after its worker left
+        (``distributed.deploy.lost-worker-timeout``) but keeps it in its plan, so adapt, which
+        compares its target with the plan, would not replace it.
+        """
+        if not self._adaptive or self.cluster is None:
+            return
+        if set(self.cluster.worker_spec) - set(self.cluster.workers):
+            self.cluster.sync(self.cluster._correct_state)
 
     def time_to_all_workers(self) -> float | None:
         """Seconds from cluster start until all requested workers had joined (None if not)."""
@@ -107,7 +280,19 @@ class JobQueueExecutor(DaskExecutor):
 
     def job_ids(self) -> list[str]:
         """Batch-system ids of the jobs currently held by the cluster."""
-        return [job.job_id for job in self.cluster.workers.values() if getattr(job, "job_id", None)]
+        return [
+            job.job_id
+            for job in list(self.cluster.workers.values())
+            if getattr(job, "job_id", None)
+        ]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._count_losses()
+        self._counted = True
+        if self.cluster is not None and getattr(self.cluster, "_adaptive", None) is not None:
+            self.cluster._adaptive.stop()
+        super().close()
 
 
 class JobQueueBackend:
@@ -159,6 +344,22 @@ class JobQueueBackend:
         """Keyword arguments of the backend's ``Job`` class from its profile section."""
         return {}
 
+    def walltime_seconds(self) -> float | None:
+        """The jobs' time limit in seconds (None: the profile sets none)."""
+        return None
+
+    def job_states(self, job_ids: list[str]) -> dict[str, str] | None:
+        """The batch system's state of each job (ids it no longer lists are left out); None
+        where the backend cannot ask."""
+        return None
+
+    def log_locations(self, job_ids: list[str]) -> str:
+        """Where the stdout/stderr of the jobs are, in words."""
+        log_dir = self.profile.data.get("log_directory")
+        if log_dir:
+            return f"{os.path.abspath(log_dir)}/ (one .out/.err per job)"
+        return "the batch system's default place for job output"
+
     # --- shared ---------------------------------------------------------------------------
     @property
     def processes(self) -> int:
@@ -167,6 +368,53 @@ class JobQueueBackend:
     @property
     def cores_per_worker(self) -> int:
         return max(int(self.profile.worker["cores"]) // self.processes, 1)
+
+    @property
+    def adapt(self) -> dict[str, int] | None:
+        """``{minimum, maximum}`` jobs of adaptive scaling (``worker.adapt``), else None."""
+        adapt = self.profile.worker.get("adapt")
+        if adapt is None:
+            return None
+        minimum = int(adapt.get("minimum", 1))
+        maximum = int(adapt.get("maximum", max(self.jobs, minimum)))
+        return {"minimum": min(minimum, maximum), "maximum": maximum}
+
+    @property
+    def lost_timeout(self) -> float:
+        return float(self.profile.worker.get("lost_timeout", DEFAULT_LOST_TIMEOUT))
+
+    def lifetime_args(self) -> list[str]:
+        """``dask worker`` options that retire a worker before its job's walltime.
+
+        ``worker.lifetime`` / ``lifetime_stagger`` / ``lifetime_restart`` when set; otherwise,
+        with adapt and a walltime, a lifetime of the walltime less a margin (``min(2 min, a
+        quarter of it)``) and a stagger of half that margin, the pattern dask-jobqueue
+        recommends: the retiring worker hands on its work, its job ends, and adapt submits a
+        new one.
+        """
+        w = self.profile.worker
+        lifetime = _seconds(w.get("lifetime"))
+        stagger = _seconds(w.get("lifetime_stagger"))
+        walltime = self.walltime_seconds()
+        if lifetime is None and walltime and self.adapt is not None:
+            margin = min(LIFETIME_MARGIN, walltime / 4)
+            lifetime = walltime - margin
+            stagger = margin / 2 if stagger is None else stagger
+        if lifetime is None:
+            return []
+        if walltime and lifetime + (stagger or 0) >= walltime:
+            raise BackendError(
+                f"profile {self.profile.source}: worker.lifetime {lifetime:g} s"
+                + (f" + lifetime_stagger {stagger:g} s" if stagger else "")
+                + f" does not end before the walltime ({walltime:g} s): the batch system would "
+                "kill the workers before they retire"
+            )
+        args = ["--lifetime", f"{lifetime:g}s"]
+        if stagger:
+            args += ["--lifetime-stagger", f"{stagger:g}s"]
+        if w.get("lifetime_restart"):
+            args.append("--lifetime-restart")
+        return args
 
     def common_job_kwargs(self) -> dict[str, Any]:
         """Worker resources, command, environment and logs, common to every batch system."""
@@ -208,6 +456,7 @@ class JobQueueBackend:
         w = self.profile.worker
         args = list(w.get("extra_args", []))
         args += ["--preload-nanny", "backends.worker_setup"]
+        args += self.lifetime_args()
         if w.get("port_range"):
             args += ["--worker-port", w["port_range"], "--nanny-port", w["port_range"]]
         return args
@@ -299,7 +548,15 @@ class JobQueueBackend:
         try:
             arrivals = WorkerArrivals()
             cluster.scheduler.add_plugin(arrivals, name=arrivals.name)
-            cluster.scale(jobs=self.jobs)
+            adapt = self.adapt
+            if adapt is not None:
+                if tasks is not None:
+                    adapt["maximum"] = capped_workers(
+                        adapt["maximum"], -(-tasks // self.processes), "jobs (adapt maximum)"
+                    )
+                adapt["minimum"] = min(adapt["minimum"], adapt["maximum"])
+                self.jobs = adapt["maximum"]
+            cluster.scale(jobs=adapt["minimum"] if adapt else self.jobs)
             # wait for the submit commands (not the jobs) so that a refused submission fails
             # here, with the batch system's message, instead of as a worker that never comes
             cluster.sync(cluster._correct_state)
@@ -313,13 +570,27 @@ class JobQueueBackend:
                     f"--backend {self.name} (profile {self.profile.source}): "
                     f"job submission failed: {_one_line(errors[0])}"
                 )
+            if adapt is not None:
+                cluster.adapt(minimum_jobs=adapt["minimum"], maximum_jobs=adapt["maximum"])
             client = Client(cluster)
         except BaseException:
             cluster.close()
             raise
-        log.info(
-            "%s: %d job(s) submitted, scheduler %s", self.name, self.jobs, cluster.scheduler_address
-        )
+        if adapt is not None:
+            log.info(
+                "%s: adaptive, %d to %d job(s), scheduler %s",
+                self.name,
+                adapt["minimum"],
+                adapt["maximum"],
+                cluster.scheduler_address,
+            )
+        else:
+            log.info(
+                "%s: %d job(s) submitted, scheduler %s",
+                self.name,
+                self.jobs,
+                cluster.scheduler_address,
+            )
         timeout = float(self.profile.worker.get("start_timeout", DEFAULT_START_TIMEOUT))
         return JobQueueExecutor(
             client,
@@ -329,7 +600,19 @@ class JobQueueBackend:
             arrivals,
             started,
             timeout,
+            backend=self,
+            lost_timeout=self.lost_timeout,
+            adaptive=adapt is not None,
         )
+
+
+def _seconds(value: str | float | None) -> float | None:
+    """A profile duration (seconds, or ``30s`` / ``55m`` / ``2h``) in seconds."""
+    if value is None:
+        return None
+    from dask.utils import parse_timedelta
+
+    return float(parse_timedelta(value if not isinstance(value, str) else value.strip()))
 
 
 def size_in_bytes(size: str) -> int:

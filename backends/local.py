@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -32,12 +32,17 @@ class InProcessExecutor(BaseExecutor):
 
 
 class ProcessPoolTaskExecutor(BaseExecutor):
-    """A pool of forked worker processes; at most ``2 * workers`` tasks are in flight.
+    """Forked worker processes, each a pool of its own; at most 2 tasks in flight per worker.
 
-    A worker that dies (killed by the kernel's OOM killer, a signal) breaks the whole pool:
-    every task in flight fails with ``BrokenProcessPool``. The executor then starts a new
-    pool and runs again the tasks that had not returned a result, at most ``max_restarts``
-    times per executor (each counted in ``worker_restarts``, the tasks in
+    Without ``affinity``, every worker takes the next task in the order given. With
+    ``affinity`` (task -> (key, weight), see :class:`AffinityQueues`), the tasks of one key (an
+    input file) go to one worker, which then opens the file once for all of them; a worker that
+    runs out of its own takes tasks from the one with the most left.
+
+    A worker that dies (killed by the kernel's OOM killer, a signal) breaks its pool: every
+    task in flight on it fails with ``BrokenProcessPool``. The executor then starts that
+    worker anew and runs again its tasks that had not returned a result, at most
+    ``max_restarts`` times per executor (each counted in ``worker_restarts``, the tasks in
     ``tasks_resubmitted``, and logged); one more loss raises :class:`BackendError`.
 
     The workers die with this process, however it ends (SIGKILL included): see
@@ -46,26 +51,29 @@ class ProcessPoolTaskExecutor(BaseExecutor):
     pool.
     """
 
+    #: Tasks in flight per worker: one running, one waiting, so a worker never idles between them.
+    IN_FLIGHT = 2
+
     def __init__(self, workers: int, max_restarts: int = 3):
         self.workers = workers
         self.max_restarts = max_restarts
         self.worker_restarts = 0
         self.tasks_resubmitted = 0
-        self._pool = self._new_pool()
+        self._pools = [self._new_pool() for _ in range(workers)]
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
-            self.workers,
+            1,
             mp_context=multiprocessing.get_context("fork"),
             initializer=die_with_parent,
             initargs=(os.getpid(),),
         )
 
-    def _restart(self, lost: int) -> None:
-        """A new pool after the old one broke; ``lost``: the tasks that will be run again."""
+    def _restart(self, worker: int, lost: int) -> None:
+        """A new process for ``worker`` after it died; ``lost``: the tasks that will run again."""
         if self.worker_restarts >= self.max_restarts:
             raise BackendError(
-                f"process-pool workers keep dying: the pool broke {self.worker_restarts + 1} "
+                f"process-pool workers keep dying: a worker died {self.worker_restarts + 1} "
                 f"times (max_restarts={self.max_restarts}); a worker killed for using too "
                 "much memory is the usual reason (see the kernel log, dmesg): try fewer "
                 "--workers or a smaller --chunksize"
@@ -73,64 +81,90 @@ class ProcessPoolTaskExecutor(BaseExecutor):
         self.worker_restarts += 1
         self.tasks_resubmitted += lost
         log.warning(
-            "a process-pool worker died; starting a new pool and running %d task(s) again "
+            "a process-pool worker died; starting a new one and running %d task(s) again "
             "(restart %d of at most %d)",
             lost,
             self.worker_restarts,
             self.max_restarts,
         )
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self._pool = self._new_pool()
+        self._pools[worker].shutdown(wait=True, cancel_futures=True)
+        self._pools[worker] = self._new_pool()
+
+    def _submit(self, worker: int, fn: Callable[..., Any], *args: Any) -> Future:
+        """``fn(*args)`` on ``worker``, started anew first if it died while idle."""
+        try:
+            return self._pools[worker].submit(fn, *args)
+        except BrokenProcessPool:
+            self._restart(worker, 0)
+            return self._pools[worker].submit(fn, *args)
 
     def wait_for_workers(self, n: int = 1) -> None:
-        """Start the worker processes (the pool forks them lazily) and wait for ``n`` to answer."""
-        while True:
-            try:
-                for future in [self._pool.submit(os.getpid) for _ in range(n)]:
-                    future.result()
-                return
-            except BrokenProcessPool:
-                self._restart(0)
+        """Start the worker processes (each pool forks its own lazily) and wait for ``n`` to
+        answer."""
+        answers = [self._submit(w, os.getpid) for w in range(self.workers)]
+        for w in range(min(n, self.workers)):
+            while True:
+                try:
+                    answers[w].result()
+                    break
+                except BrokenProcessPool:
+                    self._restart(w, 0)
+                    answers[w] = self._submit(w, os.getpid)
 
-    def map_unordered(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
-        pending: dict[Future, Any] = {}  # future -> its task
-        again: deque[Any] = deque()  # tasks of a broken pool, submitted before the others
-        todo = iter(tasks)
+    def map_unordered(
+        self,
+        fn: Callable[[Any], Any],
+        tasks: Iterable[Any],
+        *,
+        affinity: Callable[[Any], tuple[Hashable, float]] | None = None,
+    ) -> Iterator[Any]:
+        """``fn(task)`` for every task, results in completion order.
+
+        ``affinity``: task -> (key, weight); the tasks of a key run on one worker while the
+        others have work of their own (:class:`AffinityQueues`).
+        """
+        queues = AffinityQueues(tasks, self.workers, affinity)
+        pending: dict[Future, tuple[int, Any]] = {}  # future -> (worker, task)
+        in_flight = [0] * self.workers
         try:
             while True:
-                broken: list[Any] = []
-                while len(pending) < 2 * self.workers:
-                    if again:
-                        task = again.popleft()
-                    elif (task := next(todo, _END)) is _END:
-                        break
-                    try:
-                        pending[self._pool.submit(fn, task)] = task
-                    except BrokenProcessPool:
-                        broken.append(task)
-                        break
+                broken: dict[int, list[Any]] = {}  # worker -> its tasks to run again
+                for w in range(self.workers):
+                    while in_flight[w] < self.IN_FLIGHT and (task := queues.next(w)) is not _END:
+                        try:
+                            future = self._pools[w].submit(fn, task)
+                        except BrokenProcessPool:
+                            broken[w] = [task]
+                            break
+                        pending[future] = (w, task)
+                        in_flight[w] += 1
                 if not pending and not broken:
                     return
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                if broken or any(_broke(f) for f in done):
-                    # the pool fails every task in flight at once: wait for all of them
-                    done, _ = wait(pending)
+                done: set[Future] = set()
+                if pending:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                lost = set(broken) | {pending[f][0] for f in done if _broke(f)}
+                if lost:
+                    # a broken pool fails every task in flight on it at once: wait for all
+                    done |= wait([f for f, (w, _) in pending.items() if w in lost])[0]
                 # every result that arrived is handed on before a failed task raises
                 for future in sorted(done, key=lambda f: f.exception() is not None):
-                    task = pending.pop(future)
+                    w, task = pending.pop(future)
+                    in_flight[w] -= 1
                     if _broke(future):
-                        broken.append(task)
+                        broken.setdefault(w, []).append(task)
                     else:
                         yield future.result()
-                if broken:
-                    self._restart(len(broken))
-                    again.extend(broken)
+                for w, again in broken.items():
+                    self._restart(w, len(again))
+                    queues.put_back(w, again)
         finally:
             for future in pending:
                 future.cancel()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        for pool in self._pools:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 _END = object()
@@ -138,6 +172,96 @@ _END = object()
 
 def _broke(future: Future) -> bool:
     return isinstance(future.exception(), BrokenProcessPool)
+
+
+def assign_by_weight(weights: dict[Hashable, float], workers: int) -> dict[Hashable, int]:
+    """Each key of ``weights`` to one of ``workers`` (0 .. workers-1), the loads balanced:
+    heaviest key first, each to the least loaded worker (ties: the lowest number)."""
+    load = [0.0] * max(workers, 1)
+    owner: dict[Hashable, int] = {}
+    for key in sorted(weights, key=lambda k: -weights[k]):  # stable: ties in the given order
+        w = min(range(len(load)), key=load.__getitem__)
+        owner[key] = w
+        load[w] += weights[key]
+    return owner
+
+
+class AffinityQueues:
+    """Which task each of ``workers`` runs next.
+
+    Without ``affinity``: one queue, the tasks in the order given (read lazily). With
+    ``affinity`` (task -> (key, weight), e.g. (input file, events)): the tasks are grouped by
+    key, keys dealt to workers by :func:`assign_by_weight`; a worker runs its groups heaviest
+    first, the tasks of a group in the order given. A worker with none left steals from the
+    worker with the most weight left: that worker's last group if it has another, else the
+    back half of the one it runs, so the thief opens as few new files as it can. Tasks put
+    back (their worker died) go first, on the same worker.
+    """
+
+    def __init__(
+        self,
+        tasks: Iterable[Any],
+        workers: int,
+        affinity: Callable[[Any], tuple[Hashable, float]] | None = None,
+    ):
+        self._again: list[deque[Any]] = [deque() for _ in range(workers)]
+        self._shared: Iterator[Any] | None = None
+        #: per worker: its groups, each a deque of (task, weight)
+        self._own: list[deque[deque[tuple[Any, float]]]] = [deque() for _ in range(workers)]
+        self._left = [0.0] * workers  # weight not yet handed out, per worker
+        if affinity is None:
+            self._shared = iter(tasks)
+            return
+        groups: dict[Hashable, deque[tuple[Any, float]]] = {}
+        weights: dict[Hashable, float] = {}
+        for task in tasks:
+            key, weight = affinity(task)
+            groups.setdefault(key, deque()).append((task, weight))
+            weights[key] = weights.get(key, 0.0) + weight
+        owner = assign_by_weight(weights, workers)
+        for key in sorted(groups, key=lambda k: -weights[k]):
+            self._own[owner[key]].append(groups[key])
+            self._left[owner[key]] += weights[key]
+
+    def next(self, worker: int) -> Any:
+        """The next task for ``worker``, or ``_END`` when there is none for it."""
+        if self._again[worker]:
+            return self._again[worker].popleft()
+        if self._shared is not None:
+            return next(self._shared, _END)
+        own = self._own[worker]
+        if not own:
+            self._steal(worker)
+            if not own:
+                return _END
+        task, weight = own[0].popleft()
+        self._left[worker] -= weight
+        if not own[0]:
+            own.popleft()
+        return task
+
+    def _steal(self, thief: int) -> None:
+        victims = [w for w in range(len(self._own)) if w != thief and self._own[w]]
+        if not victims:
+            return
+        victim = max(victims, key=self._left.__getitem__)
+        theirs = self._own[victim]
+        if len(theirs) > 1:
+            group = theirs.pop()
+        else:
+            running = theirs[0]  # the thief takes the back half, the victim keeps the front
+            group = deque(running.pop() for _ in range(max(1, len(running) // 2)))
+            group.reverse()
+            if not running:
+                theirs.popleft()
+        weight = sum(w for _, w in group)
+        self._left[victim] -= weight
+        self._left[thief] += weight
+        self._own[thief].append(group)
+
+    def put_back(self, worker: int, tasks: Iterable[Any]) -> None:
+        """``tasks`` (of a worker that died) run first on ``worker``, in their order."""
+        self._again[worker].extendleft(reversed(list(tasks)))
 
 
 #: ``prctl`` option: the signal a process gets when its parent dies (linux/prctl.h).
@@ -180,27 +304,70 @@ class DaskExecutor(BaseExecutor):
     ``owns_client``: :meth:`close` closes the client (and ``cluster``, when given). An
     executor on a client or cluster that someone else made (a scheduler the site runs, a
     client handed in) leaves them open: it was not its to close.
+
+    While it waits for results it wakes up every :attr:`poll_seconds` and calls
+    :meth:`watch`, which fails the run when no worker has been connected for
+    ``lost_timeout`` seconds (None: wait as long as it takes). Tasks of a worker that left
+    are run again on the others by the scheduler, at most
+    ``distributed.scheduler.allowed-failures`` times each (then ``KilledWorker``).
     """
 
+    #: Seconds between two checks of the workers while waiting.
+    poll_seconds: float = 1.0
+
     def __init__(
-        self, client, cluster=None, workers: int | None = None, *, owns_client: bool = True
+        self,
+        client,
+        cluster=None,
+        workers: int | None = None,
+        *,
+        owns_client: bool = True,
+        lost_timeout: float | None = None,
     ):
         self.client = client
         self.cluster = cluster
         self.owns_client = owns_client
         self.workers = workers or max(len(client.nthreads()), 1)
+        self.lost_timeout = lost_timeout
+        self._alone_since: float | None = None
 
     def wait_for_workers(self, n: int = 1) -> None:
         self.client.wait_for_workers(n)
+
+    def watch(self) -> None:
+        """Raise :class:`BackendError` when no worker has been connected for
+        ``lost_timeout`` seconds."""
+        if self.lost_timeout is None:
+            return
+        if self.client.nthreads():
+            self._alone_since = None
+            return
+        now = time.monotonic()
+        if self._alone_since is None:
+            self._alone_since = now
+        elif now - self._alone_since >= self.lost_timeout:
+            raise BackendError(
+                f"no Dask worker connected to {self.client.scheduler.address} for "
+                f"{now - self._alone_since:.0f} s (lost_timeout {self.lost_timeout:g} s)"
+            )
 
     def map_unordered(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
         from distributed import as_completed
 
         futures = self.client.map(fn, list(tasks), pure=False)
         try:
-            for future in as_completed(futures, loop=self.client.loop):
-                yield future.result()
-                future.release()
+            pending = as_completed(futures, loop=self.client.loop)
+            next_watch = time.monotonic() + self.poll_seconds
+            while not pending.is_empty():
+                batch = pending.next_batch(block=False)
+                for future in batch:
+                    yield future.result()
+                    future.release()
+                if time.monotonic() >= next_watch:
+                    self.watch()
+                    next_watch = time.monotonic() + self.poll_seconds
+                if not batch:
+                    time.sleep(0.02)
         finally:
             self.client.cancel(futures)
 

@@ -47,6 +47,12 @@ _PORT_RANGE = {
     "x-expected": "a port range LOW:HIGH such as 10000:10100",
 }
 _STRINGS = {"type": "array", "items": {"type": "string"}}
+_DURATION = {
+    "type": ["string", "number"],
+    "pattern": r"^\s*\d+(\.\d+)?\s*(s|m|h|d)?\s*$",
+    "minimum": 1,
+    "x-expected": "seconds, or a time such as 30s, 55m or 2h",
+}
 _COMMAND = {
     "type": "string",
     "minLength": 1,
@@ -100,6 +106,47 @@ PROFILE_SCHEMA: dict = _obj(
                     "minimum": 1,
                     "description": "seconds to wait for the first worker before giving up "
                     "(default 600)",
+                },
+                "lost_timeout": {
+                    "type": "number",
+                    "minimum": 1,
+                    "description": "seconds a run waits with no worker connected (all jobs "
+                    "gone) before it fails naming the jobs and their logs (default 120)",
+                },
+                "adapt": _obj(
+                    {
+                        "minimum": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "description": "jobs always kept (lost or retired ones are "
+                            "replaced; default 1)",
+                        },
+                        "maximum": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "description": "most jobs at once (default: workers / --workers)",
+                        },
+                    },
+                    description="scale the jobs with the work (dask-jobqueue adapt) instead of "
+                    "a fixed number; with a walltime, workers retire before it (lifetime)",
+                ),
+                "lifetime": {
+                    **_DURATION,
+                    "description": "a worker retires after this long, handing its work on "
+                    "('dask worker --lifetime'); default with adapt and a walltime: the "
+                    "walltime less min(2 min, a quarter of it)",
+                },
+                "lifetime_stagger": {
+                    **_DURATION,
+                    "description": "random spread of lifetime, so that workers do not all "
+                    "retire at once ('--lifetime-stagger'); default: half the margin left "
+                    "before the walltime",
+                },
+                "lifetime_restart": {
+                    "type": "boolean",
+                    "description": "restart the worker in the same job at the end of its "
+                    "lifetime ('--lifetime-restart'; default false: the job ends and adapt "
+                    "submits a new one)",
                 },
                 "port_range": {
                     **_PORT_RANGE,
@@ -245,6 +292,11 @@ PROFILE_SCHEMA: dict = _obj(
                 },
                 "submit_command": _COMMAND,
                 "cancel_command": _COMMAND,
+                "status_command": {
+                    **_COMMAND,
+                    "description": "command asked for the state of the jobs when they do not "
+                    "connect or are lost (default squeue; called with -h -j IDS -o FORMAT)",
+                },
             },
             description="SLURM (sbatch) settings",
         ),

@@ -9,7 +9,9 @@ job. Example profile: ``backends/profiles/slurm-local.yaml``.
 from __future__ import annotations
 
 import math
+import os
 import shlex
+import subprocess
 from typing import Any
 
 from dask_jobqueue import SLURMCluster
@@ -69,3 +71,49 @@ class SlurmBackend(JobQueueBackend):
             "cancel_command": s.get("cancel_command"),
         }
         return kwargs
+
+    def walltime_seconds(self) -> float | None:
+        walltime = self.profile.section("slurm").get("walltime")
+        return None if walltime is None else float(slurm_time_seconds(walltime))
+
+    def job_states(self, job_ids: list[str]) -> dict[str, str] | None:
+        """``squeue``'s state and reason of each job still in the queue (None if it fails)."""
+        command = self.profile.section("slurm").get("status_command", "squeue")
+        try:
+            out = subprocess.run(
+                [*shlex.split(command), "-h", "-j", ",".join(job_ids), "-o", "%i %T %R"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if out.returncode != 0 and "Invalid job id" not in out.stderr:
+            return None
+        states = {}
+        for line in out.stdout.splitlines():
+            job_id, _, state = line.strip().partition(" ")
+            if job_id:
+                states[job_id] = state.replace(" None", "").strip()
+        return states
+
+    def log_locations(self, job_ids: list[str]) -> str:
+        log_dir = self.profile.data.get("log_directory")
+        if log_dir:
+            return f"{os.path.abspath(log_dir)}/agc-worker-<job id>.out and .err"
+        return f"slurm-<job id>.out in {os.getcwd()} (sbatch's default)"
+
+
+def slurm_time_seconds(walltime: str) -> int:
+    """SLURM's ``-t`` value in seconds: ``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]``."""
+    days, _, rest = walltime.rpartition("-")
+    parts = [int(x) for x in rest.split(":")]
+    if days:
+        h, m, sec = (parts + [0, 0])[:3]
+        return ((int(days) * 24 + h) * 60 + m) * 60 + sec
+    if len(parts) == 1:
+        return parts[0] * 60
+    if len(parts) == 2:
+        return parts[0] * 60 + parts[1]
+    h, m, sec = parts
+    return (h * 60 + m) * 60 + sec

@@ -51,7 +51,7 @@ def test_shipped_profiles_are_valid_and_documented():
     [
         (
             {"worker.memroy": "1GB"},
-            r"worker\.memroy: unknown key \(allowed here: container, cores, .*memory",
+            r"worker\.memroy: unknown key \(allowed here: .*container, cores, .*memory",
         ),
         ({"worker.memory": None}, r"worker\.memory: required \(memory per job"),
         ({"worker.cores": "two"}, r"worker\.cores: expected integer, got 'two'"),
