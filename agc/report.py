@@ -221,6 +221,9 @@ def summarize(records: Records) -> pd.DataFrame:
         }
         if "events_per_second_per_core" in g:
             row["events_per_s_per_core_median"] = g["events_per_second_per_core"].median()
+        if "processing_events_per_second" in g and g["processing_events_per_second"].notna().any():
+            # the steady state: events over the processing phase alone
+            row["processing_events_per_s_median"] = g["processing_events_per_second"].median()
         if "cpu_seconds" in g:
             row["cpu_s_median"] = g["cpu_seconds"].median()
         if "cpu_efficiency" in g:

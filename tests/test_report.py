@@ -291,3 +291,22 @@ def test_many_workers_table_gives_the_idle_worker_seconds_per_task():
     assert table.loc[4, "idle worker-s per task"] == pytest.approx((10 * 4 - 30) / 100)
     assert table.loc[16, "idle worker-s per task"] == pytest.approx((5 * 16 - 30) / 100)
     assert table.loc[16, "all workers after (s)"] == 9.0 and table.loc[4, "merge (s)"] == 0.1
+
+
+def test_the_summary_gives_the_steady_state_rate_next_to_the_end_to_end_one():
+    from agc.report import Records
+
+    runs = pd.DataFrame(
+        {
+            "scenario": "s",
+            "point": "p",
+            "warmup": [True, False, False, False],
+            "events": 1000,
+            "workers": 1,
+            "wall_seconds": 2.0,
+            "events_per_second": 500.0,
+            "processing_events_per_second": [1.0, 800.0, 900.0, 1000.0],
+        }
+    )
+    row = summarize(Records(runs, pd.DataFrame(), pd.DataFrame())).iloc[0]
+    assert row["processing_events_per_s_median"] == 900.0 and row["events_per_s_median"] == 500.0
