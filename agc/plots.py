@@ -177,6 +177,24 @@ def _headroom(ax, top: float, factor: float = 1.6) -> None:
 # Histogram plots
 
 
+def _stack(ax, processes: Sequence[str], histograms: Sequence[hist.Hist]) -> float:
+    """Draw ``histograms`` of ``processes`` stacked (filled, with the process colours and
+    labels); returns the height of the stack."""
+    mplhep.histplot(
+        [h.values() for h in histograms],
+        histograms[0].axes[0].edges,
+        ax=ax,
+        stack=True,
+        histtype="fill",
+        label=[PROCESS_LABELS[p] for p in processes],
+        color=[COLORS[p] for p in processes],
+        edgecolor="black",
+        linewidth=0.5,
+        flow=None,
+    )
+    return float(np.sum([h.values() for h in histograms], axis=0).max())
+
+
 def stacked_region(
     histograms: Mapping[str, hist.Hist],
     region: str,
@@ -194,19 +212,7 @@ def stacked_region(
     stack = [_rebinned(h, start, rebin) for _, h in present]
     fig = Figure(figsize=(10, 9))
     ax = fig.add_subplot()
-    mplhep.histplot(
-        [s.values() for s in stack],
-        stack[0].axes[0].edges,
-        ax=ax,
-        stack=True,
-        histtype="fill",
-        label=[PROCESS_LABELS[p] for p, _ in present],
-        color=[COLORS[p] for p, _ in present],
-        edgecolor="black",
-        linewidth=0.5,
-        flow=None,
-    )
-    top = float(np.sum([s.values() for s in stack], axis=0).max())
+    top = _stack(ax, [p for p, _ in present], stack)
     data_name = histogram_name(region, PSEUDODATA)
     if data_name in histograms:
         data = _rebinned(histograms[data_name], start, rebin)
@@ -351,19 +357,7 @@ def feature_stacks(
         top = 0.0
         if present:
             edges = present[0][1].axes[0].edges
-            mplhep.histplot(
-                [h.values() for _, h in present],
-                edges,
-                ax=ax,
-                stack=True,
-                histtype="fill",
-                label=[PROCESS_LABELS[p] for p, _ in present],
-                color=[COLORS[p] for p, _ in present],
-                edgecolor="black",
-                linewidth=0.5,
-                flow=None,
-            )
-            top = float(np.sum([h.values() for _, h in present], axis=0).max())
+            top = _stack(ax, [p for p, _ in present], [h for _, h in present])
             data_name = histogram_name(feature, PSEUDODATA)
             if data_name in histograms:
                 values = histograms[data_name].values()
