@@ -105,7 +105,9 @@ class HTCondorBackend(JobQueueBackend):
         h = self.profile.section("htcondor")
         return {
             "disk": self.profile.worker["disk"],
-            "job_extra_directives": self.submit_attributes(),
+            "job_extra_directives": self.with_site(
+                "job-extra-directives", self.submit_attributes()
+            ),
             "submit_command_extra": list(h.get("submit_command_extra", [])),
             "cancel_command_extra": list(h.get("cancel_command_extra", [])),
             "submit_command": h.get("submit_command"),

@@ -423,10 +423,12 @@ class JobQueueBackend:
             "cores": int(w["cores"]),
             "memory": w["memory"],
             "processes": self.processes,
-            "death_timeout": w.get("death_timeout", DEFAULT_DEATH_TIMEOUT),
+            "death_timeout": w.get(
+                "death_timeout", self.site_config("death-timeout") or DEFAULT_DEATH_TIMEOUT
+            ),
             "python": self.worker_python(),
-            "job_script_prologue": list(w.get("setup", [])),
-            "worker_extra_args": self.worker_extra_args(),
+            "job_script_prologue": self.with_site("job-script-prologue", w.get("setup", [])),
+            "worker_extra_args": self.with_site("worker-extra-args", self.worker_extra_args()),
         }
         if w.get("local_directory"):
             kwargs["local_directory"] = w["local_directory"]
@@ -434,12 +436,33 @@ class JobQueueBackend:
             kwargs["log_directory"] = self.profile.data["log_directory"]
         return kwargs
 
+    def site_config(self, key: str, default: Any = None) -> Any:
+        """The site's dask-jobqueue setting ``jobqueue.<batch system>.<key>`` (its
+        ``jobqueue.yaml``, ``DASK_CONFIG``, ``DASK_JOBQUEUE__...`` variables), or ``default``."""
+        import dask
+
+        name = getattr(getattr(self.cluster_cls, "job_cls", None), "config_name", None)
+        if not name:
+            return default
+        value = dask.config.get(f"jobqueue.{name}.{key}", default=None)
+        return default if value is None else value
+
+    def with_site(self, key: str, ours: Any) -> Any:
+        """The site's ``key`` (a list or mapping of dask-jobqueue's config) followed by the
+        profile's: a profile adds to the site's job settings and overrides only what it
+        sets."""
+        site = self.site_config(key)
+        if isinstance(ours, dict):
+            return {**(site if isinstance(site, dict) else {}), **ours}
+        return [*(site if isinstance(site, list | tuple) else []), *ours]
+
     def worker_python(self) -> str:
-        """The python that starts the worker, wrapped in ``apptainer exec`` for a container."""
+        """The python that starts the worker (the profile's, the site's dask-jobqueue one, or
+        this one), wrapped in ``apptainer exec`` for a container."""
         w = self.profile.worker
         container = w.get("container")
         if not container:
-            return w.get("python", sys.executable)
+            return w.get("python") or self.site_config("python") or sys.executable
         python = w.get("python", "python3")
         runtime = container.get("runtime", "apptainer")
         if runtime == "docker":  # HTCondor's docker universe starts the container itself

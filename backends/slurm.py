@@ -63,7 +63,9 @@ class SlurmBackend(JobQueueBackend):
             "queue": s.get("partition"),
             "walltime": s.get("walltime"),
             "account": s.get("account"),
-            "job_extra_directives": list(s.get("directives", [])),
+            "job_extra_directives": self.with_site(
+                "job-extra-directives", list(s.get("directives", []))
+            ),
             "job_name": "agc-worker",
             "gpus": int(self.profile.worker.get("gpus", 0)),
             "disk": self.profile.worker.get("disk"),

@@ -286,3 +286,41 @@ def test_slurm_times_in_seconds():
         86400,
         2 * 86400 + 3605,
     ]
+
+
+def test_the_sites_dask_jobqueue_config_applies_where_the_profile_is_silent(tmp_path):
+    """A site's jobqueue.yaml (DASK_CONFIG) reaches the job script; a profile adds to its
+    lists and overrides only the keys it sets."""
+    import subprocess
+    import sys
+
+    (tmp_path / "jobqueue.yaml").write_text(
+        "jobqueue:\n"
+        "  slurm:\n"
+        "    worker-extra-args: ['--resources', 'SITE=1']\n"
+        "    job-extra-directives: ['--qos=site']\n"
+        "    job-script-prologue: ['module load site-python']\n"
+        "    death-timeout: 99\n"
+        "    python: /site/bin/python3\n"
+    )
+    show = (
+        "from backends.slurm import SlurmBackend\n"
+        "import sys\n"
+        "profile = {'backend': 'slurm', 'worker': {'cores': 1, 'memory': '1GB', "
+        "'setup': ['echo profile']}, 'slurm': {'directives': ['--exclusive']}}\n"
+        "if sys.argv[1] == 'own':\n"
+        "    profile['worker'].update(death_timeout=30, python='/own/python')\n"
+        "print(SlurmBackend(profile=profile, workers=1).job_script())\n"
+    )
+    env = {**os.environ, "DASK_CONFIG": str(tmp_path)}
+    site, own = (
+        subprocess.run([sys.executable, "-c", show, which], capture_output=True, text=True,
+                       env=env, check=True).stdout
+        for which in ("site", "own")
+    )  # fmt: skip
+    assert "--resources SITE=1" in site and "--preload-nanny backends.worker_setup" in site
+    assert "#SBATCH --qos=site" in site and "#SBATCH --exclusive" in site
+    assert site.index("module load site-python") < site.index("echo profile")
+    assert "--death-timeout 99" in site and "/site/bin/python3 -m distributed" in site
+    assert "--death-timeout 30" in own and "/own/python -m distributed" in own
+    assert "--resources SITE=1" in own  # the site's lists stay
