@@ -695,30 +695,32 @@ def build_report(
             f"<h2>{html.escape(heading)}</h2><img alt='{key}' src='data:image/png;base64,{data}'>"
         )
         md += [f"## {heading}", "", f"![{key}](plots/{key}.png)", ""]
-    split = time_split(records)
-    if not split.empty:
-        text = (
+    tables = (
+        (
+            "Where the time goes",
             "Task time summed over a run's chunks (median over runs): opening input files "
             "(metadata of every branch), reading and decompressing the columns, the "
             "analysis; cpu_s is the tasks' CPU time. Wall time above cpu_s is waiting "
-            "(for the disk, or for a core on a busy machine)."
-        )
-        _section(h, md, "Where the time goes", text, split)
-    many = many_workers_table(records)
-    if not many.empty:
-        text = (
+            "(for the disk, or for a core on a busy machine).",
+            time_split(records),
+        ),
+        (
+            "Many workers",
             "Scheduling overhead at many stand-in batch workers (each job a local process: "
             "they share this machine's cores, so these are the harness's and Dask's costs "
-            "under contention, not a site's), on tiny chunks."
-        )
-        _section(h, md, "Many workers", text, many)
-    cost = ml_cost(records)
-    if not cost.empty:
-        text = (
+            "under contention, not a site's), on tiny chunks.",
+            many_workers_table(records),
+        ),
+        (
+            "ML step cost",
             "The ML step (spec 5) on the same files and workers: events/s per core (medians "
-            "over the repeats) and its share of the summed task time."
-        )
-        _section(h, md, "ML step cost", text, cost)
+            "over the repeats) and its share of the summed task time.",
+            ml_cost(records),
+        ),
+    )
+    for heading, text, table in tables:
+        if not table.empty:
+            _section(h, md, heading, text, table)
     h += ["<h2>Scenarios</h2>"]
     md += ["## Scenarios", ""]
     for name, meta in records.meta.items():
