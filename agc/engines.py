@@ -81,11 +81,10 @@ class ChunkedEngine(_EngineBase):
     The chunks of one file go to one worker, which keeps the file open for all of them
     (:mod:`agc.reader`; opening a NanoAOD file costs more than reading a chunk of it): files
     are dealt to the workers by events, heaviest first to the least loaded, and a worker
-    without files of its own left takes chunks of another's. On an executor whose
-    ``map_unordered`` takes ``affinity`` (the process pool) the executor does this; on a Dask
-    client each chunk is submitted to the worker of its file, loosely (``allow_other_workers``:
-    Dask's work stealing balances the load, and a lost worker's chunks run elsewhere). Other
-    executors get the tasks in plan order.
+    without files of its own left takes chunks of another's. Executors whose
+    ``map_unordered`` takes ``affinity`` do this: the process pool with a queue per worker, the
+    Dask executors with loose worker restrictions (Dask's work stealing balances the load, and
+    a lost worker's chunks run elsewhere). Other executors get the tasks in plan order.
     """
 
     name = "chunked"
@@ -98,8 +97,6 @@ class ChunkedEngine(_EngineBase):
             yield from executor.map_unordered(  # type: ignore[call-arg]
                 process_chunk, tasks, affinity=file_affinity
             )
-        elif executor.client is not None and len(workers := _dask_workers(executor.client)) > 1:
-            yield from _map_file_affine(executor, workers, tasks)
         else:
             yield from executor.map_unordered(process_chunk, tasks)
 
@@ -116,69 +113,6 @@ def _takes_affinity(executor: Executor) -> bool:
         return "affinity" in inspect.signature(executor.map_unordered).parameters
     except (TypeError, ValueError):
         return False
-
-
-def _dask_workers(client: Any) -> list[str]:
-    """The addresses of the workers connected to a Dask client now, sorted."""
-    return sorted(client.scheduler_info()["workers"])
-
-
-def _map_file_affine(
-    executor: Executor, workers: list[str], tasks: Sequence[ChunkTask]
-) -> Iterator[ChunkResult]:
-    """``process_chunk`` of every task on a Dask client, each chunk submitted to the worker
-    (of ``workers``) its file was dealt to (:func:`backends.local.assign_by_weight`); results
-    as they complete.
-
-    A worker runs its files heaviest first, the chunks of each in plan order (task priorities);
-    the restriction is loose, so Dask's work stealing moves chunks to idle workers and the
-    chunks of a worker that is lost run on the others. While it waits, the executor's
-    ``watch`` (if it has one: the check that workers are still connected) is called every
-    ``poll_seconds``, as its own ``map_unordered`` does.
-    """
-    from distributed import as_completed
-
-    client = executor.client
-    watch = getattr(executor, "watch", None)
-    poll = float(getattr(executor, "poll_seconds", 1.0))
-
-    from backends.local import assign_by_weight
-
-    weights: dict[Any, float] = {}
-    for task in tasks:
-        path, events = file_affinity(task)
-        weights[path] = weights.get(path, 0.0) + events
-    owner = assign_by_weight(weights, len(workers))
-    order = {path: i for i, path in enumerate(sorted(weights, key=lambda p: -weights[p]))}
-    queue = sorted(tasks, key=lambda t: order[t.chunk.path])  # stable: plan order in a file
-    futures = []
-    for position, task in enumerate(queue):
-        address = workers[owner[task.chunk.path]]
-        futures.append(
-            client.submit(
-                process_chunk,
-                task,
-                workers=[address],
-                allow_other_workers=True,
-                pure=False,
-                priority=len(queue) - position,
-            )
-        )
-    try:
-        pending = as_completed(futures, loop=client.loop)
-        next_watch = time.monotonic() + poll
-        while not pending.is_empty():
-            batch = pending.next_batch(block=False)
-            for future in batch:
-                yield future.result()
-                future.release()
-            if watch is not None and time.monotonic() >= next_watch:
-                watch()
-                next_watch = time.monotonic() + poll
-            if not batch:
-                time.sleep(0.02)
-    finally:
-        client.cancel(futures)
 
 
 class DaskAwkwardEngine(_EngineBase):

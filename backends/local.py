@@ -351,10 +351,29 @@ class DaskExecutor(BaseExecutor):
                 f"{now - self._alone_since:.0f} s (lost_timeout {self.lost_timeout:g} s)"
             )
 
-    def map_unordered(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
+    def map_unordered(
+        self,
+        fn: Callable[[Any], Any],
+        tasks: Iterable[Any],
+        affinity: Callable[[Any], tuple[Hashable, float]] | None = None,
+    ) -> Iterator[Any]:
+        """``fn`` of every task on the client's workers, results as they complete.
+
+        ``affinity(task) -> (key, weight)``: tasks of one key go to one worker (keys dealt by
+        weight, heaviest first, :func:`assign_by_weight`), which runs its keys heaviest first
+        and each key's tasks in the given order (task priorities). The restriction is loose
+        (``allow_other_workers``): Dask's work stealing moves tasks to idle workers, and the
+        tasks of a lost worker run on the others. While waiting, :meth:`watch` runs every
+        ``poll_seconds``.
+        """
         from distributed import as_completed
 
-        futures = self.client.map(fn, list(tasks), pure=False)
+        tasks = list(tasks)
+        workers = sorted(self.client.nthreads()) if affinity is not None else []
+        if len(workers) > 1:
+            futures = self._submit_affine(fn, tasks, affinity, workers)
+        else:
+            futures = self.client.map(fn, tasks, pure=False)
         try:
             pending = as_completed(futures, loop=self.client.loop)
             next_watch = time.monotonic() + self.poll_seconds
@@ -370,6 +389,27 @@ class DaskExecutor(BaseExecutor):
                     time.sleep(0.02)
         finally:
             self.client.cancel(futures)
+
+    def _submit_affine(self, fn, tasks: list[Any], affinity, workers: list[str]) -> list[Any]:
+        keys = [affinity(task) for task in tasks]
+        weights: dict[Hashable, float] = {}
+        for key, weight in keys:
+            weights[key] = weights.get(key, 0.0) + weight
+        owner = assign_by_weight(weights, len(workers))
+        order = {key: i for i, key in enumerate(sorted(weights, key=lambda k: -weights[k]))}
+        # stable: the given order within a key
+        queue = sorted(zip(tasks, keys, strict=True), key=lambda tk: order[tk[1][0]])
+        return [
+            self.client.submit(
+                fn,
+                task,
+                workers=[workers[owner[key]]],
+                allow_other_workers=True,
+                pure=False,
+                priority=len(queue) - position,
+            )
+            for position, (task, (key, _)) in enumerate(queue)
+        ]
 
     def close(self) -> None:
         if not self.owns_client:
