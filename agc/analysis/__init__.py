@@ -22,6 +22,7 @@ from agc.analysis.processor import (
     process_events,
     select_regions,
 )
+from agc.analysis.xp import to_device
 
 __all__ = [
     "MLModels",
@@ -35,4 +36,5 @@ __all__ = [
     "objects",
     "process_events",
     "select_regions",
+    "to_device",
 ]

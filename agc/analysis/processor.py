@@ -25,6 +25,7 @@ import awkward as ak
 import hist
 import numpy as np
 
+from agc.analysis.filler import Filler
 from agc.analysis.ml import JetColumns, MLColumns, MLModels, best_candidate_features, ml_columns
 from agc.analysis.observables import ht_flat, trijet_mass_flat
 from agc.analysis.selection import btag_mask, electron_mask, jet_mask, muon_mask, region_masks
@@ -34,7 +35,7 @@ from agc.analysis.systematics import (
     btag_weight,
     resolution_factors_flat,
 )
-from agc.analysis.xp import flat_namespace, to_flat_xp, to_host
+from agc.analysis.xp import DEVICES, flat_namespace, segment_sum, to_flat_xp, to_host
 from agc.constants import DEFAULT_SEED
 from agc.histograms import new_histogram, new_ml_histogram
 from agc.vocabulary import (
@@ -71,6 +72,8 @@ class Objects:
     event_of_jet: Any
     n_leptons: Any
     xp: Any
+    #: None: the CPU engine's path; "cpu" / "cuda": the device path (see process_events).
+    device: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,10 +95,11 @@ class RegionEvents:
     jet_mask: Any = None
 
 
-def objects(events: ak.Array) -> Objects:
+def objects(events: ak.Array, device: str | None = None) -> Objects:
     """The jet columns and the tight-lepton count per event of a chunk.
 
-    ``events``: flat branches as uproot reads them (``Jet_pt``...) or coffea NanoEvents.
+    ``events``: flat branches as uproot reads them (``Jet_pt``...) or coffea NanoEvents;
+    ``device``: as in :func:`process_events`.
     """
     jets, jet_counts = _flat(events, "Jet", JET_FIELDS)
     electrons, electron_counts = _flat(events, "Electron", ELECTRON_FIELDS)
@@ -106,7 +110,7 @@ def objects(events: ak.Array) -> Objects:
     )
     event_of_jet = xp.repeat(xp.arange(len(jet_counts)), jet_counts)
     return Objects(
-        dict(zip(JET_FIELDS, jets, strict=True)), jet_counts, event_of_jet, n_leptons, xp
+        dict(zip(JET_FIELDS, jets, strict=True)), jet_counts, event_of_jet, n_leptons, xp, device
     )
 
 
@@ -130,7 +134,10 @@ def select_regions(obj: Objects, pt) -> dict[str, RegionEvents]:
         region_pt = pt[take]
         eta, phi, mass, btag = (jets[f][take] for f in ("eta", "phi", "mass", "btagCSVV2"))
         if region == "4j1b":
-            observable = ht_flat(region_pt, counts)
+            # the same sums bit for bit; ak.sum is faster on the CPU, the segment sum needs
+            # no awkward kernel (none exists on a GPU without awkward's CUDA kernels)
+            ht = segment_sum if obj.device else ht_flat
+            observable = ht(region_pt, counts)
         else:
             observable, _ = trijet_mass_flat(region_pt, eta, phi, mass, btag, counts)
         out[region] = RegionEvents(
@@ -166,6 +173,7 @@ def process_events(
     seed: int = DEFAULT_SEED,
     systematics: bool = True,
     ml: MLModels | None = None,
+    device: str | None = None,
 ) -> dict[str, hist.Hist]:
     """Histograms of one chunk of events, keyed by the output names of spec §6.
 
@@ -180,6 +188,13 @@ def process_events(
         seed: seed of the ``pt_res_up`` smear.
         systematics: False runs the nominal selection only (for quick checks).
         ml: the ML models (:func:`agc.analysis.ml.load_models`), or None for no ML step.
+        device: None for the CPU engine's path (``hist.fill`` on the host, ``ak.sum``);
+            ``"cuda"`` or ``"cpu"`` for the device path, which asks awkward for no kernel and
+            fills every histogram through one :class:`agc.analysis.filler.Filler` on the
+            device of the data (one device-to-host copy per chunk). ``"cuda"`` expects
+            events on awkward's CUDA backend (:func:`agc.analysis.xp.to_device`); ``"cpu"``
+            runs the very same code on numpy. Both paths give the same histograms (bit for
+            bit on the CPU).
 
     Returns:
         One 1D histogram per name of :func:`agc.vocabulary.histogram_names`, empty ones
@@ -195,6 +210,8 @@ def process_events(
     Raises:
         agc.analysis.ml.MissingBranchesError: with ``ml``, when the events lack an ML branch.
     """
+    if device is not None and device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)} or None, not {device!r}")
     dataset = dataset or f"{process}__{variation}"
     hists = {
         name: new_histogram(name.split("_", 1)[0])
@@ -206,7 +223,15 @@ def process_events(
         for feature in ML_FEATURES:
             for label in histogram_labels(process, variation, systematics):
                 hists[ml_histogram_name(feature, process, label)] = new_ml_histogram(feature)
-    obj = objects(events)
+    obj = objects(events, device)
+    if device is None:
+
+        def fill(name: str, values, weight) -> None:
+            _fill(hists[name], values, weight)
+
+    else:
+        filler = Filler(hists, obj.xp)
+        fill = filler.fill
     with_systematics = variation == NOMINAL and systematics
     if with_systematics:
         pt_variations = jet_pt_variations(events, obj, dataset=dataset, seed=seed)
@@ -220,14 +245,14 @@ def process_events(
                 fills += _weight_variations(obj, selection, process, weight)
             observable = selection.observable
             for fill_label, fill_weight in fills:
-                _fill(hists[histogram_name(region, process, fill_label)], observable, fill_weight)
+                fill(histogram_name(region, process, fill_label), observable, fill_weight)
             if ml is not None and ml_inputs is not None and region == ML_REGION:
                 features = _ml_features(ml, ml_inputs, selection)
                 for fill_label, fill_weight in fills:
                     for i, feature in enumerate(ML_FEATURES):
                         name = ml_histogram_name(feature, process, fill_label)
-                        _fill(hists[name], features[:, i], fill_weight)
-    return hists
+                        fill(name, features[:, i], fill_weight)
+    return hists if device is None else filler.result()
 
 
 def _weight_variations(
@@ -241,7 +266,7 @@ def _weight_variations(
     out: list[tuple[str, Any]] = []
     first_jet = obj.xp.cumsum(selection.counts) - selection.counts
     for i in range(N_BTAG_VARIATIONS):
-        jet_pt = to_host(selection.pt[first_jet + i])
+        jet_pt = selection.pt[first_jet + i]  # on the data's device
         for direction in DIRECTIONS:
             out.append((btag_variation(i, direction), weight * btag_weight(jet_pt, direction)))
     if process == "wjets":
