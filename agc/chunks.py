@@ -2,7 +2,10 @@
 
 This is what runs on a worker, whatever the backend: :func:`process_chunk` opens the file
 (kept open per process, :mod:`agc.reader`), reads the chunk's branches and runs
-:func:`agc.analysis.process_events` on them, timing each part. It imports only the catalog,
+:func:`agc.analysis.process_events` on them, timing each part. The two stages are also
+functions of their own (:func:`read_stage`, :func:`analysis_stage`), so that an executor can
+run them on different workers (reading on CPU workers, the analysis on a GPU one: the stages
+of :data:`CHUNK_STAGES`, placed by Dask resources). It imports only the catalog,
 reader, analysis and the metrics record type; engines, cache and the runner import it.
 """
 
@@ -17,7 +20,7 @@ from typing import Any
 import awkward as ak
 import hist
 
-from agc.analysis import MLModels, ModelFilesError, load_models, process_events
+from agc.analysis import MLModels, ModelFilesError, load_models, process_events, to_device
 from agc.catalog import Chunk
 from agc.metrics import TaskTiming, peak_rss_mb
 from agc.reader import InputFileError, open_tree, read_chunk, with_retries
@@ -45,6 +48,9 @@ class ChunkTask:
     #: (:func:`agc.analysis.ml.models_fingerprint`), which the worker checks it sees.
     ml: str | None = None
     ml_fingerprint: str | None = None
+    #: The device path of the analysis (:func:`agc.analysis.process_events`): "cuda" moves
+    #: the columns to the GPU first, "cpu" runs the same code on numpy; None: the CPU path.
+    device: str | None = None
 
 
 @dataclass
@@ -63,10 +69,37 @@ class ChunkResult:
 
 
 def process_chunk(task: ChunkTask) -> ChunkResult:
-    """Read one chunk and run the analysis on it (runs on a worker).
+    """Read one chunk and run the analysis on it (runs on a worker): both stages in one process.
 
     With ``task.skip_bad_files``, a failure to open or read the file (the read stage only: an
     error in the analysis is never skipped) gives :func:`skipped_result`.
+    """
+    return analysis_stage(read_stage(task))
+
+
+#: The stages of a chunk, by the names that site profiles give resources to (``stages:``).
+CHUNK_STAGES = ("read", "analysis")
+
+
+@dataclass
+class ReadChunk:
+    """What the read stage of a chunk hands to its analysis stage (maybe on another worker)."""
+
+    task: ChunkTask
+    events: ak.Array
+    nbytes: int
+    #: epoch seconds when the read began; its wall, opening and CPU seconds
+    started: float
+    read_seconds: float
+    open_seconds: float
+    cpu_seconds: float
+
+
+def read_stage(task: ChunkTask) -> ReadChunk | ChunkResult:
+    """The read stage of a chunk: open the file (kept open per process) and read the columns.
+
+    With ``task.skip_bad_files``, a file that cannot be opened or read gives the chunk's
+    :func:`skipped_result` instead of an error.
     """
     started, cpu0 = time.time(), time.process_time()
     c = task.chunk
@@ -89,14 +122,29 @@ def process_chunk(task: ChunkTask) -> ChunkResult:
         if not task.skip_bad_files:
             raise
         return skipped_result(task, err, started=started, cpu0=cpu0)
-    return analyse(
-        events,
+    return ReadChunk(
         task,
+        events,
         nbytes,
-        started=started,
-        cpu0=cpu0,
+        started,
         read_seconds=time.time() - started,
         open_seconds=opened - started,
+        cpu_seconds=time.process_time() - cpu0,
+    )
+
+
+def analysis_stage(read: ReadChunk | ChunkResult) -> ChunkResult:
+    """The analysis stage of a chunk from what its read stage gave (a skipped result passes)."""
+    if isinstance(read, ChunkResult):
+        return read
+    return analyse(
+        read.events,
+        read.task,
+        read.nbytes,
+        started=read.started,
+        cpu0=time.process_time() - read.cpu_seconds,  # the read's CPU counted in the chunk's
+        read_seconds=read.read_seconds,
+        open_seconds=read.open_seconds,
     )
 
 
@@ -116,6 +164,9 @@ def analyse(
     """
     c = task.chunk
     models = worker_models(task)  # loaded once per process, before the analysis is timed
+    transfer_started = time.time()
+    if not task.io_only:
+        events = to_device(events, task.device)
     analysis_started = time.time()
     if task.io_only:
         histograms = {}
@@ -129,6 +180,7 @@ def analyse(
             seed=task.seed,
             systematics=task.systematics,
             ml=models,
+            device=task.device,
         )
     finished = time.time()
     timing = chunk_timing(
@@ -140,6 +192,7 @@ def analyse(
         read_seconds=read_seconds,
         analysis_seconds=finished - analysis_started,
         open_seconds=open_seconds,
+        transfer_seconds=analysis_started - transfer_started if task.device else float("nan"),
     )
     return ChunkResult(task.index, len(events), histograms, timing)
 

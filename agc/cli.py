@@ -91,6 +91,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     _option(g, "profile", metavar="FILE_OR_NAME")
     _option(g, "scheduler_address", metavar="ADDRESS")
     _option(g, "mode")
+    _option(g, "device")
     _option(g, "workers", type=int)
     _option(g, "engine")
     _option(g, "chunksize", type=int)
@@ -120,6 +121,8 @@ def config_from_args(args: argparse.Namespace):
             given[key] = value
     if given.get("scheduler_address") and "backend" not in given:
         given["backend"] = "dask"  # --scheduler-address alone: join that cluster
+    if given.get("device") and "backend" not in given:
+        given["backend"] = "gpu"  # --device alone: the gpu backend on that device
     given["systematics"] = not args.no_systematics
     given["fit"] = not args.no_fit
     return RunConfig(**given)

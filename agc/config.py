@@ -43,6 +43,11 @@ LOCAL_MODES: dict[str, str] = {
     "processes": "a pool of forked worker processes (default)",
     "dask": "a Dask LocalCluster of worker processes",
 }
+#: ``device``: where the analysis of each chunk runs (the ``gpu`` backend's device path).
+DEVICE_CHOICES: dict[str, str] = {
+    "cuda": "a CUDA GPU through cupy (--backend gpu; fails at once without cupy or a GPU)",
+    "cpu": "the same device-path code on numpy, for machines without a GPU",
+}
 #: ``data_lake``: keep run outputs in the cache store too, only there, or not.
 DATA_LAKE_MODES: dict[str, str] = {
     "copy": "outputs in the run directory and, with a cache store, in the store too",
@@ -56,6 +61,7 @@ CHOICE_DESCRIPTIONS: dict[str, dict[str, str]] = {
     "engine": ENGINES,
     "mode": LOCAL_MODES,
     "data_lake": DATA_LAKE_MODES,
+    "device": DEVICE_CHOICES,
 }
 
 #: Definitions shared with site profiles (``workers`` and ``local.mode`` of a profile).
@@ -164,6 +170,11 @@ RUN_SCHEMA: dict[str, Any] = {
             "description": "join this existing Dask scheduler (backend dask; e.g. coffea-casa's "
             "tls://localhost:8786)",
         },
+        "device": {
+            "enum": [None, *DEVICE_CHOICES],
+            "description": "the device path of the analysis (histograms filled on the device); "
+            "default with --backend gpu: cuda; without it the CPU path",
+        },
         "backend_options": {
             "type": "object",
             "description": "further keyword arguments of a site's own backend class",
@@ -255,6 +266,7 @@ class RunConfig:
     mode: str | None = None
     profile: str | None = None
     scheduler_address: str | None = None
+    device: str | None = None
     backend_options: Mapping[str, Any] = field(default_factory=FrozenOptions)
     engine: str = "chunked"
     chunksize: int = 100_000
@@ -274,6 +286,8 @@ class RunConfig:
         if isinstance(self.backend_options, Mapping):
             object.__setattr__(self, "backend_options", FrozenOptions(self.backend_options))
         check({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        if self.backend == "gpu" and self.device is None:
+            object.__setattr__(self, "device", "cuda")
 
     @property
     def branches(self) -> tuple[str, ...]:
@@ -286,6 +300,8 @@ class RunConfig:
         """Keyword arguments of the backend class: the backend fields that are set, and
         ``backend_options``."""
         given = {k: getattr(self, k) for k in BACKEND_FIELDS if getattr(self, k) is not None}
+        if self.backend == "gpu":  # the gpu backend checks and places the device it runs on
+            given["device"] = self.device
         return {**self.backend_options, **given}
 
     def to_dict(self) -> dict[str, Any]:
@@ -338,6 +354,8 @@ def check(options: Mapping[str, Any]) -> None:
             options["scheduler_address"],
             "joins an existing Dask cluster: give backend='dask' (--backend dask)",
         )
+    if options.get("device") and options.get("io_only"):
+        raise ConfigError("device", options["device"], "places the analysis, and io_only runs none")
     if options.get("ml") and options.get("io_only"):
         raise ConfigError(
             "ml",

@@ -14,7 +14,9 @@ identical whichever engine ran.
     chunk (explicit entry ranges, so the partitions are exactly the chunks of the chunked
     engine); the analysis is a task per partition in the same Dask graph, computed on the
     executor's Dask client. Reading and analysis are separate tasks, as in a coffea
-    dask-awkward workflow; their timings come from Dask's task stream.
+    dask-awkward workflow; their timings come from Dask's task stream. With an executor's
+    ``stage_resources``, the read layer and the analysis tasks carry the resources of their
+    stage as Dask annotations.
 
 The result cache (:class:`agc.cache.CachingEngine`) wraps either of them.
 """
@@ -28,7 +30,15 @@ from typing import Any, Protocol
 import awkward as ak
 import numpy as np
 
-from agc.chunks import ChunkResult, ChunkTask, analyse, process_chunk, skipped_result
+from agc.chunks import (
+    ChunkResult,
+    ChunkTask,
+    analyse,
+    analysis_stage,
+    process_chunk,
+    read_stage,
+    skipped_result,
+)
 from agc.config import ENGINES
 from agc.errors import UserError
 from agc.reader import check_tree, open_tree
@@ -85,6 +95,10 @@ class ChunkedEngine(_EngineBase):
     ``map_unordered`` takes ``affinity`` do this: the process pool with a queue per worker, the
     Dask executors with loose worker restrictions (Dask's work stealing balances the load, and
     a lost worker's chunks run elsewhere). Other executors get the tasks in plan order.
+
+    An executor with ``stage_resources`` (a GPU cluster, a profile's ``stages``) gets each
+    chunk as two tasks, :func:`agc.chunks.read_stage` and :func:`agc.chunks.analysis_stage`,
+    each with the Dask resources of its stage (:meth:`backends.base.Executor.map_stages`).
     """
 
     name = "chunked"
@@ -93,7 +107,12 @@ class ChunkedEngine(_EngineBase):
         if not tasks:
             return
         executor = _require(executor, tasks)
-        if _takes_affinity(executor):
+        if getattr(executor, "stage_resources", None):
+            # read and analysis as separate tasks, each placed by its Dask resources
+            yield from executor.map_stages(
+                [("read", read_stage), ("analysis", analysis_stage)], tasks
+            )
+        elif _takes_affinity(executor):
             yield from executor.map_unordered(  # type: ignore[call-arg]
                 process_chunk, tasks, affinity=file_affinity
             )
@@ -151,14 +170,19 @@ class DaskAwkwardEngine(_EngineBase):
         file_order = {path: i for i, path in enumerate(files)}
         partition_tasks = sorted(readable, key=lambda t: file_order[t.chunk.path])
         nbytes = _compressed_bytes(partition_tasks)
-        events = uproot.dask(files, filter_name=list(tasks[0].branches), open_files=False)
+        stages = getattr(executor, "stage_resources", None) or {}
+        with _annotated(stages.get("read")):
+            events = uproot.dask(files, filter_name=list(tasks[0].branches), open_files=False)
         analyse_partition = dask.delayed(_analyse_partition, pure=True)
-        graph = [
-            analyse_partition(
-                part, task, nbytes[i], dask_key_name=f"agc-{events.name}-analysis-{i}"
-            )
-            for i, (part, task) in enumerate(zip(events.to_delayed(), partition_tasks, strict=True))
-        ]
+        # optimising the collection fuses its read layer into one without annotations
+        partitions = events.to_delayed(optimize_graph=not stages)
+        with _annotated(stages.get("analysis")):
+            graph = [
+                analyse_partition(
+                    part, task, nbytes[i], dask_key_name=f"agc-{events.name}-analysis-{i}"
+                )
+                for i, (part, task) in enumerate(zip(partitions, partition_tasks, strict=True))
+            ]
         with get_task_stream(client) as stream:
             # a failed read (remote: a lost connection) is run again by Dask itself
             futures = client.compute(graph, retries=max(t.read_retries for t in tasks))
@@ -185,6 +209,15 @@ class DaskAwkwardEngine(_EngineBase):
             finally:
                 client.cancel(futures)
         _add_read_times(results, stream.data, events.name)
+
+
+def _annotated(resources: dict[str, float] | None):
+    """``dask.annotate(resources=...)`` for the layers made inside, or nothing."""
+    import contextlib
+
+    import dask
+
+    return dask.annotate(resources=resources) if resources else contextlib.nullcontext()
 
 
 class _AnalysisError(RuntimeError):

@@ -125,6 +125,8 @@ class TaskTiming:
     open_seconds: float = float("nan")
     #: the chunk was left out: its file could not be read (``skip_bad_files``)
     skipped: bool = False
+    #: of ``finished - started``: moving the columns to the analysis device (device path)
+    transfer_seconds: float = float("nan")
 
 
 @dataclass
@@ -170,6 +172,10 @@ class RunRecord:
     partial: bool = False
     chunks_skipped: int = 0
     events_lost: int = 0
+    #: the device path's device ("cuda", or "cpu": the GPU code path on numpy); "": CPU path
+    device: str = ""
+    #: summed over tasks: moving columns to the device (device path)
+    transfer_seconds: float = float("nan")
 
     @property
     def cores(self) -> int:
@@ -214,7 +220,8 @@ class RunRecord:
 
 
 def task_totals(tasks: Iterable[TaskTiming]) -> dict:
-    """Per-run sums over the executor's task timings: files, task, read and analysis seconds."""
+    """Per-run sums over the executor's task timings: files, task, read, analysis and transfer
+    seconds."""
     tasks = [t for t in tasks if not t.cached]
     return {
         "files": len({t.path for t in tasks}),
@@ -222,6 +229,7 @@ def task_totals(tasks: Iterable[TaskTiming]) -> dict:
         "read_seconds": sum(t.read_seconds for t in tasks),
         "open_seconds": sum(t.open_seconds for t in tasks),
         "analysis_seconds": sum(t.analysis_seconds for t in tasks),
+        "transfer_seconds": sum(t.transfer_seconds for t in tasks),
     }
 
 

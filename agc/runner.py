@@ -191,11 +191,12 @@ def run(
     written, so a failed run never leaves a directory that looks complete.
     """
     config = RunConfig() if config is None else config
+    # first: a backend that cannot run here (no GPU, a bad profile) fails before any work
+    backend = make_backend(config, client)
     catalog = resolve_catalog(config.catalog, progress=progress)
     clock, cpu0 = PhaseClock(), time.process_time()
     with clock.phase("preprocessing"):
         plan = make_plan(config, catalog, write=write)
-        backend = make_backend(config, client)
         engine = make_engine(config)
     with claim_output(plan), staged_outputs(plan) as outputs:
         execution = execute(plan, engine, backend, clock, progress=progress)
@@ -278,6 +279,7 @@ def make_plan(config: RunConfig, catalog: str, *, write: bool = True) -> Plan:
             read_retries=config.read_retries,
             ml=ml_dir,
             ml_fingerprint=ml_fingerprint,
+            device=config.device,
         )
         for i, c in enumerate(chunks)
     ]
@@ -614,6 +616,7 @@ def record(
         partial=bool(skipped),
         chunks_skipped=len(skipped),
         events_lost=sum(s["events_lost"] for s in skipped),
+        device=config.device or "",
         **task_totals(timings),
     )
     weights = processed_weights(plan, execution.results)
@@ -643,6 +646,14 @@ def record(
         "tasks_resubmitted": run_record.tasks_resubmitted,
         "workers_retired": run_record.workers_retired,
     }
+    if config.device is not None:
+        summary["device"] = {
+            "device": config.device,
+            "what": "a CUDA GPU (cupy)"
+            if config.device == "cuda"
+            else "the GPU code path on numpy (no GPU involved)",
+            "transfer_seconds": run_record.transfer_seconds,
+        }
     if config.ml is not None:
         summary["ml"] = {
             "models": plan.tasks[0].ml if plan.tasks else config.ml,

@@ -8,7 +8,8 @@ run whatever function they are given.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
 
@@ -25,6 +26,7 @@ BUILTIN_BACKENDS = {
     "slurm": "backends.slurm:SlurmBackend",
     "htcondor": "backends.htcondor:HTCondorBackend",
     "dirac": "backends.dirac:DiracBackend",
+    "gpu": "backends.gpu:GpuBackend",
 }
 
 
@@ -50,9 +52,21 @@ class Executor(Protocol):
     worker_restarts: int
     #: Tasks run again because the worker running them died, so far.
     tasks_resubmitted: int
+    #: Dask resources of each stage of a task (``{"read": {"CPU": 1}, "analysis": {"GPU": 1}}``)
+    #: when the executor places stages on workers by what they advertise, else None.
+    stage_resources: dict[str, dict[str, float]] | None
 
     def map_unordered(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
         """Run ``fn(task)`` for every task; yield the results in completion order."""
+        ...
+
+    def map_stages(
+        self, stages: Sequence[tuple[str, Callable[[Any], Any]]], tasks: Iterable[Any]
+    ) -> Iterator[Any]:
+        """Run each task through ``stages`` (``(name, fn)`` pairs: the first ``fn`` takes the
+        task, each next one the result of the one before); yield the last results in
+        completion order. A Dask executor runs every stage as a task of its own, with the
+        resources :attr:`stage_resources` gives its name."""
         ...
 
     def wait_for_workers(self, n: int = 1) -> None:
@@ -78,9 +92,16 @@ class BaseExecutor:
     client: Any = None
     worker_restarts: int = 0
     tasks_resubmitted: int = 0
+    stage_resources: dict[str, dict[str, float]] | None = None
 
     def map_unordered(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
         raise NotImplementedError
+
+    def map_stages(
+        self, stages: Sequence[tuple[str, Callable[[Any], Any]]], tasks: Iterable[Any]
+    ) -> Iterator[Any]:
+        """The stages one after the other in one task (where the executor runs it)."""
+        return self.map_unordered(partial(run_stages, tuple(fn for _, fn in stages)), tasks)
 
     def wait_for_workers(self, n: int = 1) -> None:
         return None
@@ -90,6 +111,13 @@ class BaseExecutor:
 
     def close(self) -> None:
         return None
+
+
+def run_stages(fns: Sequence[Callable[[Any], Any]], task: Any) -> Any:
+    """``fns[-1](... fns[1](fns[0](task)))``: a task's stages in one process."""
+    for fn in fns:
+        task = fn(task)
+    return task
 
 
 class Backend(Protocol):

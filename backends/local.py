@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -323,13 +323,16 @@ class DaskExecutor(BaseExecutor):
         *,
         owns_client: bool = True,
         lost_timeout: float | None = None,
+        stage_resources: dict[str, dict[str, float]] | None = None,
     ):
         self.client = client
         self.cluster = cluster
         self.owns_client = owns_client
         self.workers = workers or max(len(client.nthreads()), 1)
         self.lost_timeout = lost_timeout
+        self.stage_resources = stage_resources or None
         self._alone_since: float | None = None
+        self._unplaced_since: dict[str, float] = {}
 
     def wait_for_workers(self, n: int = 1) -> None:
         self.client.wait_for_workers(n)
@@ -366,14 +369,76 @@ class DaskExecutor(BaseExecutor):
         tasks of a lost worker run on the others. While waiting, :meth:`watch` runs every
         ``poll_seconds``.
         """
-        from distributed import as_completed
-
         tasks = list(tasks)
         workers = sorted(self.client.nthreads()) if affinity is not None else []
         if len(workers) > 1:
             futures = self._submit_affine(fn, tasks, affinity, workers)
         else:
             futures = self.client.map(fn, tasks, pure=False)
+        yield from self._as_completed(futures, futures)
+
+    def map_stages(
+        self, stages: Sequence[tuple[str, Callable[[Any], Any]]], tasks: Iterable[Any]
+    ) -> Iterator[Any]:
+        """Each stage of each task a Dask task of its own, submitted with the resources of
+        :attr:`stage_resources` for its name (without them: all stages in one task).
+
+        Dask runs a task that asks for a resource only on a worker that advertises it
+        (``dask worker --resources GPU=1``). When no connected worker advertises what a
+        stage asks for during ``lost_timeout`` seconds (60 without one), the run fails naming
+        the stage and the resource instead of waiting for ever.
+        """
+        if not self.stage_resources:
+            yield from BaseExecutor.map_stages(self, stages, tasks)
+            return
+        needed = {
+            resource: name
+            for name, _ in stages
+            for resource in (self.stage_resources.get(name) or {})
+        }
+        submitted, last = [], []
+        for task in tasks:
+            future = task
+            for name, fn in stages:
+                future = self.client.submit(
+                    fn, future, resources=self.stage_resources.get(name), pure=False
+                )
+                submitted.append(future)
+            last.append(future)
+
+        def watch() -> None:
+            self.watch()
+            self._check_resources(needed)
+
+        yield from self._as_completed(last, submitted, watch)
+
+    def _check_resources(self, needed: dict[str, str]) -> None:
+        """Raise :class:`BackendError` when no worker has advertised a resource a stage needs
+        (``needed``: resource -> stage) for ``lost_timeout`` (default 60) seconds."""
+        workers = self.client.scheduler_info(n_workers=-1).get("workers", {}).values()
+        advertised = {r for w in workers for r, n in (w.get("resources") or {}).items() if n}
+        now = time.monotonic()
+        limit = self.lost_timeout if self.lost_timeout is not None else 60.0
+        for resource, stage in needed.items():
+            if resource in advertised:
+                self._unplaced_since.pop(resource, None)
+                continue
+            since = self._unplaced_since.setdefault(resource, now)
+            if now - since >= limit:
+                raise BackendError(
+                    f"the {stage} stage asks for the Dask resource {resource!r}, but no "
+                    f"worker of {self.client.scheduler.address} has advertised it for "
+                    f"{now - since:.0f} s: start workers with --resources {resource}=N "
+                    "(a profile's worker.gpus does it for GPU) or change the profile's stages"
+                )
+
+    def _as_completed(self, futures: list[Any], owned: list[Any], watch=None) -> Iterator[Any]:
+        """The results of ``futures`` as they complete, :meth:`watch` (or ``watch``) called
+        every ``poll_seconds``; ``owned`` (``futures`` and what they depend on) cancelled at
+        the end, however it ends."""
+        from distributed import as_completed
+
+        watch = watch or self.watch
         try:
             pending = as_completed(futures, loop=self.client.loop)
             next_watch = time.monotonic() + self.poll_seconds
@@ -383,12 +448,12 @@ class DaskExecutor(BaseExecutor):
                     yield future.result()
                     future.release()
                 if time.monotonic() >= next_watch:
-                    self.watch()
+                    watch()
                     next_watch = time.monotonic() + self.poll_seconds
                 if not batch:
                     time.sleep(0.02)
         finally:
-            self.client.cancel(futures)
+            self.client.cancel(owned)
 
     def _submit_affine(self, fn, tasks: list[Any], affinity, workers: list[str]) -> list[Any]:
         keys = [affinity(task) for task in tasks]

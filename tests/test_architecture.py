@@ -137,7 +137,8 @@ def test_engines_do_not_know_the_cache_and_the_cache_does_not_know_the_runner():
 
 
 @pytest.mark.parametrize(
-    "module", ["agc.synth", "backends.local", "backends.slurm", "backends.dask_cluster"]
+    "module",
+    ["agc.synth", "backends.local", "backends.slurm", "backends.dask_cluster", "backends.gpu"],
 )
 def test_generator_and_backends_never_import_the_analysis(module):
     """The generator must not be tuned to the selection; backends run whatever they are given."""

@@ -30,7 +30,11 @@ from agc.config import (
         ({"n_files": -2}, "n_files", "a positive number of files per sample, or -1"),
         ({"samples": ("ttbar",)}, "samples", "is not a fileset key"),
         ({"samples": ()}, "samples", "should be non-empty"),
-        ({"backend": "nope"}, "backend", "unknown backend; choose one of dask, dirac, htcondor"),
+        (
+            {"backend": "nope"},
+            "backend",
+            "unknown backend; choose one of dask, dirac, gpu, htcondor",
+        ),
         ({"mode": "threads"}, "mode", "is not one of inprocess, processes, dask"),
         ({"workers": 0}, "workers", "less than the minimum of 1"),
         ({"seed": -1}, "seed", "less than the minimum of 0"),

@@ -178,6 +178,8 @@ def chunk_key_parts(task, *, code: str, identity: Mapping[str, Any]) -> dict[str
             "branches": list(task.branches),
             # the ML step's models (their bytes); runs without it keep their earlier keys
             **({"ml_models": task.ml_fingerprint} if task.ml is not None else {}),
+            # the device path (and on a GPU, cupy's release); CPU-path runs keep their keys
+            **(device_parts(task.device) if getattr(task, "device", None) else {}),
         },
         "input": {
             **dict(identity),
@@ -187,6 +189,19 @@ def chunk_key_parts(task, *, code: str, identity: Mapping[str, Any]) -> dict[str
         },
         "libraries": library_versions(),
     }
+
+
+def device_parts(device: str) -> dict[str, str]:
+    """What a chunk result of the device path depends on beyond the CPU path's key."""
+    if device != "cuda":
+        return {"device": device}
+    try:
+        import cupy  # noqa: PLC0415 - only on GPU machines
+
+        release = str(cupy.__version__)
+    except ImportError:
+        release = "absent"
+    return {"device": device, "cupy": release}
 
 
 def chunk_key(parts: Mapping[str, Any]) -> str:
