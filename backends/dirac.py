@@ -7,7 +7,9 @@ dask_worker <scheduler> ...'``; with ``worker.container`` the python is ``apptai
 /cvmfs IMAGE python3``. It carries JobName, OwnerGroup, CPUTime, NumberOfProcessors, MinRAM /
 MaxRAM (MB), Tags (``GPU`` for GPU stages), Platform and either a ``Site`` list (DIRAC picks
 one) or, with per-site counts (``dirac.sites: {SITE_A: 3, SITE_B: 4}``), one site per job so
-that exactly 3 workers go to SITE_A and 4 to SITE_B.
+that exactly 3 workers go to SITE_A and 4 to SITE_B. Like every batch backend's, the worker
+advertises its Dask resources for the profile's ``stages`` (``--resources GPU=n`` for a GPU job,
+else ``CPU=<threads>`` with stages; :meth:`backends.jobqueue.JobQueueBackend.worker_resources`).
 
 DIRAC reads JDLs with its own ClassAd code, which does not carry every character of a quoted
 string (:data:`DIRAC_UNSAFE`): a worker command with such characters goes base64-encoded

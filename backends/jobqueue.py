@@ -24,7 +24,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from agc.config import ConfigError, check_value
 from backends.base import BackendError, capped_workers
 from backends.local import DaskExecutor
-from backends.profiles import Profile, load_profile
+from backends.profiles import Profile, ProfileError, load_profile
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,11 @@ class JobQueueExecutor(DaskExecutor):
         backend: JobQueueBackend | None = None,
         lost_timeout: float = DEFAULT_LOST_TIMEOUT,
         adaptive: bool = False,
+        stage_resources: dict[str, dict[str, float]] | None = None,
     ):
-        super().__init__(client, cluster, workers, lost_timeout=lost_timeout)
+        super().__init__(
+            client, cluster, workers, lost_timeout=lost_timeout, stage_resources=stage_resources
+        )
         self.cores_per_worker = cores_per_worker
         self._arrivals = arrivals
         self._started = started
@@ -335,6 +338,7 @@ class JobQueueBackend:
         self.profile: Profile = load_profile(profile, backend=self.name)
         self.jobs = workers or self.profile.workers
         self.check()
+        self.check_stage_resources()
 
     # --- what a subclass provides -------------------------------------------------------
     def check(self) -> None:
@@ -473,16 +477,138 @@ class JobQueueBackend:
         return f"{runtime} exec{gpu}{bind} {shlex.quote(container['image'])} {python}"
 
     def worker_extra_args(self) -> list[str]:
-        """The job's extra ``dask worker`` arguments: the profile's, the nanny preload that
-        gives batch workers the allocator behaviour of local ones (:mod:`backends.worker_setup`),
-        and the port range."""
+        """The job's extra ``dask worker`` arguments: the profile's, the resources its workers
+        advertise (:meth:`worker_resources`, unless the profile or the site gives its own
+        ``--resources``), the nanny preload that gives batch workers the allocator behaviour of
+        local ones (:mod:`backends.worker_setup`), and the port range."""
         w = self.profile.worker
         args = list(w.get("extra_args", []))
+        if self.own_resources() is None:
+            resources = self.worker_resources()
+            if resources:
+                args += ["--resources", ",".join(f"{k}={v}" for k, v in resources.items())]
         args += ["--preload-nanny", "backends.worker_setup"]
         args += self.lifetime_args()
         if w.get("port_range"):
             args += ["--worker-port", w["port_range"], "--nanny-port", w["port_range"]]
         return args
+
+    # --- stages and the resources of the workers -------------------------------------------
+    def stage_resources(self) -> dict[str, dict[str, float]] | None:
+        """The profile's ``stages`` (``{"read": {"CPU": 1.0}, "analysis": {"GPU": 1.0}}``) as a
+        plain dict, or None: the Dask resources each stage of a chunk asks for."""
+        stages = self.profile.data.get("stages")
+        if not stages:
+            return None
+        return {
+            str(stage): {str(r): float(n) for r, n in asked.items()}
+            for stage, asked in stages.items()
+        }
+
+    def own_resources(self) -> dict[str, float] | None:
+        """The resources given by a ``--resources`` of the profile's ``worker.extra_args`` (or
+        of the site's dask-jobqueue ``worker-extra-args``), as ``dask worker`` reads them; None
+        where neither has one (the last one counts, as for ``dask worker``)."""
+        args = [
+            str(a)
+            for a in self.with_site("worker-extra-args", self.profile.worker.get("extra_args", []))
+        ]
+        try:  # the worker gets the arguments through a shell
+            words = shlex.split(" ".join(args))
+        except ValueError:
+            words = args
+        value = None
+        for i, word in enumerate(words):
+            if word == "--resources":
+                value = words[i + 1] if i + 1 < len(words) else ""
+            elif word.startswith("--resources="):
+                value = word.partition("=")[2]
+        if value is None:
+            return None
+        resources: dict[str, float] = {}
+        for pair in value.replace(",", " ").split():
+            name, _, amount = pair.partition("=")
+            try:
+                if not name:
+                    raise ValueError(pair)
+                resources[name] = float(amount)
+            except ValueError:
+                raise ProfileError(
+                    f"profile {self.profile.source}: worker.extra_args: --resources {value!r} is "
+                    "not NAME=AMOUNT pairs such as 'GPU=1,CPU=4'"
+                ) from None
+        return resources
+
+    def worker_resources(self) -> dict[str, float]:
+        """The Dask resources each worker process of a job advertises (``dask worker
+        --resources``; dask applies them to each of the job's ``worker.processes``).
+
+        The profile's own ``--resources`` (:meth:`own_resources`) when it has one; else, for a
+        GPU job (``worker.gpus``), ``GPU=`` its GPUs divided among its worker processes; else,
+        with ``stages``, ``CPU=`` the threads of a worker process (cores // processes); else
+        none (no stage asks for any). With ``stages``, GPUs that do not divide among the
+        processes raise :class:`BackendError`; without, such a job advertises nothing (no task
+        asks for a resource).
+        """
+        own = self.own_resources()
+        if own is not None:
+            return own
+        w = self.profile.worker
+        gpus = int(w.get("gpus") or 0)
+        stages = self.stage_resources()
+        if gpus:
+            if gpus % self.processes == 0:
+                return {"GPU": gpus // self.processes}
+            if stages:
+                raise BackendError(
+                    f"profile {self.profile.source}: worker.gpus {gpus} is not divisible by "
+                    f"worker.processes {self.processes}: each Dask worker process of a job must "
+                    "advertise a whole number of GPUs (--resources GPU=N) for the stages to be "
+                    "placed; change one of them, or give worker.extra_args its own --resources"
+                )
+            return {}
+        if stages:
+            return {"CPU": self.cores_per_worker}
+        return {}
+
+    def check_stage_resources(self) -> None:
+        """Refuse (:class:`ProfileError`) ``stages`` that ask for a resource, or an amount of
+        it, that the profile's workers do not advertise (:meth:`worker_resources`): such a
+        stage would never run and the run would wait. A profile has one kind of job, so its
+        workers advertise one kind of resource (GPU for GPU jobs, else CPU) unless
+        ``worker.extra_args`` gives its own ``--resources``."""
+        stages = self.stage_resources()
+        if not stages:
+            return
+        advertised = self.worker_resources()
+        offered = (
+            ", ".join(f"{r}={n:g}" for r, n in advertised.items()) if advertised else "nothing"
+        )
+        for stage, asked in stages.items():
+            for resource, amount in asked.items():
+                has = advertised.get(resource, 0)
+                if has >= amount:
+                    continue
+                if has:
+                    problem = f"each worker process of its jobs advertises only {resource}={has:g}"
+                else:
+                    problem = (
+                        f"no worker of the profile advertises {resource} (each worker process "
+                        f"advertises {offered})"
+                    )
+                hint = (
+                    "set worker.gpus for GPU jobs, "
+                    if resource == "GPU" and not self.profile.worker.get("gpus")
+                    else ""
+                )
+                raise ProfileError(
+                    f"profile {self.profile.source}: stages.{stage}: the {stage} stage asks for "
+                    f"the Dask resource {resource}: {amount:g}, but {problem}, so it would never "
+                    f"run; {hint}ask only for what the workers advertise, give worker.extra_args "
+                    "its own --resources (e.g. [--resources, 'GPU=1,CPU=4'] for a GPU job that "
+                    "also runs the read stage), or leave stages out (every stage of a chunk in "
+                    "one task, on any worker)"
+                )
 
     def security(self):
         """A ``distributed.Security`` from the profile's ``tls`` section (None without TLS)."""
@@ -626,6 +752,7 @@ class JobQueueBackend:
             backend=self,
             lost_timeout=self.lost_timeout,
             adaptive=adapt is not None,
+            stage_resources=self.stage_resources(),
         )
 
 

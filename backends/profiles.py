@@ -53,6 +53,20 @@ _DURATION = {
     "minimum": 1,
     "x-expected": "seconds, or a time such as 30s, 55m or 2h",
 }
+_STAGE_RESOURCES = {
+    "type": "object",
+    "minProperties": 1,
+    "propertyNames": {
+        "pattern": r"^[A-Za-z_][A-Za-z0-9_.-]*$",
+        "x-expected": "a Dask resource name such as CPU or GPU",
+    },
+    "additionalProperties": {
+        "type": "number",
+        "exclusiveMinimum": 0,
+        "x-expected": "a positive amount such as 1",
+    },
+    "x-expected": "a mapping of Dask resources to amounts such as {CPU: 1}",
+}
 _COMMAND = {
     "type": "string",
     "minLength": 1,
@@ -240,6 +254,30 @@ PROFILE_SCHEMA: dict = _obj(
                 },
             },
             description="TLS between scheduler, workers and client (tls:// protocol)",
+        ),
+        "stages": _obj(
+            {
+                "read": {
+                    **_STAGE_RESOURCES,
+                    "description": "Dask resources of the read stage (reading a chunk of a "
+                    "ROOT file), e.g. {CPU: 1}",
+                },
+                "analysis": {
+                    **_STAGE_RESOURCES,
+                    "description": "Dask resources of the analysis stage (selection and "
+                    "histogram filling), e.g. {GPU: 1}",
+                },
+            },
+            required=("read", "analysis"),
+            description="Dask resources each stage of a chunk asks for, e.g. "
+            "{read: {CPU: 1}, analysis: {GPU: 1}}: a stage runs only on workers that advertise "
+            "them. Batch workers (slurm, htcondor, dirac) advertise GPU=worker.gpus/processes "
+            "when worker.gpus is set, else CPU=cores/processes (the threads of a worker "
+            "process), unless worker.extra_args has its own --resources. A profile has one "
+            "kind of job, so its workers advertise one kind of resource: every stage must ask "
+            "for what they advertise (a GPU job runs a CPU stage only if extra_args says so, "
+            "e.g. [--resources, 'GPU=1,CPU=4']), else the profile is refused. Without stages "
+            "each chunk runs all its stages in one task on any worker",
         ),
         "log_directory": {"type": "string", "description": "where job stdout/stderr go"},
         "local": _obj(

@@ -62,6 +62,8 @@ def test_shipped_profiles_are_valid_and_documented():
         ({"workers": 0}, r"workers: 0 is less than the minimum of 1"),
         ({"queue": "debug"}, r"queue: unknown key"),
         ({"backend": "htcondor"}, r"worker\.disk: required \(scratch disk per job"),
+        ({"stages": {"read": {"CPU": 1}, "gpu": {}}}, r"stages\.gpu: unknown key"),
+        ({"stages": {"read": {"CPU": 1}, "analysis": {"GPU": 0}}}, r"stages\.analysis\.GPU: 0"),
     ],
 )
 def test_bad_profile_names_the_key(tmp_path, changes, message):
