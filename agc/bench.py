@@ -19,6 +19,7 @@ import importlib.util
 import json
 import logging
 import os
+import pickle
 import subprocess
 import sys
 import tarfile
@@ -85,6 +86,9 @@ def load_scenarios(path: str | os.PathLike | None = None) -> dict:
                 f"which is not one of {', '.join(spec['datasets'])}"
             )
         for point in points(sc):  # every point is a run: checked against the run schema now
+            if point.get("implementation", "harness") != "harness":
+                _check_implementation(path, name, point)
+                continue
             try:
                 run_config("<catalog>", point)
             except BenchError as err:
@@ -92,6 +96,21 @@ def load_scenarios(path: str | os.PathLike | None = None) -> dict:
                     f"{path}: scenario {name!r}, point {point['label']!r}: {err}"
                 ) from None
     return spec
+
+
+def _check_implementation(path: Path, scenario: str, point: Mapping) -> None:
+    """A point that runs one of the AGC's own implementations names a known one and its
+    checkout (the checkout itself is looked at when the point runs)."""
+    from agc.implementations import IMPLEMENTATIONS
+
+    where = f"{path}: scenario {scenario!r}, point {point['label']!r}"
+    if point["implementation"] not in IMPLEMENTATIONS:
+        raise BenchError(
+            f"{where}: implementation {point['implementation']!r}; choose one of "
+            f"{', '.join(IMPLEMENTATIONS)}"
+        )
+    if not point.get("checkout"):
+        raise BenchError(f"{where}: give its checkout (a folder of the implementation)")
 
 
 def points(scenario: Mapping) -> list[dict]:
@@ -186,8 +205,12 @@ def run_scenario(
     warmup: int | None = None,
     data_root: Path | None = None,
     progress: bool = True,
+    checkouts: Mapping[str, str] | None = None,
 ) -> Path:
-    """Run one scenario and write its records into ``results_dir/raw``; return that folder."""
+    """Run one scenario and write its records into ``results_dir/raw``; return that folder.
+
+    ``checkouts``: implementation -> the checkout to run it from (``implementations``
+    scenario; default: each point's ``checkout``)."""
     spec = load_scenarios(scenarios_file)
     if name not in spec["scenarios"]:
         raise BenchError(
@@ -206,6 +229,10 @@ def run_scenario(
         frames = _cache_scenario(catalog, scenario, repeats, skipped)
     elif kind == "before-after":
         frames = _before_after(catalog, scenario, repeats, warmup, progress)
+    elif kind == "implementations":
+        frames, checks, skipped = _implementations(
+            catalog, scenario, repeats, warmup, progress, checkouts or {}
+        )
     else:
         frames, skipped = _runs(catalog, points(scenario), repeats, warmup, progress)
     for table, df in frames.items():
@@ -224,6 +251,8 @@ def run_scenario(
         "skipped": skipped,
         "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    if kind == "implementations":
+        meta["checks"] = checks
     (raw / f"{name}-meta.json").write_text(json.dumps(meta, indent=1))
     return raw
 
@@ -406,6 +435,87 @@ def _before_after(
     return {"runs": pd.DataFrame(rows), "phases": pd.DataFrame(phases)}
 
 
+def _implementations(
+    catalog: Path,
+    scenario: Mapping,
+    repeats: int,
+    warmup: int,
+    progress: bool,
+    checkouts: Mapping[str, str],
+) -> tuple[dict, dict[str, dict], dict[str, str]]:
+    """The harness's engines and the AGC's own implementations (:mod:`agc.implementations`),
+    each run in a fresh process, interleaved; their histograms checked against the first
+    harness point's. Returns the records, the checks per point and the points not run."""
+    import pandas as pd
+
+    from agc.implementations import compare, run_point
+    from agc.metrics import environment
+
+    pts = []
+    for point in points(scenario):
+        point = dict(point)
+        kind = point.get("implementation", "harness")
+        if kind in checkouts:
+            point["checkout"] = checkouts[kind]
+        if point.get("checkout") and not os.path.isabs(point["checkout"]):
+            point["checkout"] = str(REPO_ROOT / point["checkout"])
+        pts.append(point)
+    skipped = {p["label"]: reason for p in pts if (reason := unavailable(p))}
+    for label, reason in skipped.items():
+        log.warning("point %r not measured: %s", label, reason)
+    schedule = _schedule([p for p in pts if p["label"] not in skipped], repeats, warmup)
+    rows, histograms = [], {}
+    with tempfile.TemporaryDirectory(prefix="agc-implementations-") as scratch:
+        for n, (point, repeat, is_warmup) in enumerate(schedule, 1):
+            if progress:
+                log.info("[%d/%d] %s%s", n, len(schedule), point["label"], " (warm-up)" * is_warmup)
+            out = Path(scratch) / f"{n}"
+            result = run_point(
+                {k: v for k, v in point.items() if k not in POINT_CONTROLS or k == "label"},
+                str(catalog),
+                out,
+            )
+            if not is_warmup and point["label"] not in histograms:
+                with open(out / "histograms.pkl", "rb") as f:
+                    histograms[point["label"]] = pickle.load(f)
+            loop, whole = result.event_loop_seconds, result.whole_process_seconds
+            rows.append(
+                {
+                    "run_id": f"{point['label']}-{n}",
+                    "point": point["label"],
+                    "implementation": result.implementation,
+                    "backend": point.get("backend", result.implementation),
+                    "engine": point.get("engine", result.implementation),
+                    "workers": result.workers,
+                    "cores_per_worker": 1,
+                    "events": result.events,
+                    "wall_seconds": whole,
+                    "processing_seconds": loop,
+                    "events_per_second": result.events / whole,
+                    "events_per_second_per_core": result.events / whole / max(result.workers, 1),
+                    "processing_events_per_second": result.events / loop,
+                    "processing_events_per_second_per_core": result.events
+                    / loop
+                    / max(result.workers, 1),
+                    "versions": json.dumps(result.versions),
+                    "repeat": repeat,
+                    "warmup": is_warmup,
+                    "code": "current",
+                }
+            )
+    harness = [p["label"] for p in pts if p.get("implementation", "harness") == "harness"]
+    checks: dict[str, dict] = {}
+    if harness and harness[0] in histograms:
+        base = histograms[harness[0]]
+        checks = {
+            label: {"against": harness[0], **compare(base, other)}
+            for label, other in histograms.items()
+            if label != harness[0]
+        }
+    df = pd.DataFrame(rows).assign(**environment()) if rows else None
+    return {"runs": df}, checks, skipped
+
+
 def _cache_scenario(
     catalog: Path, scenario: Mapping, repeats: int, skipped: dict[str, str]
 ) -> dict:
@@ -462,6 +572,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 repeats=args.repeats,
                 warmup=args.warmup,
                 progress=not args.quiet,
+                checkouts={
+                    kind: path
+                    for kind, path in (
+                        ("coffea-reference", args.coffea_reference),
+                        ("rdf-reference", args.rdf_reference),
+                    )
+                    if path
+                },
             )
             print(f"{name}: records in {raw}")
     if args.report:
@@ -517,6 +635,20 @@ def register(subparsers) -> None:
     p.add_argument("--warmup", type=int, default=None, help="override the scenario's warm-ups")
     p.add_argument("--report", action="store_true", help="rebuild the report afterwards")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument(
+        "--coffea-reference",
+        metavar="CHECKOUT",
+        default=None,
+        help="scenario implementations: the AGC coffea reference to run (a folder with "
+        "ttbar_analysis_pipeline.py; default ../shared/reference-implementations/coffea)",
+    )
+    p.add_argument(
+        "--rdf-reference",
+        metavar="CHECKOUT",
+        default=None,
+        help="scenario implementations: the AGC RDataFrame implementation to run (a folder "
+        "with analysis.py; needs ROOT, pip install '.[rdf]')",
+    )
     p.set_defaults(func=cmd_bench)
 
     p = subparsers.add_parser("report", help="build the HTML/markdown report of a results folder")

@@ -36,6 +36,9 @@ ENGINES: dict[str, str] = {
     "chunked": "one read+analyse task per chunk, on any backend",
     "dask-awkward": "an uproot.dask collection (a partition per chunk) and analysis tasks in one "
     "Dask graph; needs --mode dask or a batch backend",
+    "coffea": "coffea's processor.Runner on NanoEvents, the plan's chunks as its work items, "
+    "with the executor of the backend: IterativeExecutor (--mode inprocess), FuturesExecutor "
+    "(--mode processes), DaskExecutor (--mode dask, batch backends)",
 }
 #: How the local backend runs (:mod:`backends.local`).
 LOCAL_MODES: dict[str, str] = {
@@ -353,6 +356,12 @@ def check(options: Mapping[str, Any]) -> None:
             "scheduler_address",
             options["scheduler_address"],
             "joins an existing Dask cluster: give backend='dask' (--backend dask)",
+        )
+    if options.get("engine") == "coffea" and (options.get("io_only") or options.get("device")):
+        raise ConfigError(
+            "engine",
+            "coffea",
+            "runs the analysis on coffea NanoEvents on the CPU: not with io_only or a device",
         )
     if options.get("device") and options.get("io_only"):
         raise ConfigError("device", options["device"], "places the analysis, and io_only runs none")

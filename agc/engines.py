@@ -253,10 +253,107 @@ def _unreadable_files(tasks: Sequence[ChunkTask]) -> dict[str, Exception]:
     return out
 
 
+class CoffeaEngine(_EngineBase):
+    """coffea's ``processor.Runner``: the plan's chunks as its work items, on NanoEvents.
+
+    The harness's analysis (:func:`agc.chunks.analyse`) runs inside a coffea processor
+    (:class:`HarnessProcessor`) on the NanoEvents coffea makes of each chunk, so that the
+    histograms are the harness's (identical to the other engines') and the executor is
+    coffea's own: ``IterativeExecutor`` on an in-process executor, ``FuturesExecutor`` with
+    the pool's workers on the process pool, ``DaskExecutor`` on the executor's Dask client
+    (local Dask, batch backends, an existing cluster). coffea reads the columns lazily while
+    the analysis runs, so a chunk's time is all analysis (its read time is not known apart);
+    its bytes are the compressed baskets it reads, as for the dask-awkward engine. coffea
+    returns everything at the end: the results come all at once, after the last chunk.
+    """
+
+    name = "coffea"
+
+    def run(self, tasks: Sequence[ChunkTask], executor: Executor | None) -> Iterator[ChunkResult]:
+        from coffea import processor
+        from coffea.nanoevents import NanoAODSchema
+        from coffea.processor.executor import WorkItem
+
+        if not tasks:
+            return
+        executor = _require(executor, tasks)
+        unreadable = _unreadable_files(tasks)  # opens every file: its uuid and baskets too
+        for task in tasks:
+            if task.chunk.path in unreadable:
+                yield _skipped(task, unreadable[task.chunk.path])
+        readable = [t for t in tasks if t.chunk.path not in unreadable]
+        if not readable:
+            return
+        nbytes = dict(zip((t.index for t in readable), _compressed_bytes(readable), strict=True))
+        items = [
+            WorkItem(
+                dataset=t.chunk.sample,
+                filename=t.chunk.path,
+                treename=t.chunk.tree,
+                entrystart=t.chunk.entry_start,
+                entrystop=t.chunk.entry_stop,
+                fileuuid=open_tree(t.chunk.path, t.chunk.tree)[0].file.uuid.bytes,
+                usermeta={"agc_index": t.index},
+            )
+            for t in readable
+        ]
+        runner = processor.Runner(
+            executor=_coffea_executor(executor),
+            schema=NanoAODSchema,
+            skipbadfiles=any(t.skip_bad_files for t in readable),
+        )
+        NanoAODSchema.warn_missing_crossrefs = False  # synthetic files carry no cross-refs
+        output = runner(items, processor_instance=HarnessProcessor(readable, nbytes))
+        done = output.get("chunks", {})
+        for task in readable:
+            if task.index in done:
+                yield done[task.index]
+            else:  # coffea's skipbadfiles left it out
+                yield _skipped(task, RuntimeError("coffea's Runner skipped it (skipbadfiles)"))
+
+
+def _coffea_executor(executor: Executor):
+    """coffea's executor for the harness's: Dask client, process pool, or this process."""
+    from coffea import processor
+
+    from backends.local import ProcessPoolTaskExecutor
+
+    if executor.client is not None:
+        return processor.DaskExecutor(client=executor.client, status=False)
+    if isinstance(executor, ProcessPoolTaskExecutor):
+        return processor.FuturesExecutor(workers=executor.workers, status=False)
+    return processor.IterativeExecutor(status=False)
+
+
+def _harness_processor_base():
+    from coffea import processor
+
+    return processor.ProcessorABC
+
+
+class HarnessProcessor(_harness_processor_base()):  # type: ignore[misc]
+    """The harness's analysis as a coffea processor: one chunk's :class:`ChunkResult` per call,
+    keyed by the chunk's index (coffea merges the dicts of all chunks)."""
+
+    def __init__(self, tasks: Sequence[ChunkTask], nbytes: dict[int, int]):
+        self.tasks = {t.index: t for t in tasks}
+        self.nbytes = nbytes
+
+    def process(self, events):
+        index = events.metadata["agc_index"]
+        started, cpu0 = time.time(), time.process_time()
+        result = analyse(events, self.tasks[index], self.nbytes[index], started=started, cpu0=cpu0)
+        return {"chunks": {index: result}}
+
+    def postprocess(self, accumulator):
+        return accumulator
+
+
 #: The engines, by the ``engine`` option.
 ENGINE_CLASSES: dict[str, Callable[[], Engine]] = {
     ChunkedEngine.name: ChunkedEngine,
     DaskAwkwardEngine.name: DaskAwkwardEngine,
+    CoffeaEngine.name: CoffeaEngine,
 }
 
 

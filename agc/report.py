@@ -33,7 +33,6 @@ TARGETS = {
 
 #: Said of every report: what its numbers are not.
 NOT_MEASURED = (
-    "GPU path: no GPU machine was available; nothing GPU-related is measured.",
     "The dask-awkward engine's CPU time counts its analysis tasks only (Dask's task stream "
     "gives the read tasks' wall time, not their CPU time), so its CPU efficiency is understated.",
     "Inputs are synthetic NanoAOD (stand-in for the real AGC files) read from local disk; only "
@@ -47,9 +46,14 @@ def not_measured(records: Records) -> list[str]:
     notes = []
     ran = set(records.runs["backend"]) if "backend" in records.runs else set()
     if not ran & set(BATCH_BACKENDS):
+        used = sorted(str(b) for b in ran if isinstance(b, str))
         notes.append(
             "Batch backends (SLURM, HTCondor, DIRAC): not measured in this report; "
-            "the runs here use the local backend only."
+            + (
+                f"the runs here use the {', '.join(used)} backend{'s' * (len(used) > 1)} only."
+                if used
+                else "no run here used one."
+            )
         )
     standins = sorted(
         {str(p) for p in records.runs.get("point", pd.Series(dtype=str)) if "stand-in" in str(p)}
@@ -61,10 +65,27 @@ def not_measured(records: Records) -> list[str]:
             "local process; their latencies are those of a local process start, not of "
             "a site's queue or matching."
         )
+    devices = set(run_devices(records.runs))
+    if "cuda" not in devices:
+        note = "GPU path: not measured here — no run in these records used a CUDA device."
+        if "cpu" in devices:
+            note += (
+                " The runs with device cpu ran the GPU code path on numpy: they check and "
+                "time that code on the CPU, and measure no GPU."
+            )
+        notes.append(note)
     for scenario, meta in records.meta.items():
         for point, reason in (meta.get("skipped") or {}).items():
             notes.append(f"Scenario {scenario}, {point}: not measured ({reason}).")
     return notes + list(NOT_MEASURED)
+
+
+def run_devices(runs: pd.DataFrame) -> pd.Series:
+    """The device of each run: "cuda", "cpu" (the GPU code path on numpy) or "" (the CPU
+    path; also every run of records made before runs had a device)."""
+    if "device" not in runs:
+        return pd.Series("", index=runs.index, dtype=object)
+    return runs["device"].astype(object).where(runs["device"].notna(), "").astype(str)
 
 
 @dataclass
@@ -387,6 +408,139 @@ def many_workers_table(records: Records) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows).sort_values("workers")
+
+
+IMPLEMENTATIONS_SCENARIO = "implementations"
+
+
+def implementations_table(records: Records) -> pd.DataFrame:
+    """Scenario ``implementations``: per point (the harness's engines, the AGC's own
+    implementations), medians over its measured runs of the whole-process and event-loop
+    seconds, the event-loop rate per core and its ratio to the first point's, and the
+    bin-for-bin check of its histograms against the harness's (from the scenario's
+    records). Empty without that scenario."""
+    runs = records.measured(IMPLEMENTATIONS_SCENARIO)
+    if runs.empty or "processing_seconds" not in runs:
+        return pd.DataFrame()
+    checks = records.meta.get(IMPLEMENTATIONS_SCENARIO, {}).get("checks", {})
+    rows = []
+    for point, g in runs.groupby("point", sort=False):
+        check = checks.get(point)
+        if check is None:
+            agreement = "the reference of the checks"
+        else:
+            agreement = f"{check['identical']} of {check['compared']} identical"
+            if check["identical"] < check["compared"]:
+                agreement += f", max relative difference {check['max_rel_diff']:.1e}"
+            if check.get("missing"):
+                agreement += f", {len(check['missing'])} missing"
+        rows.append(
+            {
+                "point": point,
+                "workers": int(g["workers"].median()),
+                "whole process s": g["wall_seconds"].median(),
+                "event loop s": g["processing_seconds"].median(),
+                "event-loop events/s per core": g["processing_events_per_second_per_core"].median(),
+                "histograms vs harness": agreement,
+            }
+        )
+    table = pd.DataFrame(rows)
+    first = table["event-loop events/s per core"].iloc[0]
+    table.insert(5, "vs first", table["event-loop events/s per core"] / first)
+    return table
+
+
+def implementations_note(records: Records) -> str:
+    """The sentence of the implementations table, from the scenario's records."""
+    meta = records.meta.get(IMPLEMENTATIONS_SCENARIO, {})
+    checks = meta.get("checks", {})
+    against = {c.get("against") for c in checks.values()} - {None}
+    excluded = {c.get("excluded") for c in checks.values()} - {None}
+    text = (
+        "The same files and workers for every point, each run a fresh Python process: the "
+        "whole process (interpreter start to histograms, imports included) and its event loop "
+        "alone (medians over the repeats)."
+    )
+    if against:
+        text += " Histograms checked bin for bin (values and variances, flow bins) against "
+        text += f"{', '.join(sorted(against))}"
+        text += (
+            f", {', '.join(sorted(excluded))} left out (unseeded in the references)."
+            if excluded
+            else "."
+        )
+    without = [p for p, c in checks.items() if c.get("without_variances")]
+    if without:
+        text += f" {', '.join(without)}: variances not stored, values compared."
+    return text
+
+
+GPU_SCENARIO = "gpu"
+
+
+def gpu_table(records: Records) -> pd.DataFrame:
+    """The analysis stage per point of scenario ``gpu``, medians over its measured runs: the
+    events, the read, transfer and analysis seconds summed over a run's tasks, the analysis
+    rate (a run's events / its analysis seconds) and that rate over the CPU path's (the first
+    point whose runs have no device). Empty without that scenario or its task records."""
+    runs = records.measured(GPU_SCENARIO)
+    tasks = records.tasks
+    if runs.empty or tasks.empty or "analysis_seconds" not in tasks or "scenario" not in tasks:
+        return pd.DataFrame()
+    runs = runs.assign(device=run_devices(runs))
+    t = tasks[(tasks["scenario"] == GPU_SCENARIO) & tasks["run_id"].isin(runs["run_id"])].copy()
+    if t.empty:
+        return pd.DataFrame()
+    if "transfer_seconds" not in t:  # records made before the device path
+        t["transfer_seconds"] = np.nan
+    per_run = t.groupby("run_id", sort=False).agg(
+        read_s=("read_seconds", lambda x: x.sum(min_count=1)),
+        transfer_s=("transfer_seconds", lambda x: x.sum(min_count=1)),
+        analysis_s=("analysis_seconds", lambda x: x.sum(min_count=1)),
+    )
+    joined = runs.set_index("run_id")[["point", "device", "events"]].join(per_run, how="inner")
+    joined["rate"] = joined["events"] / joined["analysis_s"].where(joined["analysis_s"] > 0)
+    rows = []
+    for point, g in joined.groupby("point", sort=False):
+        rows.append(
+            {
+                "point": point,
+                "device": g["device"].iloc[0] or "— (CPU path)",
+                "runs": len(g),
+                "events": int(g["events"].median()),
+                "read_s": g["read_s"].median(),
+                "transfer_s": g["transfer_s"].median(),
+                "analysis_s": g["analysis_s"].median(),
+                "analysis events/s": g["rate"].median(),
+                "cpu_path": g["device"].iloc[0] == "",
+            }
+        )
+    table = pd.DataFrame(rows)
+    base = table[table["cpu_path"]]
+    reference = base["analysis events/s"].iloc[0] if len(base) else np.nan
+    table["vs CPU path"] = table["analysis events/s"] / reference
+    return table.drop(columns="cpu_path")
+
+
+def gpu_note(records: Records) -> str:
+    """The sentence of the GPU-path table: what it holds, and which devices ran."""
+    runs = records.measured(GPU_SCENARIO)
+    device = run_devices(runs)
+    devices = set(device)
+    text = (
+        "The analysis stage of scenario gpu per point (medians over the runs): read, transfer "
+        "to the device and analysis seconds summed over a run's chunks, the analysis rate "
+        "(events / analysis seconds; the histogram fill included, and on the device path its "
+        "one copy to the host) and its ratio to the CPU path's."
+    )
+    if "cuda" in devices:
+        points = sorted({str(p) for p in runs.loc[device == "cuda", "point"]})
+        text += f" {', '.join(points)}: on a CUDA GPU."
+    else:
+        text += " No run here used a CUDA device."
+    if "cpu" in devices:
+        text += " Device cpu: the GPU code path on numpy, which measures no GPU."
+    return text
 
 
 def _time_to_first_result(runs: pd.DataFrame) -> pd.Series:
@@ -717,6 +871,12 @@ def build_report(
             "over the repeats) and its share of the summed task time.",
             ml_cost(records),
         ),
+        (
+            "Implementations side by side",
+            implementations_note(records),
+            implementations_table(records),
+        ),
+        ("GPU path", gpu_note(records), gpu_table(records)),
     )
     for heading, text, table in tables:
         if not table.empty:
