@@ -176,6 +176,9 @@ class RunRecord:
     device: str = ""
     #: summed over tasks: moving columns to the device (device path)
     transfer_seconds: float = float("nan")
+    #: when each worker joined, seconds from the cluster's start, as a JSON list (batch
+    #: backends; "[]" where the executor does not time arrivals)
+    worker_arrival_seconds: str = "[]"
 
     @property
     def cores(self) -> int:

@@ -20,6 +20,7 @@ side in :mod:`agc.chunks`, execution in :mod:`agc.engines` and :mod:`backends`, 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -96,6 +97,8 @@ class Execution:
     worker_restarts: int = 0
     tasks_resubmitted: int = 0
     workers_retired: int = 0
+    #: seconds from the cluster's start at which each worker joined (batch executors)
+    worker_arrivals: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -394,6 +397,9 @@ def execute(
         bar.close()
     finally:
         if executor is not None:
+            # batch executors time each worker's arrival (seconds from the cluster's start)
+            arrivals = getattr(executor, "worker_arrival_seconds", None)
+            worker_arrivals = tuple(arrivals()) if callable(arrivals) else ()
             if (seconds := executor.time_to_all_workers()) is not None:
                 clock.record("all_workers", seconds)  # from the cluster's start, as a phase
                 clock.mark("all_workers", cluster_started + seconds)
@@ -407,6 +413,7 @@ def execute(
         worker_restarts=getattr(executor, "worker_restarts", 0),
         tasks_resubmitted=getattr(executor, "tasks_resubmitted", 0),
         workers_retired=getattr(executor, "workers_retired", 0),
+        worker_arrivals=worker_arrivals,
     )
 
 
@@ -617,6 +624,7 @@ def record(
         chunks_skipped=len(skipped),
         events_lost=sum(s["events_lost"] for s in skipped),
         device=config.device or "",
+        worker_arrival_seconds=json.dumps([round(t, 3) for t in execution.worker_arrivals]),
         **task_totals(timings),
     )
     weights = processed_weights(plan, execution.results)
