@@ -22,8 +22,11 @@ Transports (how a JDL reaches DIRAC) are pluggable (:data:`TRANSPORTS`):
 
 - ``cli`` (default, :class:`DiracCLITransport`): the DIRAC client commands
   ``dirac-wms-job-submit FILE.jdl`` (prints ``JobID = N``), ``dirac-wms-job-kill N`` and
-  ``dirac-wms-job-status N``, with a valid proxy (``dirac-proxy-init -g GROUP``). The stand-ins
-  in ``backends/standins/bin`` take the same arguments and run jobs as local processes.
+  ``dirac-wms-job-status N...`` (prints ``JobID=N Status=Waiting; MinorStatus=Pilot Agent
+  Submission; ApplicationStatus=Unknown; Site=ANY;`` per job it knows, which the errors of a
+  run whose workers do not connect quote: :func:`parse_job_status`), with a valid proxy
+  (``dirac-proxy-init -g GROUP``). The stand-ins in ``backends/standins/bin`` take the same
+  arguments and run jobs as local processes.
 - next: DiracX, REST with an OAuth2 bearer token (``dirac login``). A ``DiracXTransport`` would
   ``POST /api/jobs/jdl`` with the JDL text (``diracx.client``: ``jobs.submit_jdl_jobs([jdl])``,
   which returns the job ids), kill through the job-status endpoint of the same API, and read
@@ -38,6 +41,7 @@ import logging
 import math
 import re
 import shlex
+import subprocess
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -106,6 +110,46 @@ def jdl_arguments(command: str) -> str:
     return arguments
 
 
+#: Seconds ``dirac-wms-job-status`` may take when the errors ask it for the jobs' states.
+STATUS_TIMEOUT = 30.0
+#: Values of DIRAC's status fields that say nothing (left out of a job's state).
+_NO_VALUE = (None, "", "Unknown", "None", "ANY")
+_STATUS_LINE = re.compile(r"^\s*JobID\s*=\s*(?P<job_id>\d+)\s+(?P<fields>.*)$")
+_STATUS_FIELD = re.compile(r"(?P<key>\w+)=(?P<value>[^;]*)(?:;|$)")
+
+
+def describe_job_status(fields: Mapping[str, str]) -> str:
+    """One job's DIRAC status fields in words: ``Waiting (Pilot Agent Submission)``,
+    ``Failed (Application Finished With Errors; Exited With Status 1) at LCG.RAL-LCG2.uk``."""
+    state = fields.get("Status") or "Unknown"
+    details = [
+        v
+        for v in (fields.get("MinorStatus"), fields.get("ApplicationStatus"))
+        if v not in _NO_VALUE
+    ]
+    if details:
+        state += f" ({'; '.join(details)})"
+    site = fields.get("Site")
+    if site not in _NO_VALUE:
+        state += f" at {site}"
+    return state
+
+
+def parse_job_status(text: str) -> dict[str, str]:
+    """``{job id: state}`` from the output of ``dirac-wms-job-status ID...``: one line per job
+    DIRAC knows, ``JobID=N Key=value; Key=value; ...`` (its ``Status``, ``MinorStatus``,
+    ``ApplicationStatus`` and ``Site``); ids it does not know are not listed."""
+    states = {}
+    for line in text.splitlines():
+        match = _STATUS_LINE.match(line)
+        if match is None:
+            continue
+        fields = {m["key"]: m["value"].strip() for m in _STATUS_FIELD.finditer(match["fields"])}
+        if "Status" in fields:
+            states[match["job_id"]] = describe_job_status(fields)
+    return states
+
+
 class DiracCLITransport:
     """Submit / kill / status with the DIRAC client commands (or stand-ins of them)."""
 
@@ -135,6 +179,24 @@ class DiracCLITransport:
     async def status(self, job_id: str) -> str:
         """DIRAC's status line of the job, e.g. ``JobID=12 Status=Running; ...``."""
         return (await Job._call(shlex.split(self.status_command) + [job_id])).strip()
+
+    def job_states(
+        self, job_ids: Sequence[str], timeout: float = STATUS_TIMEOUT
+    ) -> dict[str, str] | None:
+        """DIRAC's state of each job (:func:`parse_job_status`), from one call; None when the
+        command fails (no proxy, DIRAC unreachable) or takes longer than ``timeout``."""
+        try:
+            out = subprocess.run(
+                [*shlex.split(self.status_command), *job_ids],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if out.returncode != 0:
+            return None
+        return parse_job_status(out.stdout)
 
 
 #: Transport name -> class. ``dirac.transport`` in a profile picks one.
@@ -304,6 +366,11 @@ class DiracBackend(JobQueueBackend):
             k: d[k] for k in ("submit_command", "kill_command", "status_command") if d.get(k)
         }
         return TRANSPORTS[d.get("transport", "cli")](**options)
+
+    def job_states(self, job_ids: list[str]) -> dict[str, str] | None:
+        """DIRAC's status of each job it knows, e.g. ``Waiting (Pilot Agent Submission)``,
+        asked through the profile's transport (``dirac.status_command``); None if that fails."""
+        return self.transport().job_states(job_ids)
 
     def job_kwargs(self) -> dict[str, Any]:
         d = self.profile.section("dirac")

@@ -183,8 +183,10 @@ PROFILE_SCHEMA: dict = _obj(
                     {
                         "image": {
                             "type": "string",
-                            "description": "e.g. docker://coffeateam/coffea-dask "
-                            "or /cvmfs/unpacked.cern.ch/...",
+                            "description": "the worker image, with the harness and the "
+                            "client's library versions (containers/), e.g. "
+                            "docker://registry.example.org/agc/agc-harness:VERSION or "
+                            "/cvmfs/unpacked.cern.ch/registry.example.org/agc/agc-harness:VERSION",
                         },
                         "runtime": {
                             "enum": ["apptainer", "singularity", "docker"],
@@ -355,6 +357,17 @@ PROFILE_SCHEMA: dict = _obj(
                 },
                 "submit_command": _COMMAND,
                 "cancel_command": _COMMAND,
+                "status_command": {
+                    **_COMMAND,
+                    "description": "command asked for the state of the jobs when they do not "
+                    "connect or are lost (default condor_q; called with IDS -attributes LIST "
+                    "-json), e.g. 'condor_q -name schedd.site'",
+                },
+                "history_command": {
+                    **_COMMAND,
+                    "description": "command asked for the jobs that left the queue (default "
+                    "condor_history; called like status_command, with -limit and -scanlimit)",
+                },
                 "submit_command_extra": {
                     **_STRINGS,
                     "description": "e.g. ['-name', 'schedd.site']",
@@ -399,7 +412,11 @@ PROFILE_SCHEMA: dict = _obj(
                 },
                 "submit_command": _COMMAND,
                 "kill_command": _COMMAND,
-                "status_command": _COMMAND,
+                "status_command": {
+                    **_COMMAND,
+                    "description": "command asked for the state of the jobs when they do not "
+                    "connect or are lost (default dirac-wms-job-status; called with the ids)",
+                },
             },
             description="DIRAC (JDL) settings",
         ),

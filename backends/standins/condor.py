@@ -6,10 +6,17 @@ Reads a submit description the way ``condor_submit`` does for the parts dask-job
 ``Queue [N]``), starts each job as a detached process and prints
 ``N job(s) submitted to cluster C.``. The universe, container image and resource requests are
 recorded but not enforced: every job runs on this machine, outside any container.
+
+``condor_q [IDS...]`` reports the jobs submitted to the stand-in's state directory as job ads
+with HTCondor's ``JobStatus`` numbers: 2 (Running) while the job's process lives, 4 (Completed)
+once it exited, 3 (Removed) after ``condor_rm``; a real ``condor_q`` soon forgets ended jobs
+(``condor_history`` has them), this stand-in keeps them. It prints them as ``-json`` (with
+``-attributes A,B``), ``-af A B`` (``-autoformat``) or a table; no job is ever Idle or Held.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -133,10 +140,86 @@ def rm(argv: list[str]) -> int:
     return status
 
 
+#: ``JobStatus`` -> the letter of ``condor_q``'s ST column.
+_STATUS_LETTER = {1: "I", 2: "R", 3: "X", 4: "C", 5: "H", 6: ">", 7: "S"}
+
+
+def job_ads(state: Path) -> list[dict]:
+    """An ad (``ClusterId``, ``ProcId``, ``JobStatus``...) for every job submitted to
+    ``state``: Running while its process lives, Completed after it exited, Removed after
+    ``condor_rm`` (which drops the job's record)."""
+    live = {r["id"]: r for r in localjobs.records(state)}
+    ads = []
+    for r in localjobs.history(state):
+        cluster, _, proc = r["id"].partition(".")
+        if r["id"] not in live:
+            status = 3
+        elif localjobs.alive(int(live[r["id"]]["pid"])):
+            status = 2
+        else:
+            status = 4
+        ad = {
+            "ClusterId": int(cluster),
+            "ProcId": int(proc or 0),
+            "JobStatus": status,
+            "GlobalJobId": f"standin#{r['id']}",
+            "StandinPid": int(r["pid"]),  # stand-in only: the job's local process
+            "StandinUniverse": r.get("universe", "vanilla"),  # recorded, not enforced
+        }
+        if r.get("batch_name"):
+            ad["JobBatchName"] = r["batch_name"]
+        ads.append(ad)
+    return ads
+
+
+def _selected(ad: dict, wanted: list[str]) -> bool:
+    job_id = f"{ad['ClusterId']}.{ad['ProcId']}"
+    return not wanted or any(w in (job_id, str(ad["ClusterId"])) for w in wanted)
+
+
 def q(argv: list[str]) -> int:
-    state = localjobs.state_dir(SYSTEM)
+    """``condor_q [IDS...] [-json] [-attributes A,B] [-af A B ...]`` (``-name`` / ``-pool``
+    and other options are accepted and ignored)."""
+    wanted: list[str] = []
+    attributes: list[str] | None = None
+    autoformat: list[str] | None = None
+    as_json = False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "-json":
+            as_json = True
+        elif arg in ("-attributes", "-attr"):
+            i += 1
+            attributes = [a for a in argv[i].split(",") if a] if i < len(argv) else []
+        elif arg.split(":")[0] in ("-af", "-autoformat"):
+            autoformat = []
+            while i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+                i += 1
+                autoformat.append(argv[i])
+        elif arg in ("-name", "-pool", "-constraint"):
+            i += 1  # its value
+        elif not arg.startswith("-"):
+            if not re.fullmatch(r"\d+(\.\d+)?", arg):
+                print(f"condor_q: unknown job id or owner {arg!r} (stand-in)", file=sys.stderr)
+                return 1
+            wanted.append(arg)
+        i += 1
+    ads = [ad for ad in job_ads(localjobs.state_dir(SYSTEM)) if _selected(ad, wanted)]
+    if as_json:
+        if ads:  # condor_q -json prints nothing at all when no job matches
+            keep = attributes
+            shown = [{k: v for k, v in ad.items() if keep is None or k in keep} for ad in ads]
+            print(json.dumps(shown, indent=2))
+        return 0
+    if autoformat is not None:
+        for ad in ads:
+            print(" ".join(str(ad.get(a, "undefined")) for a in autoformat))
+        return 0
     print(f"{'ID':>8} {'PID':>8} {'ST':>3} UNIVERSE BATCH_NAME")
-    for r in localjobs.records(state):
-        st = "R" if localjobs.alive(int(r["pid"])) else "C"
-        print(f"{r['id']:>8} {r['pid']:>8} {st:>3} {r['universe']} {r['batch_name']}")
+    for ad in ads:
+        job_id = f"{ad['ClusterId']}.{ad['ProcId']}"
+        st = _STATUS_LETTER[ad["JobStatus"]]
+        universe, name = ad["StandinUniverse"], ad.get("JobBatchName", "")
+        print(f"{job_id:>8} {ad['StandinPid']:>8} {st:>3} {universe} {name}")
     return 0

@@ -5,6 +5,12 @@
 runs a payload, with ``StdOutput`` / ``StdError`` there, and prints ``JobID = N``. The JDL is
 kept beside the job (``jobs/N.jdl``) with the ``Site`` it asked for, which ``status`` reports
 as the site the job runs at. Requirements (CPU, RAM, tags, platform) are not enforced.
+
+``dirac-wms-job-status ID...`` prints DIRAC's line for each job submitted to the stand-in's
+state directory (``JobID=N Status=Running; MinorStatus=Application; ApplicationStatus=Unknown;
+Site=S;``): Running while its process lives, Done once it exited (whatever its exit code: the
+stand-in does not see it), Killed after ``dirac-wms-job-kill``; ids it never submitted are not
+listed, as DIRAC leaves out jobs it does not know. No job is ever Waiting, Matched or Stalled.
 """
 
 from __future__ import annotations
@@ -114,12 +120,23 @@ def kill(argv: list[str]) -> int:
 def status(argv: list[str]) -> int:
     state = localjobs.state_dir(SYSTEM)
     live = {r["id"]: r for r in localjobs.records(state)}
-    for job_id in (a for a in argv if not a.startswith("-")):
-        r = live.get(job_id)
-        if r is None:
-            print(f"JobID={job_id} Status=Killed; MinorStatus=Marked for termination;")
+    submitted = {r["id"]: r for r in localjobs.history(state)}
+    ids = [i for a in argv if not a.startswith("-") for i in a.split(",") if i.strip()]
+    for job_id in (i.strip() for i in ids):
+        if not job_id.isdigit():
+            print(f"ERROR: {job_id!r} is not a valid job ID (stand-in)")
+            return 2
+        r = submitted.get(job_id)
+        if r is None:  # DIRAC does not know it: no line
             continue
-        st = "Running" if localjobs.alive(int(r["pid"])) else "Done"
-        site = r["site"] if isinstance(r["site"], str) else "ANY"
-        print(f"JobID={job_id} Status={st}; MinorStatus=Application; Site={site};")
+        site = r["site"] if isinstance(r.get("site"), str) else "ANY"
+        if job_id not in live:
+            st, minor = "Killed", "Marked for termination"
+        elif localjobs.alive(int(live[job_id]["pid"])):
+            st, minor = "Running", "Application"
+        else:
+            st, minor = "Done", "Execution Complete"
+        # as DIRAC's script prints it: "Key=value; " per field, then a newline
+        fields = {"Status": st, "MinorStatus": minor, "ApplicationStatus": "Unknown", "Site": site}
+        print(f"JobID={job_id} " + "".join(f"{k}={v}; " for k, v in fields.items()))
     return 0
