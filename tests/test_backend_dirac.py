@@ -43,8 +43,8 @@ def test_multi_site_jdls_carry_sites_and_counts():
     assert arguments.startswith("-c 'export X509_CERT_DIR=")
     # the worker runs in apptainer with /cvmfs and dials the profile's external address
     assert (
-        "apptainer exec --bind /cvmfs /cvmfs/unpacked.cern.ch/registry.hub.docker.com/"
-        "coffeateam/coffea-dask-almalinux8:latest python3 -m distributed.cli.dask_worker "
+        "apptainer exec --bind /cvmfs /cvmfs/unpacked.cern.ch/registry.example.org/agc/"
+        "agc-harness:0.1.0 python3 -m distributed.cli.dask_worker "
         "tcp://agc-scheduler.example.ac.uk:8786"
     ) in arguments
     assert "--worker-port 40000:40100" in arguments

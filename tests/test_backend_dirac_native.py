@@ -43,7 +43,7 @@ from diraccfg import CFG  # noqa: E402
 IC, RAL = "LCG.UKI-LT2-IC-HEP.uk", "LCG.RAL-LCG2.uk"
 SITES = [IC, RAL, "LCG.SITE-A.uk", "LCG.SITE-B.uk"]
 OWNER, GROUP, VO = "agc-user", "gridpp_user", "gridpp"
-IMAGE = "/cvmfs/unpacked.cern.ch/registry.hub.docker.com/coffeateam/coffea-dask-almalinux8:latest"
+IMAGE = "/cvmfs/unpacked.cern.ch/registry.example.org/agc/agc-harness:0.1.0"  # containers/
 
 
 @pytest.fixture(scope="module", autouse=True)

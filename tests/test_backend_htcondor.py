@@ -33,7 +33,7 @@ def test_site_submit_description_parsed_by_htcondor():
     script = HTCondorBackend(profile="htcondor-coffea-casa").job_script()
     sub = htcondor2.Submit(script)
     assert sub["universe"] == "docker"
-    assert sub["docker_image"] == "coffeateam/coffea-dask-almalinux8:latest"
+    assert sub["docker_image"] == "registry.example.org/agc/agc-harness:0.1.0"  # containers/
     assert sub["should_transfer_files"] == "YES"
     assert sub["MY.DaskWorkerType"] == '"agc-benchmark"'  # +DaskWorkerType
     assert sub["MY.DaskSchedulerAddress"] == '"tls://analysis.example.org:8786"'
