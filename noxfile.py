@@ -63,9 +63,10 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def notebooks(session: nox.Session) -> None:
-    """Execute every notebook in notebooks/ headlessly (nbclient) on small data."""
+    """Execute every notebook in notebooks/ headlessly (nbclient) on small data, and store
+    each with its outputs (a notebook with a failing cell is left as it was)."""
     session.install("-e", ".[test]")
-    session.run("python", "-m", "agc.notebooks", "notebooks", *session.posargs)
+    session.run("python", "-m", "agc.notebooks", "notebooks", "--store", *session.posargs)
 
 
 @nox.session(python=PYTHON)
