@@ -93,7 +93,7 @@ def load_coffea_reference(checkout: str | os.PathLike):
     checkout's ``ttbar_analysis_pipeline.py``: its imports and that class only."""
     path = checkout_file(checkout, COFFEA_PIPELINE, "the AGC's coffea reference")
     tree = ast.parse(path.read_text(), filename=str(path))
-    keep = [
+    keep: list[ast.stmt] = [
         node
         for node in tree.body
         if isinstance(node, ast.Import | ast.ImportFrom)
@@ -153,12 +153,13 @@ def run_coffea_reference(
 def flat_histograms(hist_dict: Mapping[str, hist.Hist]) -> dict[str, hist.Hist]:
     """The reference's region histograms (observable x process x variation) by the
     harness's names (``4j1b_ttbar``, ``4j2b_wjets_btag_var_1_up``...)."""
-    out = {}
+    out: dict[str, hist.Hist] = {}
     for region, h in hist_dict.items():
         for process in h.axes["process"]:
             for variation in h.axes["variation"]:
-                one = h[:, process, variation]
-                if one.sum(flow=True).value == 0 and one.sum(flow=True).variance == 0:
+                one: Any = h[:, process, variation]
+                total: Any = one.sum(flow=True)
+                if total.value == 0 and total.variance == 0:
                     continue  # a category the growth axes gained for another process
                 out[histogram_name(region, process, variation)] = one
     return out
@@ -263,13 +264,13 @@ def _child(point: Mapping[str, Any], catalog: str, out_dir: Path) -> None:
     kind = point.get("implementation", "harness")
     workers = int(point.get("workers") or 1)
     if kind == "harness":
-        from agc.bench import run_config
+        from agc.config import RunConfig
         from agc.runner import run
 
-        options = {k: v for k, v in point.items() if k not in ("implementation", "checkout")}
-        result = run(
-            run_config(catalog, options, point.get("label", "")), progress=False, write=False
-        )
+        controls = ("implementation", "checkout", "requires", "standins")
+        options = {k: v for k, v in point.items() if k not in controls}
+        options.setdefault("fit", False)
+        result = run(RunConfig(catalog=catalog, **options), progress=False, write=False)
         histograms = result.histograms
         events = result.events
         loop = result.record.phases.get("processing", float("nan"))
@@ -292,10 +293,10 @@ def _child(point: Mapping[str, Any], catalog: str, out_dir: Path) -> None:
             )
     with open(out_dir / "histograms.pkl", "wb") as f:
         pickle.dump(dict(histograms), f)
-    result = PointResult(
+    record = PointResult(
         kind, str(point.get("label", kind)), events, loop, workers, versions=_versions(kind)
     )
-    (out_dir / "result.json").write_text(json.dumps(asdict(result)))
+    (out_dir / "result.json").write_text(json.dumps(asdict(record)))
 
 
 def _versions(kind: str) -> dict[str, str]:
@@ -350,7 +351,7 @@ def compare(
         identical += same
         if not same:
             differing.append(name)
-    filled = {n for n, h in harness.items() if exclude not in n and h.sum(flow=True).value}
+    filled = {n for n, h in harness.items() if exclude not in n and np.any(_bins(h, "value"))}
     missing = sorted(n for n in filled - set(other) if "pseudodata" not in n)
     return {
         "compared": len(names),
@@ -366,7 +367,7 @@ def compare(
 def _bins(h: hist.Hist, fld: str) -> np.ndarray | None:
     """Values or variances of every bin, flow included; None for variances a histogram does
     not store (a ROOT histogram written without Sumw2 reads back as plain counts)."""
-    view = h.view(flow=True)
+    view: Any = h.view(flow=True)
     if view.dtype.names:
         return np.asarray(view[fld], dtype=float)
     return np.asarray(view, dtype=float) if fld == "value" else None

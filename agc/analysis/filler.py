@@ -106,7 +106,7 @@ class Filler:
         for name in self._pending:
             h = self.histograms[name]
             start = self._offset[name]
-            view = h.view(flow=True)
+            view: Any = h.view(flow=True)  # a WeightedSumView: fields value and variance
             view["value"] += host[0, start : start + h.axes[0].size + 2]
             view["variance"] += host[1, start : start + h.axes[0].size + 2]
         self._pending.clear()
