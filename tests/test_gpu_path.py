@@ -392,3 +392,15 @@ def test_ml_step_on_the_device_path_gives_the_cpu_paths_histograms(
     assert kernel_calls == []  # the ML step's candidates and features too: no awkward kernel
     assert any(name.startswith(ML_FEATURES[0]) for name in dev)
     assert_same_histograms(cpu, dev, rtol=0, what="ML step, device path on numpy")
+
+
+def test_gpu_backend_on_numpy_gives_the_default_runs_histograms():
+    """The main job's run (default dataset and options) on --backend gpu --device cpu."""
+    from agc import synth
+    from agc.runner import run
+
+    catalog = str(synth.ensure_default_dataset())
+    cpu = run(RunConfig(catalog=catalog), progress=False, write=False)
+    dev = run(RunConfig(catalog=catalog, backend="gpu", device="cpu"), progress=False, write=False)
+    assert len(cpu.histograms) == 124
+    assert_same_histograms(cpu.histograms, dev.histograms, rtol=0, what="default run, device cpu")
