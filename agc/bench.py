@@ -557,12 +557,43 @@ def _cache_scenario(
     return {"runs": df.assign(**environment())}
 
 
+def check_clean_tree() -> str:
+    """The commit of the harness source tree; a BenchError when it has uncommitted changes or
+    is unknown: records of such a tree cannot be traced back to the code that made them."""
+    from agc.metrics import git_commit
+
+    commit = git_commit()
+    if commit == "unknown":
+        problem = (
+            "the commit of the harness source tree is unknown (not a git checkout, or git failed)"
+        )
+    elif commit.endswith("-dirty"):
+        problem = (
+            f"the harness source tree at commit {commit.removesuffix('-dirty')} has "
+            f"uncommitted changes ({commit})"
+        )
+    else:
+        return commit
+    raise BenchError(
+        f"{problem}: benchmark records would not name the code that made them. Commit "
+        "the changes first, or pass --allow-dirty to run anyway (the report then labels "
+        f"every figure with the commit, {commit})."
+    )
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     spec = load_scenarios(args.scenarios)
     if args.scenario == ["list"]:
         for name, sc in spec["scenarios"].items():
             print(f"{name:14s} {' '.join(str(sc.get('description', '')).split())}")
         return 0
+    for name in args.scenario:  # a bad name is named first, whatever the tree
+        if name not in spec["scenarios"]:
+            raise BenchError(
+                f"scenario {name!r}: unknown; choose one of {', '.join(spec['scenarios'])}"
+            )
+    if not args.allow_dirty:
+        check_clean_tree()
     with _progress_lines() if not args.quiet else contextlib.nullcontext():
         for name in args.scenario:
             raw = run_scenario(
@@ -635,6 +666,13 @@ def register(subparsers) -> None:
     p.add_argument("--warmup", type=int, default=None, help="override the scenario's warm-ups")
     p.add_argument("--report", action="store_true", help="rebuild the report afterwards")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="run even when the source tree has uncommitted changes or no known commit "
+        "(refused otherwise); the records carry the commit with -dirty and the report labels "
+        "every figure with it",
+    )
     p.add_argument(
         "--coffea-reference",
         metavar="CHECKOUT",

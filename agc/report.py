@@ -1,17 +1,17 @@
 """Reports of benchmark records: plots, a self-contained HTML page and a markdown summary.
 
 :func:`build_report` reads ``RESULTS_DIR/raw/*-{runs,phases,tasks}.csv`` (written by
-:mod:`agc.bench`) and writes ``index.html`` (inline CSS, plots embedded as PNG data URIs, no
-network resources), ``README.md`` (tables, links to ``plots/*.png``) and ``summary.csv`` (median and
-spread per scenario and point). Every number on the page comes from the records; warm-up runs are
-left out of every statistic.
+:mod:`agc.bench`) and writes ``index.html`` (inline CSS, plots embedded as PNG data URIs and linked
+as SVG, no network resources), ``README.md`` (tables, links to ``plots/*.png`` and ``*.svg``) and
+``summary.csv`` (median and spread per scenario and point). Every number on the page comes from
+the records; warm-up runs are left out of every statistic. The figures are drawn by
+:mod:`agc.report_figures`.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -20,7 +20,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from agc.metrics import PHASES
+from agc.report_figures import (
+    BATCH_BACKENDS,
+    commit_label,
+    figure_entries,
+    single_node_points,
+    steady_rate_column,
+)
 
 #: What the harness aims for on the realistic layout (measured, never asserted in tests).
 TARGETS = {
@@ -38,7 +44,6 @@ NOT_MEASURED = (
     "Inputs are synthetic NanoAOD (stand-in for the real AGC files) read from local disk; only "
     "the XCache rows of the cache scenario read over XRootD, on loopback (no network latency).",
 )
-BATCH_BACKENDS = ("slurm", "htcondor", "dirac")
 
 
 def not_measured(records: Records) -> list[str]:
@@ -338,16 +343,17 @@ def time_split(records: Records) -> pd.DataFrame:
         return pd.DataFrame()
     t = t[~t["warmup"].astype(bool)].copy()
     t["task"] = t["finished"] - t["started"]
-    if "open_seconds" not in t:
-        t["open_seconds"] = np.nan
+    for column in ("open_seconds", "cpu_seconds", "analysis_seconds"):
+        if column not in t:  # records made before it, or hand-made ones
+            t[column] = np.nan
     t["columns"] = t["read_seconds"] - t["open_seconds"].fillna(0.0)
     per_run = t.groupby(["scenario", "point", "run_id"], sort=False).agg(
         tasks=("task", "size"),
         task_s=("task", "sum"),
-        cpu_s=("cpu_seconds", "sum"),
+        cpu_s=("cpu_seconds", lambda x: x.sum(min_count=1)),
         open_s=("open_seconds", lambda x: x.sum(min_count=1)),
         read_columns_s=("columns", "sum"),
-        analysis_s=("analysis_seconds", "sum"),
+        analysis_s=("analysis_seconds", lambda x: x.sum(min_count=1)),
     )
     return per_run.groupby(["scenario", "point"], sort=False).median().reset_index()
 
@@ -408,6 +414,21 @@ def many_workers_table(records: Records) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows).sort_values("workers")
+
+
+def _many_workers_note(records: Records) -> str:
+    """The sentence of the many-workers table; where the workers ran, from the records."""
+    text = "Scheduling overhead vs the number of workers (scenario many-workers)"
+    runs = records.measured("many-workers")
+    points = {str(p) for p in runs.get("point", pd.Series(dtype=str))}
+    single = single_node_points(records, "many-workers")
+    if points and single == points:
+        backends = ", ".join(sorted({str(b) for b in runs["backend"]}))
+        text += (
+            f": every {backends} worker ran on this machine (single node), so they share its "
+            "cores: the harness's and Dask's costs under contention, not a site's"
+        )
+    return text + "."
 
 
 IMPLEMENTATIONS_SCENARIO = "implementations"
@@ -549,163 +570,6 @@ def _time_to_first_result(runs: pd.DataFrame) -> pd.Series:
     return sum(runs[f"{p}_seconds"].fillna(0.0) for p in parts if f"{p}_seconds" in runs)
 
 
-# ---------------------------------------------------------------- plots (matplotlib, Agg)
-
-
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=100)
-    return fig, ax
-
-
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _median_bars(ax, df: pd.DataFrame, value: str, label_col: str = "point") -> None:
-    g = df.groupby(label_col, sort=False)[value]
-    med, lo, hi = g.median(), g.min(), g.max()
-    x = np.arange(len(med))
-    ax.bar(
-        x,
-        med.values,
-        yerr=[med.values - lo.values, hi.values - med.values],
-        capsize=4,
-        color="#4c72b0",
-    )
-    ax.set_xticks(x, [str(i) for i in med.index], rotation=15, ha="right", fontsize=8)
-    for xi, v in zip(x, med.values, strict=True):
-        text = f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
-        ax.annotate(
-            text,
-            (xi, v),
-            ha="center",
-            va="bottom",
-            fontsize=8,
-            xytext=(0, 2),
-            textcoords="offset points",
-        )
-
-
-def steady_rate_column(runs: pd.DataFrame) -> str:
-    """The steady-state rate column (events over the processing phase) where the records have
-    it, else the end-to-end one (records made before it existed)."""
-    column = "processing_events_per_second"
-    has = column in runs and runs[column].notna().any()
-    return column if has else "events_per_second"
-
-
-def plot_scaling(records: Records) -> bytes | None:
-    w = records.measured("workers")
-    if w.empty:
-        return None
-    fig, ax = _figure()
-    steady = steady_rate_column(w)
-    series = [(steady, "steady state: processing phase (median, min-max)", "o")]
-    if steady != "events_per_second":
-        series.append(("events_per_second", "end to end: planning to merged (median)", "s"))
-    med = None
-    for column, label, marker in series:
-        g = w.groupby("workers")[column]
-        m = g.median()
-        ax.errorbar(
-            m.index, m.values, yerr=[m - g.min(), g.max() - m], marker=marker, capsize=4,
-            label=label,
-        )  # fmt: skip
-        med = m if med is None else med
-    assert med is not None
-    ideal = med.iloc[0] / med.index[0] * np.array(med.index)
-    ax.plot(med.index, ideal, "--", color="grey", label="ideal (linear from the first point)")
-    ax.set_xlabel("workers")
-    ax.set_ylabel("events / s")
-    ax.set_xticks(list(med.index))
-    ax.set_ylim(0, None)
-    ax.legend(fontsize=8)
-    ax.set_title("Throughput vs workers")
-    return _png(fig)
-
-
-def plot_phases(
-    records: Records, scenario: str = "latency", title: str = "Latency phases"
-) -> bytes | None:
-    ph = records.phases
-    if ph.empty or scenario not in set(ph["scenario"]):
-        return None
-    ph = ph[(ph["scenario"] == scenario) & ~ph["warmup"].astype(bool)]
-    table = ph.pivot_table(index="point", columns="phase", values="seconds", aggfunc="median")
-    order = [p for p in PHASES if p in table.columns and p != "write"]
-    if not order:  # warm-ups only
-        return None
-    table = table[order]
-    fig, ax = _figure()
-    y = np.arange(len(table.index))
-    height = 0.8 / len(order)
-    for i, phase in enumerate(order):
-        ax.barh(y + i * height, table[phase].values, height, label=phase)
-    ax.set_yticks(y + 0.4 - height / 2, table.index, fontsize=8)
-    ax.set_xlabel("seconds (median)")
-    ax.set_xscale("symlog", linthresh=0.01)
-    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.2))
-    ax.set_title(title)
-    return _png(fig)
-
-
-def plot_bars(
-    records: Records,
-    scenario: str,
-    title: str,
-    value: str = "events_per_second",
-    ylabel: str = "events / s",
-) -> bytes | None:
-    df = records.measured(scenario)
-    if df.empty or value not in df:
-        return None
-    fig, ax = _figure()
-    _median_bars(ax, df, value)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    return _png(fig)
-
-
-def plot_chunksize(records: Records) -> bytes | None:
-    df = records.measured("chunksize")
-    if df.empty:
-        return None
-    fig, ax = _figure()
-    g = df.groupby("chunksize")["events_per_second"]
-    med = g.median()
-    ax.errorbar(med.index, med.values, yerr=[med - g.min(), g.max() - med], marker="o", capsize=4)
-    ax.set_xscale("log")
-    ax.set_xlabel("chunk size (events)")
-    ax.set_ylabel("events / s")
-    ax.set_ylim(0, None)
-    ax.set_title("Throughput vs chunk size")
-    return _png(fig)
-
-
-def plot_cache(records: Records) -> bytes | None:
-    df = records.measured("cache")
-    if df.empty:
-        return None
-    return plot_bars(
-        records,
-        "cache",
-        "Result cache and XCache: wall time per run",
-        "wall_seconds",
-        "wall time (s)",
-    )
-
-
 # ---------------------------------------------------------------- page
 
 CSS = """
@@ -715,7 +579,10 @@ table{border-collapse:collapse;font-size:.85em;margin:.6em 0}
 td,th{border:1px solid #ccc;padding:.25em .5em;text-align:right}th{background:#f2f2f2}
 td:first-child,th:first-child{text-align:left}
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:.5em 1em}
+.unclean{background:#fdecea;border-left:4px solid #b00020;padding:.5em 1em}
+.tablewrap{overflow-x:auto;max-width:100%}
 img{max-width:100%;border:1px solid #eee}
+figure{margin:0}figcaption{font-size:.9em;color:#444}
 """
 
 
@@ -734,7 +601,8 @@ def _table_html(df: pd.DataFrame) -> str:
         "<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
         for row in df.itertuples(index=False)
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="tablewrap">{table}</div>'
 
 
 def _table_md(df: pd.DataFrame) -> str:
@@ -753,34 +621,6 @@ def _environment(records: Records) -> pd.DataFrame:
     return pd.DataFrame(
         {"item": cols, "value": [", ".join(sorted({str(v) for v in env[c]})) for c in cols]}
     )
-
-
-#: (file name, heading, plot function) of the scenarios with a plot of their own; any other
-#: scenario gets a bar chart of events/s per point.
-PLOTS = (
-    ("scaling", "Throughput vs workers", plot_scaling),
-    (
-        "io",
-        "I/O ceiling vs full pipeline",
-        lambda r: plot_bars(r, "io", "I/O-only vs full pipeline (same files, same session)"),
-    ),
-    (
-        "before_after",
-        "Before / after the optimisations",
-        lambda r: plot_bars(r, "before-after", "Baseline vs current code"),
-    ),
-    ("chunksize", "Chunk-size curve", plot_chunksize),
-    ("latency", "Latency phases", plot_phases),
-    ("engines", "Engines", lambda r: plot_bars(r, "engines", "Execution engines")),
-    ("backends", "Backends", lambda r: plot_bars(r, "backends", "Backends")),
-    (
-        "backends_latency",
-        "Backend latency phases",
-        lambda r: plot_phases(r, "backends", "Latency phases per backend"),
-    ),
-    ("cache", "Cache gains", plot_cache),
-    ("ml", "ML step", lambda r: plot_bars(r, "ml", "Without and with the ML step")),
-)
 
 
 def build_report(
@@ -806,28 +646,12 @@ def build_report(
     plots_dir.mkdir(exist_ok=True)
 
     figures = []
-    shown = {
-        "workers",
-        "io",
-        "before-after",
-        "chunksize",
-        "latency",
-        "engines",
-        "backends",
-        "cache",
-        "ml",
-        "many-workers",
-    }
-    generic = [
-        (name, f"Scenario {name}", lambda r, name=name: plot_bars(r, name, f"Scenario {name}"))
-        for name in records.meta
-        if name not in shown
-    ]
-    for key, heading, make in (*PLOTS, *generic):
-        png = make(records)
-        if png is not None:
-            (plots_dir / f"{key}.png").write_bytes(png)
-            figures.append((key, heading, png))
+    for key, heading, make in figure_entries(records):
+        figure = make(records)
+        if figure is not None:
+            (plots_dir / f"{key}.png").write_bytes(figure.png)
+            (plots_dir / f"{key}.svg").write_bytes(figure.svg)
+            figures.append((key, heading, figure))
 
     intro = (
         f"{len(records.runs)} runs recorded in {len(records.meta)} scenario(s); warm-up runs "
@@ -835,20 +659,37 @@ def build_report(
         "over the repeats."
     )
     machine = _machine_note(records)
+    commit = commit_label(records)
     h = [
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
         f"<p>{html.escape(intro)}</p><p class='note'>{html.escape(machine)}</p>",
-        "<h2>Targets</h2>",
-        _table_html(goal),
     ]
-    md = [f"# {title}", "", intro, "", f"> {machine}", "", "## Targets", "", _table_md(goal), ""]
-    for key, heading, png in figures:
-        data = base64.b64encode(png).decode()
+    md = [f"# {title}", "", intro, "", f"> {machine}", ""]
+    if commit is not None:
+        text, unclean = commit
+        note = (
+            f"Records {text}: not from one clean commit; every figure carries this label."
+            if unclean
+            else f"Records of {text}."
+        )
+        h.append(f"<p class='{'unclean' if unclean else 'note'}'>{html.escape(note)}</p>")
+        md += [f"> {note}", ""]
+    h += ["<h2>Targets</h2>", _table_html(goal)]
+    md += ["## Targets", "", _table_md(goal), ""]
+    for key, heading, figure in figures:
+        data = base64.b64encode(figure.png).decode()
+        caption = f"{html.escape(figure.caption)} " if figure.caption else ""
         h.append(
-            f"<h2>{html.escape(heading)}</h2><img alt='{key}' src='data:image/png;base64,{data}'>"
+            f"<h2>{html.escape(heading)}</h2><figure><img alt='{key}' "
+            f"src='data:image/png;base64,{data}'><figcaption>{caption}"
+            f"<a href='plots/{key}.svg'>SVG</a> · <a href='plots/{key}.png'>PNG</a>"
+            "</figcaption></figure>"
         )
         md += [f"## {heading}", "", f"![{key}](plots/{key}.png)", ""]
+        if figure.caption:
+            md += [figure.caption, ""]
+        md += [f"[PNG](plots/{key}.png) · [SVG](plots/{key}.svg)", ""]
     tables = (
         (
             "Where the time goes",
@@ -860,9 +701,7 @@ def build_report(
         ),
         (
             "Many workers",
-            "Scheduling overhead at many stand-in batch workers (each job a local process: "
-            "they share this machine's cores, so these are the harness's and Dask's costs "
-            "under contention, not a site's), on tiny chunks.",
+            _many_workers_note(records),
             many_workers_table(records),
         ),
         (
@@ -1014,10 +853,15 @@ def _machine_note(records: Records) -> str:
         la = runs["load_average_1min"]
         load = (
             f" The 1-minute load average at the end of the runs was {la.median():.1f} "
-            f"(median; {la.min():.1f} to {la.max():.1f}) on {max(cores)} cores."
+            f"(median; {la.min():.1f} to {la.max():.1f}) on {max(cores)} cores"
+        )
+        # what the records say of the machine: busier than its cores, or not
+        load += (
+            ": more runnable processes than cores at the end of some runs, so rates are noisy."
+            if cores and la.max() > max(cores)
+            else "."
         )
     return (
-        f"Machine: {cpu}, {'/'.join(map(str, cores))} logical core(s), {mem} GB memory. "
-        "A small shared machine: other jobs ran at the same time, so rates are noisy; read "
-        f"the spreads, not only the medians.{load}"
+        f"Machine: {cpu}, {'/'.join(map(str, cores))} logical core(s), {mem} GB memory.{load} "
+        "Read the spreads, not only the medians."
     )

@@ -421,6 +421,7 @@ def bench_run(bench_file, tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     results, data = root / "results", root / "data"
     argv = ["bench", "sweep", "--scenarios", str(bench_file), "--results", str(results)]
+    argv.append("--allow-dirty")  # the tests run in checkouts with changes too
     argv += ["--repeats", str(REPEATS), "--warmup", str(WARMUP), "--quiet"]
     stdout = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdout):
@@ -539,6 +540,7 @@ def test_report_of_a_scenario_whose_points_were_all_skipped(tmp_path, monkeypatc
     monkeypatch.setenv("AGC_BENCH_DATA", str(tmp_path / "data"))
     results = tmp_path / "results"
     argv = ["bench", "elsewhere", "--scenarios", str(path), "--results", str(results), "--quiet"]
+    argv.append("--allow-dirty")
     assert main(argv) == 0
     assert not list((results / "raw").glob("*-runs.csv"))  # nothing measured
     capsys.readouterr()

@@ -310,3 +310,58 @@ def test_the_summary_gives_the_steady_state_rate_next_to_the_end_to_end_one():
     )
     row = summarize(Records(runs, pd.DataFrame(), pd.DataFrame())).iloc[0]
     assert row["processing_events_per_s_median"] == 900.0 and row["events_per_s_median"] == 500.0
+
+
+# -- agc bench refuses a tree that the records could not name -----------------------------
+@pytest.fixture
+def bench_cli(tmp_path, monkeypatch):
+    """``agc bench quick`` with the scenario runner stubbed: (a function of the extra
+    arguments that runs it and returns the exit code, the scenarios run, the scenario file)."""
+    from test_bench import SCENARIOS
+
+    from agc import bench
+    from agc.cli import main
+
+    scenarios = tmp_path / "s.yaml"
+    scenarios.write_text(SCENARIOS)
+    calls = []
+    monkeypatch.setattr(bench, "run_scenario", lambda name, results, **kw: calls.append(name))
+    argv = ["bench", "quick", "--scenarios", str(scenarios), "--quiet"]
+    argv += ["--results", str(tmp_path / "results")]
+    return (lambda *extra: main([*argv, *extra])), calls, scenarios
+
+
+@pytest.mark.parametrize(
+    ("commit", "named"),
+    [
+        ("0123456789abcdef0123456789abcdef01234567-dirty", "has uncommitted changes"),
+        ("unknown", "is unknown"),
+    ],
+)
+def test_bench_refuses_a_dirty_or_unknown_tree_unless_allowed(
+    bench_cli, monkeypatch, capsys, commit, named
+):
+    import agc.metrics
+
+    run, calls, _ = bench_cli
+    monkeypatch.setattr(agc.metrics, "git_commit", lambda: commit)
+    assert run() == 2 and calls == []
+    err = capsys.readouterr().err
+    assert commit in err and named in err
+    assert "Commit the changes first, or pass --allow-dirty" in err
+    assert run("--allow-dirty") == 0 and calls == ["quick"]  # the report labels the figures
+
+
+def test_bench_runs_on_a_clean_tree_and_lists_scenarios_on_any(bench_cli, monkeypatch, capsys):
+    import agc.metrics
+    from agc.cli import main
+
+    run, calls, scenarios = bench_cli
+    monkeypatch.setattr(agc.metrics, "git_commit", lambda: "0123456789abcdef")
+    assert run() == 0 and calls == ["quick"]
+    monkeypatch.setattr(agc.metrics, "git_commit", lambda: "unknown")
+    assert main(["bench", "list", "--scenarios", str(scenarios)]) == 0
+    assert "quick" in capsys.readouterr().out
+    # an unknown scenario is named as such, before the tree is looked at
+    assert main(["bench", "nope", "--scenarios", str(scenarios)]) == 2
+    assert "scenario 'nope': unknown" in capsys.readouterr().err

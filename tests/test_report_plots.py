@@ -1,6 +1,7 @@
-"""The report's plots (agc.report.plot_*, PLOTS) from hand-made records with known values:
-PNG bytes when the scenario's records are there, None when not, the medians of the measured
-runs (warm-ups left out) as the drawn values, and no pyplot figure left open."""
+"""The report's plots (agc.report_figures.plot_*, PLOTS) from hand-made records with known
+values: a rendered figure (PNG and SVG) when the scenario's records are there, None when not,
+the medians of the measured runs (warm-ups left out) as the drawn values, and no pyplot figure
+left open."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ import pandas as pd
 import pytest
 from matplotlib.container import BarContainer, ErrorbarContainer
 
-from agc import report
+from agc import report_figures
 from agc.metrics import PHASES
-from agc.report import (
+from agc.report import Records
+from agc.report_figures import (
+    PHASE_COLORS,
     PLOTS,
-    Records,
+    PNG_DPI,
+    Rendered,
     plot_bars,
     plot_cache,
     plot_chunksize,
@@ -119,15 +123,15 @@ SCENARIOS = {
 
 #: The PLOTS entries each scenario's records make.
 PLOTS_OF = {
-    "workers": {"scaling"},
+    "workers": {"scaling", "efficiency"},
     "chunksize": {"chunksize"},
     "io": {"io"},
     "before-after": {"before_after"},
     "engines": {"engines"},
-    "backends": {"backends", "backends_latency"},
+    "backends": {"backends", "backends_latency", "latency_targets"},
     "cache": {"cache"},
     "ml": {"ml"},
-    "latency": {"latency"},
+    "latency": {"latency", "latency_targets"},
 }
 
 
@@ -156,30 +160,35 @@ def no_open_figures():
 
 @pytest.fixture
 def drawn(monkeypatch) -> list:
-    """The figures the plot functions hand to ``_png`` (still complete after it closed them)."""
+    """The figures the plot functions hand to ``_render`` (complete after it saved them)."""
     figures = []
-    real = report._png
+    real = report_figures._render
 
-    def keep(fig):
+    def keep(fig, *args, **kwargs):
         figures.append(fig)
-        return real(fig)
+        return real(fig, *args, **kwargs)
 
-    monkeypatch.setattr(report, "_png", keep)
+    monkeypatch.setattr(report_figures, "_render", keep)
     return figures
 
 
-def assert_png(png: bytes | None) -> None:
+def assert_png(rendered: Rendered | None) -> None:
+    """A talk-size figure: PNG at 150 dpi (8 x 4.5 in, cropped to its content) and SVG."""
     from PIL import Image
 
+    assert isinstance(rendered, Rendered)
+    png = rendered.png
     assert isinstance(png, bytes) and png.startswith(PNG_MAGIC)
     with Image.open(io.BytesIO(png)) as image:
         image.load()
         assert image.format == "PNG"
         width, height = image.size
+        dpi = image.info.get("dpi", (0, 0))[0]
         gray = np.asarray(image.convert("L"), dtype=float)
-    # a 6.4 x 3.8 inch figure at 100 dpi, cropped to its content (bbox_inches="tight")
-    assert 400 <= width <= 1300 and 250 <= height <= 900, image.size
+    assert round(dpi) == PNG_DPI >= 150
+    assert 900 <= width <= 1400 and 500 <= height <= 1100, image.size
     assert gray.std() > 10 and (gray < 100).mean() > 0.002  # ink: axes, text, bars
+    assert rendered.svg.lstrip().startswith(b"<?xml") and b"<svg" in rendered.svg
     assert plt.get_fignums() == []
 
 
@@ -261,6 +270,9 @@ def test_plot_bars_draws_median_and_spread_per_point(drawn, scenario, groups):
     assert lo == pytest.approx([min(v) for v in groups.values()])
     assert hi == pytest.approx([max(v) for v in groups.values()])
     assert [t.get_text() for t in ax.texts] == [f"{m:,.0f}" for m in medians(groups).values()]
+    # each value label sits above its error bar's top, never on it
+    for text, top in zip(ax.texts, hi, strict=True):
+        assert text.xy[1] == pytest.approx(top) and text.get_va() == "bottom"
     assert ax.get_title() == f"Scenario {scenario}" and ax.get_ylabel() == "events / s"
 
 
@@ -303,6 +315,10 @@ def test_plot_phases_draws_the_median_of_each_phase_per_point(drawn, scenario, p
     measured = {p for phases in points.values() for p in phases}
     order = [p for p in PHASES if p in measured and p != "write"]  # write is not shown
     assert [c.get_label() for c in bars] == order
+    from matplotlib.colors import to_hex
+
+    for container in bars:  # one colour per phase, the same in every figure
+        assert to_hex(container.patches[0].get_facecolor()) == PHASE_COLORS[container.get_label()]
     ticks = [t.get_text() for t in ax.get_yticklabels()]
     assert sorted(ticks) == sorted(points)
     for container in bars:
@@ -389,9 +405,9 @@ def test_each_plots_entry_draws_its_own_scenario_only(scenario):
     alone = only(scenario)
     made = set()
     for key, _, make in PLOTS:
-        png = make(alone)
+        figure = make(alone)
         assert plt.get_fignums() == []
-        if png is not None:
-            assert png.startswith(PNG_MAGIC)
+        if figure is not None:
+            assert figure.png.startswith(PNG_MAGIC)
             made.add(key)
     assert made == PLOTS_OF[scenario]
