@@ -1,5 +1,5 @@
 """nox sessions: ``nox -s run`` (the main job), ``nox -s tests``, ``nox -s lint``,
-``nox -s notebooks``, ``nox -s dirac``, ``nox -s faults``, ``nox -s bench``.
+``nox -s notebooks``, ``nox -s dirac``, ``nox -s diracx``, ``nox -s faults``, ``nox -s bench``.
 
 Each session installs the project into its own virtualenv; ``nox -R`` reuses them.
 """
@@ -16,6 +16,17 @@ PYTHON = "3.11"
 LINTERS = ("ruff==0.17.6", "mypy==2.4.1")
 #: The DIRAC release ``nox -s dirac`` installs.
 DIRAC_REQUIREMENT = "DIRAC==9.1.22"
+#: DiracX's server side, which ``nox -s diracx`` runs in-process (its own pytest plugin): the
+#: routers, their databases on sqlite, and moto for the sandbox store's S3.
+DIRACX_REQUIREMENTS = (
+    "diracx-routers==0.7.0",
+    "diracx-db==0.7.0",
+    "diracx-logic==0.7.0",
+    "diracx-testing==0.7.0",
+    "aiosqlite",
+    "uvicorn",
+    "moto[server]",
+)
 
 
 @nox.session(python=PYTHON)
@@ -82,6 +93,17 @@ def dirac(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.run_install("python", ".ci/install-dirac.py", DIRAC_REQUIREMENT)
     session.run("pytest", "tests/test_backend_dirac_native.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def diracx(session: nox.Session) -> None:
+    """The dirac backend's DiracX transport (backends/diracx.py) against DiracX's own routers,
+    run in-process on sqlite by DiracX's pytest plugin (tests/diracx/): JDLs of the real backend
+    submitted, searched and killed through the REST API. Nothing executes the jobs there."""
+    session.install("-e", ".[test]", *DIRACX_REQUIREMENTS)
+    # diracx-testing brings pytest-asyncio, which warns unless its loop scope is set
+    options = ["-p", "no:cacheprovider", "-o", "asyncio_default_fixture_loop_scope=function"]
+    session.run("pytest", "tests/diracx", *options, *session.posargs)
 
 
 @nox.session(python=False)

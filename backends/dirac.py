@@ -5,11 +5,13 @@
 The JDL (:data:`JDL_TEMPLATE`) runs ``/bin/sh -c '<setup> && <python> -m distributed.cli.
 dask_worker <scheduler> ...'``; with ``worker.container`` the python is ``apptainer exec --bind
 /cvmfs IMAGE python3``. It carries JobName, OwnerGroup, CPUTime, NumberOfProcessors, MinRAM /
-MaxRAM (MB), Tags (``GPU`` for GPU stages), Platform and either a ``Site`` list (DIRAC picks
-one) or, with per-site counts (``dirac.sites: {SITE_A: 3, SITE_B: 4}``), one site per job so
-that exactly 3 workers go to SITE_A and 4 to SITE_B. Like every batch backend's, the worker
-advertises its Dask resources for the profile's ``stages`` (``--resources GPU=n`` for a GPU job,
-else ``CPU=<threads>`` with stages; :meth:`backends.jobqueue.JobQueueBackend.worker_resources`).
+MaxRAM (MB), Tags (``GPU`` for GPU stages), Platform, a ``JobGroup`` shared by the jobs of one
+backend (``agc-<time>-<random>``: a run's jobs can be found and killed together) and either a
+``Site`` list (DIRAC picks one) or, with per-site counts (``dirac.sites: {SITE_A: 3, SITE_B:
+4}``), one site per job so that exactly 3 workers go to SITE_A and 4 to SITE_B. Like every
+batch backend's, the worker advertises its Dask resources for the profile's ``stages``
+(``--resources GPU=n`` for a GPU job, else ``CPU=<threads>`` with stages;
+:meth:`backends.jobqueue.JobQueueBackend.worker_resources`).
 
 DIRAC reads JDLs with its own ClassAd code, which does not carry every character of a quoted
 string (:data:`DIRAC_UNSAFE`): a worker command with such characters goes base64-encoded
@@ -18,7 +20,9 @@ string (:data:`DIRAC_UNSAFE`): a worker command with such characters goes base64
 The scheduler address the workers dial is ``scheduler.contact_address`` from the profile (a
 grid worker cannot reach 127.0.0.1); it is never looked up on the internet.
 
-Transports (how a JDL reaches DIRAC) are pluggable (:data:`TRANSPORTS`):
+Transports (how a JDL reaches DIRAC) are pluggable (:data:`TRANSPORTS`, ``dirac.transport``);
+each has the methods of :class:`DiracTransport`, remembers the jobs it submitted and kills
+those still alive when the cluster closes:
 
 - ``cli`` (default, :class:`DiracCLITransport`): the DIRAC client commands
   ``dirac-wms-job-submit FILE.jdl`` (prints ``JobID = N``), ``dirac-wms-job-kill N`` and
@@ -27,25 +31,28 @@ Transports (how a JDL reaches DIRAC) are pluggable (:data:`TRANSPORTS`):
   run whose workers do not connect quote: :func:`parse_job_status`), with a valid proxy
   (``dirac-proxy-init -g GROUP``). The stand-ins in ``backends/standins/bin`` take the same
   arguments and run jobs as local processes.
-- next: DiracX, REST with an OAuth2 bearer token (``dirac login``). A ``DiracXTransport`` would
-  ``POST /api/jobs/jdl`` with the JDL text (``diracx.client``: ``jobs.submit_jdl_jobs([jdl])``,
-  which returns the job ids), kill through the job-status endpoint of the same API, and read
-  the token from the diracx credentials file. It needs no change here beyond the class and a
-  ``TRANSPORTS`` entry.
+- ``diracx`` (:class:`backends.diracx.DiracXTransport`): DiracX's REST API with the bearer
+  token of ``dirac login`` (``dirac.diracx: {url, token_file, ca_path, timeout}``).
 """
 
 from __future__ import annotations
 
 import base64
+import importlib
 import logging
 import math
 import re
+import secrets
 import shlex
 import subprocess
+import threading
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager, suppress
-from typing import Any
+from contextlib import suppress
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Protocol
 
 import dask
 from dask.utils import tmpfile
@@ -150,9 +157,32 @@ def parse_job_status(text: str) -> dict[str, str]:
     return states
 
 
+class DiracTransport(Protocol):
+    """What :class:`DiracJob` and :class:`DiracBackend` ask of a transport."""
+
+    async def submit_job(self, jdl: str) -> str:
+        """Submit one job of this JDL text; its id."""
+        ...
+
+    async def kill_job(self, job_id: str) -> None:
+        """Kill the job (one that already ended or is unknown is no error)."""
+        ...
+
+    def job_states(
+        self, job_ids: Sequence[str], timeout: float = STATUS_TIMEOUT
+    ) -> dict[str, str] | None:
+        """DIRAC's state of each job it knows, in words; None if it cannot be asked."""
+        ...
+
+    async def aclose(self) -> None:
+        """Kill the jobs submitted and not killed yet; release what the transport holds."""
+        ...
+
+
 class DiracCLITransport:
     """Submit / kill / status with the DIRAC client commands (or stand-ins of them)."""
 
+    name = "cli"
     job_id_regexp = r"JobID\s*=\s*(?P<job_id>\d+)"
 
     def __init__(
@@ -164,6 +194,16 @@ class DiracCLITransport:
         self.submit_command = submit_command
         self.kill_command = kill_command
         self.status_command = status_command
+        self._lock = threading.Lock()
+        self._alive: dict[str, None] = {}  # submitted and not killed, in submission order
+
+    @classmethod
+    def from_profile(
+        cls, section: Mapping[str, Any], source: str = "<inline>"
+    ) -> DiracCLITransport:
+        """The commands of a profile's ``dirac`` section (``submit_command``...)."""
+        keys = ("submit_command", "kill_command", "status_command")
+        return cls(**{k: section[k] for k in keys if section.get(k)})
 
     async def submit(self, jdl_file: str) -> str:
         out = await Job._call(shlex.split(self.submit_command) + [jdl_file])
@@ -179,6 +219,29 @@ class DiracCLITransport:
     async def status(self, job_id: str) -> str:
         """DIRAC's status line of the job, e.g. ``JobID=12 Status=Running; ...``."""
         return (await Job._call(shlex.split(self.status_command) + [job_id])).strip()
+
+    async def submit_job(self, jdl: str) -> str:
+        """Submit the JDL text (written to a temporary ``.jdl`` file); the job's id."""
+        with tmpfile(extension="jdl") as fn:
+            Path(fn).write_text(jdl)
+            job_id = await self.submit(fn)
+        with self._lock:
+            self._alive[job_id] = None
+        return job_id
+
+    async def kill_job(self, job_id: str) -> None:
+        await self.kill(job_id)
+        with self._lock:
+            self._alive.pop(job_id, None)
+
+    def alive(self) -> list[str]:
+        """Ids of the jobs this transport submitted and has not killed."""
+        with self._lock:
+            return list(self._alive)
+
+    async def aclose(self) -> None:
+        for job_id in self.alive():
+            await self.kill_job(job_id)
 
     def job_states(
         self, job_ids: Sequence[str], timeout: float = STATUS_TIMEOUT
@@ -199,8 +262,28 @@ class DiracCLITransport:
         return parse_job_status(out.stdout)
 
 
-#: Transport name -> class. ``dirac.transport`` in a profile picks one.
-TRANSPORTS: dict[str, type] = {"cli": DiracCLITransport}
+#: Transport name -> ``module:class`` (imported when a profile picks it with
+#: ``dirac.transport``); each class has ``from_profile(dirac section, profile source)``.
+TRANSPORTS: dict[str, str] = {
+    "cli": "backends.dirac:DiracCLITransport",
+    "diracx": "backends.diracx:DiracXTransport",
+}
+
+
+def make_transport(section: Mapping[str, Any], source: str = "<inline>") -> DiracTransport:
+    """The transport a profile's ``dirac`` section asks for (``transport``, default cli),
+    with its options (``dirac.diracx`` for DiracX, the ``*_command`` keys for the cli)."""
+    name = section.get("transport", "cli")
+    module, _, attr = TRANSPORTS[name].partition(":")
+    cls = getattr(importlib.import_module(module), attr)
+    options = (section.get(name) or {}) if name != "cli" else section
+    return cls.from_profile(options, source)
+
+
+def new_job_group() -> str:
+    """A JobGroup for the jobs of one run: ``agc-YYYYmmdd-HHMMSS-<6 hex>`` (26 characters;
+    DIRAC's JobDB keeps 32)."""
+    return f"agc-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
 class DiracJob(RecordsSubmitError, Job):
@@ -218,11 +301,12 @@ class DiracJob(RecordsSubmitError, Job):
         banned_sites: Sequence[str] = (),
         owner_group: str | None = None,
         job_name: str | None = None,
+        job_group: str | None = None,
         cpu_time: int | None = None,
         tags: Sequence[str] = (),
         platform: str | None = None,
         jdl_extra: Mapping[str, Any] | None = None,
-        transport: DiracCLITransport | None = None,
+        transport: DiracTransport | None = None,
         **kwargs,
     ):
         super().__init__(scheduler=scheduler, name=name, **kwargs)
@@ -235,11 +319,12 @@ class DiracJob(RecordsSubmitError, Job):
         self.banned_sites = list(banned_sites)
         self.owner_group = owner_group
         self.dirac_job_name = job_name or f"agc-dask-{name}"
+        self.job_group = job_group
         self.cpu_time = cpu_time
         self.tags = list(tags)
         self.platform = platform
         self.jdl_extra = dict(jdl_extra or {})
-        self.transport = transport or DiracCLITransport()
+        self.transport: DiracTransport = transport or DiracCLITransport()
         self._check_jdl_strings()
 
     def _check_jdl_strings(self) -> None:
@@ -255,6 +340,8 @@ class DiracJob(RecordsSubmitError, Job):
     def jdl_attributes(self) -> dict[str, Any]:
         """The requirement attributes of the JDL, in order."""
         attrs: dict[str, Any] = {}
+        if self.job_group:
+            attrs["JobGroup"] = self.job_group
         if self.owner_group:
             attrs["OwnerGroup"] = self.owner_group
         if self.cpu_time:
@@ -286,31 +373,34 @@ class DiracJob(RecordsSubmitError, Job):
             requirements=requirements,
         )
 
-    @contextmanager
-    def job_file(self):
-        with tmpfile(extension="jdl") as fn:
-            with open(fn, "w") as f:
-                f.write(self.job_script())
-            yield fn
-
     async def start(self):
-        with self.job_file() as fn:
-            self.job_id = await self.transport.submit(fn)
+        self.job_id = await self.transport.submit_job(self.job_script())
         await ProcessInterface.start(self)
 
     async def close(self):
         if self.job_id:
-            await self.transport.kill(self.job_id)
+            await self.transport.kill_job(self.job_id)
 
 
 class DiracCluster(JobQueueCluster):
-    """Dask workers as DIRAC jobs; ``site_counts`` spreads them over sites ({site: n})."""
+    """Dask workers as DIRAC jobs; ``site_counts`` spreads them over sites ({site: n}).
+
+    Closing it kills every job its transport submitted and has not killed (also those that
+    dask-jobqueue forgot after their worker left)."""
 
     job_cls = DiracJob
 
     def __init__(self, *args, site_counts: Mapping[str, int] | None = None, **kwargs):
         self.site_counts = dict(site_counts or {})
         super().__init__(*args, **kwargs)
+
+    async def _close(self):
+        try:
+            await super()._close()
+        finally:
+            transport = getattr(self, "_job_kwargs", {}).get("transport")
+            if transport is not None:
+                await transport.aclose()
 
     def new_worker_spec(self):
         """The next worker, placed at the first site still short of its count."""
@@ -332,7 +422,10 @@ class DiracBackend(JobQueueBackend):
     cluster_cls = DiracCluster
     example_profile = "dirac-gridpp"
 
+    _transport: DiracTransport | None = None
+
     def check(self) -> None:
+        self.transport()  # a transport's own options (dirac.diracx.url) checked here
         s = self.profile.section("scheduler")
         if not s.get("contact_address") and s.get("host", "127.0.0.1") in (
             "127.0.0.1",
@@ -360,16 +453,21 @@ class DiracBackend(JobQueueBackend):
             spread[names[i % len(names)]] += 1
         return dict(spread)
 
-    def transport(self) -> DiracCLITransport:
-        d = self.profile.section("dirac")
-        options = {
-            k: d[k] for k in ("submit_command", "kill_command", "status_command") if d.get(k)
-        }
-        return TRANSPORTS[d.get("transport", "cli")](**options)
+    def transport(self) -> DiracTransport:
+        """The profile's transport (:func:`make_transport`), one for the backend's jobs."""
+        if self._transport is None:
+            self._transport = make_transport(self.profile.section("dirac"), self.profile.source)
+        return self._transport
+
+    @cached_property
+    def job_group(self) -> str:
+        """The ``JobGroup`` of this backend's jobs (:func:`new_job_group`)."""
+        return new_job_group()
 
     def job_states(self, job_ids: list[str]) -> dict[str, str] | None:
         """DIRAC's status of each job it knows, e.g. ``Waiting (Pilot Agent Submission)``,
-        asked through the profile's transport (``dirac.status_command``); None if that fails."""
+        asked through the profile's transport (``dirac.status_command``, or DiracX's job
+        search); None if that fails."""
         return self.transport().job_states(job_ids)
 
     def job_kwargs(self) -> dict[str, Any]:
@@ -383,6 +481,7 @@ class DiracBackend(JobQueueBackend):
             "banned_sites": list(d.get("banned_sites", [])),
             "owner_group": d.get("owner_group"),
             "job_name": d.get("job_name"),
+            "job_group": self.job_group,
             "cpu_time": d.get("cpu_time"),
             "tags": tags,
             "platform": d.get("platform"),

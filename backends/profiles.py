@@ -406,10 +406,43 @@ PROFILE_SCHEMA: dict = _obj(
                     "description": "extra JDL attributes",
                 },
                 "transport": {
-                    "enum": ["cli"],
-                    "description": "how jobs are submitted: 'cli' (the "
-                    "dirac-wms-* commands; default)",
+                    "enum": ["cli", "diracx"],
+                    "description": "how jobs are submitted, killed and asked for their state: "
+                    "'cli' (the dirac-wms-* commands, with a proxy; default) or 'diracx' "
+                    "(DiracX's REST API with the token of `dirac login`; see dirac.diracx)",
                 },
+                "diracx": _obj(
+                    {
+                        "url": {
+                            "type": "string",
+                            "pattern": r"^https?://\S+$",
+                            "x-expected": "a URL such as https://diracx.example.org",
+                            "description": "the DiracX server (default: $DIRACX_URL, as for "
+                            "the dirac command)",
+                        },
+                        "token_file": {
+                            "type": "string",
+                            "minLength": 1,
+                            "description": "file with the access token: the credentials file "
+                            "`dirac login` writes (JSON with access_token; default "
+                            "$DIRACX_CREDENTIALS_PATH, else ~/.cache/diracx/credentials.json) "
+                            "or a file holding the bare token",
+                        },
+                        "ca_path": {
+                            "type": "string",
+                            "minLength": 1,
+                            "description": "CA bundle file or directory of CA certificates to "
+                            "check the server's certificate with (default: $DIRACX_CA_PATH, "
+                            "else the system's)",
+                        },
+                        "timeout": {
+                            "type": "number",
+                            "exclusiveMinimum": 0,
+                            "description": "seconds each request to DiracX may take (default 30)",
+                        },
+                    },
+                    description="DiracX settings, used with dirac.transport: diracx",
+                ),
                 "submit_command": _COMMAND,
                 "kill_command": _COMMAND,
                 "status_command": {

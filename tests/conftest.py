@@ -10,6 +10,21 @@ import pytest
 
 #: ../shared/data beside the project root (present in CI; absent in a user's clone).
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+#: Tests against DiracX's own server code (``nox -s diracx``), which needs DiracX installed.
+DIRACX_TESTS = Path(__file__).resolve().parent / "diracx"
+
+
+def pytest_ignore_collect(collection_path, config):
+    """Leave tests/diracx out unless it is asked for (``pytest tests/diracx``, as ``nox -s
+    diracx`` runs it): its conftest loads DiracX's pytest plugin, which pytest accepts only
+    from a conftest it reads before collecting, and the main suite does not need DiracX."""
+    if Path(collection_path) != DIRACX_TESTS:
+        return None
+    for arg in config.args:
+        asked = Path(config.invocation_params.dir, arg.split("::")[0]).resolve()
+        if asked == DIRACX_TESTS or DIRACX_TESTS in asked.parents:
+            return None
+    return True
 
 
 @pytest.fixture

@@ -49,6 +49,12 @@ def test_multi_site_jdls_carry_sites_and_counts():
     ) in arguments
     assert "--worker-port 40000:40100" in arguments
     assert "Tags" not in ad
+    # one JobGroup for the jobs of one backend (a run), another for the next, as DIRAC keeps it
+    groups = {ad["JobGroup"] for ad in jdls}
+    assert len(groups) == 1
+    (group,) = groups
+    assert re.fullmatch(r"agc-\d{8}-\d{6}-[0-9a-f]{6}", group) and len(group) <= 32
+    assert classad2.parseOne(DiracBackend(profile="dirac-gridpp").job_script())["JobGroup"] != group
 
 
 def test_workers_option_spreads_over_the_profile_sites():
@@ -137,6 +143,25 @@ def test_cli_transport_parses_job_ids_and_kills(tmp_path):
     assert (tmp_path / "killed").read_text().strip() == "4242"
 
 
+def test_cli_transport_kills_what_it_submitted_on_close(tmp_path):
+    submit = tmp_path / "submit"
+    submit.write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/submitted.jdl\necho "JobID = 7"\n')
+    kill = tmp_path / "kill"
+    kill.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/killed\n')
+    for f in (submit, kill):
+        f.chmod(0o755)
+    transport = DiracCLITransport(submit_command=str(submit), kill_command=str(kill))
+    jdl = DiracBackend(profile="dirac-standin").job_script()
+    assert asyncio.run(transport.submit_job(jdl)) == "7"
+    assert (tmp_path / "submitted.jdl").read_text() == jdl  # the JDL text, as a file
+    assert transport.alive() == ["7"]
+    asyncio.run(transport.aclose())  # e.g. a job dask-jobqueue forgot: killed at shutdown
+    assert (tmp_path / "killed").read_text().split() == ["7"]
+    assert transport.alive() == []
+    asyncio.run(transport.aclose())  # nothing left: no second kill
+    assert (tmp_path / "killed").read_text().split() == ["7"]
+
+
 @pytest.mark.slow
 def test_run_through_standin_dirac_matches_local(tmp_path, monkeypatch, small_catalog):
     monkeypatch.setenv("PATH", f"{bin_dir()}:{os.environ['PATH']}")
@@ -148,11 +173,9 @@ def test_run_through_standin_dirac_matches_local(tmp_path, monkeypatch, small_ca
     jobs = localjobs.history(state / "dirac")
     # one job per site, as the profile's per-site counts say, each JDL naming its site
     assert sorted(j["site"] for j in jobs) == ["LCG.SITE-A.uk", "LCG.SITE-B.uk"]
-    for j in jobs:
-        assert (
-            parse_jdl((state / "dirac" / "jobs" / f"{j['id']}.jdl").read_text())["Site"]
-            == j["site"]
-        )
+    jdls = [parse_jdl((state / "dirac" / "jobs" / f"{j['id']}.jdl").read_text()) for j in jobs]
+    assert [jdl["Site"] for jdl in jdls] == [j["site"] for j in jobs]
+    assert len({jdl["JobGroup"] for jdl in jdls}) == 1  # the run's jobs, as one group
     # close() killed every job: no records, no processes left
     assert list((state / "dirac" / "jobs").glob("*.json")) == []
     assert [localjobs.group_members(j["pid"]) for j in jobs] == [[], []]

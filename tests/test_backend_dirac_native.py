@@ -133,6 +133,11 @@ def test_multi_site_jdls_through_dirac():
         assert description.sites == {attributes["Site"]}
         assert stored.getListFromExpression("Site") == [attributes["Site"]]
         assert attributes["JobName"] == description.jobName == "agc-dask-worker"
+        assert (
+            attributes["JobGroup"]
+            == description.jobGroup
+            == ClassAd(jdls[0]).getAttributeString("JobGroup")
+        )
         assert description.executable == "/bin/sh"
         assert description.cpuTime == 86400
         assert description.priority == 1
