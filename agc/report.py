@@ -245,21 +245,27 @@ def summarize(records: Records) -> pd.DataFrame:
             "events_per_s_min": eps.min(),
             "events_per_s_max": eps.max(),
         }
-        if "events_per_second_per_core" in g:
+        # a column only some scenarios record is NaN in the others' rows
+        if _recorded(g, "events_per_second_per_core"):
             row["events_per_s_per_core_median"] = g["events_per_second_per_core"].median()
-        if "processing_events_per_second" in g and g["processing_events_per_second"].notna().any():
+        if _recorded(g, "processing_events_per_second"):
             # the steady state: events over the processing phase alone
             row["processing_events_per_s_median"] = g["processing_events_per_second"].median()
-        if "cpu_seconds" in g:
+        if _recorded(g, "cpu_seconds"):
             row["cpu_s_median"] = g["cpu_seconds"].median()
-        if "cpu_efficiency" in g:
+        if _recorded(g, "cpu_efficiency"):
             row["cpu_efficiency_median"] = g["cpu_efficiency"].median()
-        if "first_result_seconds" in g:
+        if _recorded(g, "first_result_seconds"):
             row["first_result_s_median"] = g["first_result_seconds"].median()
-        if "cache_hits" in g:
+        if _recorded(g, "cache_hits"):
             row["cache_hits"] = int(g["cache_hits"].median())
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _recorded(g: pd.DataFrame, column: str) -> bool:
+    """Whether the runs ``g`` recorded ``column`` (present, and not NaN in all of them)."""
+    return column in g and bool(g[column].notna().any())
 
 
 def fixed_cost_per_chunk(tasks: pd.DataFrame) -> tuple[float, float]:

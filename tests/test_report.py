@@ -365,3 +365,22 @@ def test_bench_runs_on_a_clean_tree_and_lists_scenarios_on_any(bench_cli, monkey
     # an unknown scenario is named as such, before the tree is looked at
     assert main(["bench", "nope", "--scenarios", str(scenarios)]) == 2
     assert "scenario 'nope': unknown" in capsys.readouterr().err
+
+
+def test_summary_of_scenarios_that_record_different_columns(tmp_path):
+    """A column one scenario records (cache hits) is NaN in another's rows once the records
+    are read together: the summary leaves it out there instead of failing."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    common = {"point": "p", "repeat": 0, "warmup": False, "events": 100, "workers": 1,
+              "wall_seconds": 1.0, "events_per_second": 100.0}  # fmt: skip
+    pd.DataFrame([{"scenario": "cache", **common, "run_id": "a", "cache_hits": 3}]).to_csv(
+        raw / "cache-runs.csv", index=False
+    )
+    pd.DataFrame([{"scenario": "implementations", **common, "run_id": "b"}]).to_csv(
+        raw / "implementations-runs.csv", index=False
+    )
+    records = load_records(tmp_path)
+    summary = summarize(records).set_index("scenario")  # failed on the NaN before
+    assert summary.loc["cache", "cache_hits"] == 3
+    assert np.isnan(summary.loc["implementations", "cache_hits"])
