@@ -40,7 +40,8 @@ def test_multi_site_jdls_carry_sites_and_counts():
     assert ad["Executable"] == "/bin/sh"
     assert list(ad["OutputSandbox"]) == ["std.out", "std.err"]
     arguments = ad["Arguments"]
-    assert arguments.startswith("-c 'export X509_CERT_DIR=")
+    # the job first makes the file that keeps DIRAC's Watchdog off an idle worker
+    assert arguments.startswith("-c 'touch DISABLE_WATCHDOG_CPU_WALLCLOCK_CHECK && export X509_")
     # the worker runs in apptainer with /cvmfs and dials the profile's external address
     assert (
         "apptainer exec --bind /cvmfs /cvmfs/unpacked.cern.ch/registry.example.org/agc/"
@@ -112,6 +113,28 @@ def test_a_failing_setup_line_stops_the_job(tmp_path):
         timeout=60,
     )
     assert (run.returncode, run.stdout) == (1, "")  # the worker (echo here) never ran
+
+
+def test_the_job_makes_the_watchdog_file_in_its_working_directory(tmp_path):
+    jdl = classad2.parseOne(
+        DiracBackend(
+            profile={
+                "backend": "dirac",
+                "worker": {"cores": 1, "memory": "1GB", "python": "echo"},
+                "scheduler": {"contact_address": "tcp://scheduler.example.org:8786"},
+            }
+        ).job_script()
+    )
+    run = subprocess.run(
+        [jdl["Executable"], *shlex.split(jdl["Arguments"])],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "DISABLE_WATCHDOG_CPU_WALLCLOCK_CHECK").exists()
+    assert "distributed.cli.dask_worker" in run.stdout  # then the worker command ran (echo)
 
 
 def test_attributes_dirac_cannot_read_are_refused():
