@@ -85,7 +85,10 @@ def test_standin_reads_the_jdl_like_classad():
     # quotes and backslashes, which DIRAC does not pass on, go base64-encoded
     encoded = re.fullmatch(r"-c 'echo (\S+) \| base64 -d \| /bin/sh'", theirs["Arguments"])
     assert encoded
-    assert base64.b64decode(encoded[1]).decode().startswith('export A="quoted \\\\ text" && ')
+    decoded = base64.b64decode(encoded[1]).decode()
+    assert decoded.startswith(
+        'touch DISABLE_WATCHDOG_CPU_WALLCLOCK_CHECK && export A="quoted \\\\ text" && '
+    )
     assert ours["Site"] == list(theirs["Site"]) == ["A", "B"]
     assert ours["Priority"] == theirs["Priority"] == 3
 
