@@ -154,6 +154,7 @@ def test_multi_site_jdls_through_dirac():
         executable, flag, script = shlex.split(worker_command(stored))
         assert (executable, flag) == ("/bin/sh", "-c")
         assert script.startswith(
+            "touch DISABLE_WATCHDOG_CPU_WALLCLOCK_CHECK && "
             "export X509_CERT_DIR=/cvmfs/grid.cern.ch/etc/grid-security/certificates && "
             f"apptainer exec --bind /cvmfs {IMAGE} python3 -m distributed.cli.dask_worker "
             "tcp://agc-scheduler.example.ac.uk:8786 "
