@@ -129,10 +129,16 @@ def with_steady_rate(runs: pd.DataFrame) -> pd.DataFrame:
 
 def commit_label(records: Records) -> tuple[str, bool] | None:
     """The footer of every figure: (text, unclean). Unclean when the runs carry more than one
-    commit, a ``-dirty`` one (uncommitted changes) or an unknown one. None without runs."""
+    commit, a ``-dirty`` one (uncommitted changes) or an unknown one. None without runs.
+
+    The baseline runs of the before-after scenario are left out: they run an earlier source
+    tree on purpose (extracted from git, so its commit reads "unknown"), named in their
+    ``code`` column and on that scenario's figure."""
     runs = records.runs
     if runs.empty:
         return None
+    if "code" in runs:
+        runs = runs[~runs["code"].astype(str).str.startswith("baseline")]
     values = runs["git_commit"].dropna() if "git_commit" in runs else pd.Series(dtype=object)
     commits = list(dict.fromkeys(str(c) for c in values if str(c).strip()))
     if not commits:

@@ -217,6 +217,16 @@ def test_every_figure_carries_the_commit_loudly_when_not_one_clean_commit(
     assert (to_hex(footer.get_color()) == "#b00020") == unclean
 
 
+def test_the_before_after_baseline_runs_do_not_make_the_report_unclean():
+    records = _records([CLEAN])
+    runs = records.runs.copy()
+    baseline = np.arange(len(runs)) % 2 == 1  # every other run ran the baseline tree
+    runs["code"] = np.where(baseline, "baseline 0f459d5", "current")
+    runs["git_commit"] = np.where(baseline, "unknown", CLEAN)
+    label = rf.commit_label(Records(runs, records.phases, records.tasks))
+    assert label == (f"commit {CLEAN[:12]}", False)
+
+
 def test_no_runs_no_commit_label_and_no_commit_column_is_unclean():
     assert rf.commit_label(Records(pd.DataFrame(), pd.DataFrame(), pd.DataFrame())) is None
     runs = _records().runs.drop(columns="git_commit")
