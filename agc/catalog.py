@@ -8,6 +8,12 @@ real AGC catalog shipped with the package (``"agc"``) or a synthetic one written
 A file entry's ``nevts`` must equal the file's entries (checked when it is read); an entry
 with ``"partial": true`` deliberately covers only the file's first ``nevts`` events (a file
 longer than that is then fine, a shorter one is still an error).
+
+A file entry may say where the file has replicas: ``"sites": ["LCG.RAL-LCG2.uk", ...]`` (grid
+site names, as DIRAC spells them). The sites reach each chunk of the file
+(:attr:`Chunk.sites`), and the chunked engine on a Dask executor runs the chunk on a worker of
+one of those sites when it can (data locality, ``dirac.locality_wait``). Where a chunk runs
+does not change what it gives: the sites are not part of a chunk's cache key.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ class InputFile:
     nevts: int
     #: ``nevts`` deliberately covers only the first events of the file (catalog ``partial``)
     partial: bool = False
+    #: the sites holding a replica of the file (catalog ``sites``), in the catalog's order
+    sites: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,9 @@ class Chunk:
     tree: str = TREE_NAME
     #: The file's events as the catalog gives them (its ``nevts``), checked when it is read.
     file_entries: int | None = None
+    #: The sites holding a replica of the file (catalog ``sites``): where the chunk is best
+    #: run. Placement only: it is not part of the chunk's cache key.
+    sites: tuple[str, ...] = ()
 
     @property
     def nevents(self) -> int:
@@ -211,6 +222,7 @@ def build_fileset(
                     ),
                     _nevts(f, key),
                     _partial(f, key),
+                    _sites(f, key),
                 )
                 for f in chosen
             )
@@ -243,6 +255,17 @@ def _partial(entry: Mapping, sample: str) -> bool:
             f"catalog {sample}: {entry.get('path')}: partial {partial!r} must be true or false"
         )
     return partial
+
+
+def _sites(entry: Mapping, sample: str) -> tuple[str, ...]:
+    """A file's replica sites: a list of site names (``[]`` or absent: none known)."""
+    sites = entry.get("sites", [])
+    if not isinstance(sites, list) or not all(isinstance(s, str) and s.strip() for s in sites):
+        raise CatalogError(
+            f"catalog {sample}: {entry.get('path')}: sites {sites!r} must be a list of site "
+            'names such as ["LCG.RAL-LCG2.uk"] (the sites holding a replica of the file)'
+        )
+    return tuple(dict.fromkeys(s.strip() for s in sites))
 
 
 def _nevts(entry: Mapping, sample: str) -> int:
@@ -317,6 +340,7 @@ def make_chunks(fileset: Mapping[str, Sample], chunksize: int) -> list[Chunk]:
                         stop,
                         weight,
                         file_entries=None if f.partial else f.nevts,
+                        sites=f.sites,
                     )
                 )
     return chunks
