@@ -252,8 +252,23 @@ def chunk_timing(
         bytes_read,
         worker_name(),
         peak_rss,
-        **split,
+        **{"dask_worker": dask_worker_name(), **split},
     )
+
+
+def dask_worker_name() -> str:
+    """The name of the Dask worker this runs in (e.g. ``DiracCluster-3@LCG.RAL-LCG2.uk``),
+    "" outside one. distributed is not imported for it where nothing has imported it."""
+    import sys
+
+    if "distributed" not in sys.modules:
+        return ""
+    from distributed import get_worker
+
+    try:
+        return str(get_worker().name)
+    except ValueError:  # not in a Dask worker (in-process, a process pool, the client)
+        return ""
 
 
 def worker_name() -> str:

@@ -127,6 +127,9 @@ class TaskTiming:
     skipped: bool = False
     #: of ``finished - started``: moving the columns to the analysis device (device path)
     transfer_seconds: float = float("nan")
+    #: the name of the Dask worker that ran the chunk (batch workers carry their site in it,
+    #: e.g. ``DiracCluster-3@LCG.RAL-LCG2.uk``); "" outside Dask workers
+    dask_worker: str = ""
 
 
 @dataclass
