@@ -60,6 +60,7 @@ from dask_jobqueue.core import Job, JobQueueCluster
 from distributed.deploy.spec import ProcessInterface
 
 from backends.jobqueue import JobQueueBackend, RecordsSubmitError
+from backends.profiles import ProfileError
 
 # dask-jobqueue reads unset Job options from the ``jobqueue.<config_name>`` config section.
 log = logging.getLogger(__name__)
@@ -314,6 +315,14 @@ class DiracJob(RecordsSubmitError, Job):
         transport: DiracTransport | None = None,
         **kwargs,
     ):
+        if site:
+            # the worker says where it runs: its name, and a Dask resource for placement
+            if name is not None and not str(name).endswith(f"@{site}"):
+                name = f"{name}@{site}"
+            extra = kwargs.get("worker_extra_args")
+            if extra is None:
+                extra = dask.config.get(f"jobqueue.{self.config_name}.worker-extra-args") or []
+            kwargs["worker_extra_args"] = with_resource(extra, site_resource(site))
         super().__init__(scheduler=scheduler, name=name, **kwargs)
         # the setup lines and the worker are one /bin/sh -c command ('&&': DIRAC cuts at ';')
         self._command_template = " && ".join(
@@ -410,7 +419,9 @@ class DiracCluster(JobQueueCluster):
                 await transport.aclose()
 
     def new_worker_spec(self):
-        """The next worker, placed at the first site still short of its count."""
+        """The next worker, placed at the first site still short of its count and named after
+        it (``DiracCluster-3@LCG.RAL-LCG2.uk``: the Dask worker's name, and the key the
+        cluster knows it by)."""
         spec = super().new_worker_spec()
         if not self.site_counts:
             return spec
@@ -418,7 +429,64 @@ class DiracCluster(JobQueueCluster):
         site = next((s for s, n in self.site_counts.items() if used[s] < n), None)
         if site is None:  # more workers than the plan: DIRAC picks among the sites
             return spec
-        return {name: {**s, "options": {**s["options"], "site": site}} for name, s in spec.items()}
+        taken = {str(n).partition("@")[0] for n in self.worker_spec}
+        while (name := self._new_worker_name(self._i)) in taken:
+            self._i += 1
+        ((_, s),) = spec.items()
+        return {f"{name}@{site}": {**s, "options": {**s["options"], "site": site}}}
+
+
+def apportion(weights: Mapping[str, int], total: int) -> dict[str, int]:
+    """``total`` workers split over the sites in the ratio of ``weights`` (largest remainder:
+    each site its whole share, the workers left one each to the largest fractions, ties in the
+    given order). With at least as many workers as sites, every site gets one (taken from the
+    site with the most); sites left with none are left out. ``{A: 1, B: 9}`` for 20 workers:
+    ``{A: 2, B: 18}``."""
+    if total <= 0 or not weights:
+        return {}
+    whole = sum(weights.values())
+    quotas = {s: total * n / whole for s, n in weights.items()}
+    counts = {s: math.floor(q) for s, q in quotas.items()}
+    left = total - sum(counts.values())
+    for s in sorted(quotas, key=lambda s: -(quotas[s] - counts[s]))[:left]:
+        counts[s] += 1
+    if total >= len(weights):
+        for s in [s for s, n in counts.items() if n == 0]:
+            donor = max(counts, key=lambda d: (counts[d], -list(counts).index(d)))
+            counts[donor] -= 1
+            counts[s] = 1
+    return {s: n for s, n in counts.items() if n > 0}
+
+
+#: Default ``dirac.locality_wait``: seconds a chunk waits for a worker at its file's sites.
+DEFAULT_LOCALITY_WAIT = 60.0
+
+#: What a DIRAC site name may hold (it becomes a Dask resource ``site-<name>`` and part of
+#: the worker's name on its command line).
+SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def site_resource(site: str) -> str:
+    """The Dask resource a worker at ``site`` advertises (``site-LCG.RAL-LCG2.uk``)."""
+    return f"site-{site}"
+
+
+def with_resource(args: Sequence[Any], name: str, amount: float = 1) -> list[str]:
+    """``dask worker`` arguments with the resource ``name=amount`` added to what they
+    advertise: joined to their (last, the one ``dask worker`` reads) ``--resources``, or as a
+    ``--resources`` of its own where they have none."""
+    args = [str(a) for a in args]
+    pair = f"{name}={amount:g}"
+    for i in reversed(range(len(args))):
+        if args[i] == "--resources" and i + 1 < len(args):
+            return [*args[: i + 1], f"{args[i + 1]},{pair}", *args[i + 2 :]]
+        if args[i].startswith("--resources=") and len(args[i].split()) == 1:
+            return [*args[:i], f"{args[i]},{pair}", *args[i + 1 :]]
+        found = list(re.finditer(r"--resources(?:=|\s+)(\S+)", args[i]))
+        if found:  # several words in one argument (the shell splits them)
+            at = found[-1].end(1)
+            return [*args[:i], f"{args[i][:at]},{pair}{args[i][at:]}", *args[i + 1 :]]
+    return [*args, "--resources", pair]
 
 
 class DiracBackend(JobQueueBackend):
@@ -433,6 +501,12 @@ class DiracBackend(JobQueueBackend):
 
     def check(self) -> None:
         self.transport()  # a transport's own options (dirac.diracx.url) checked here
+        for site in self.profile.section("dirac").get("sites") or []:
+            if not SITE_NAME.match(str(site)):
+                raise ProfileError(
+                    f"profile {self.profile.source}: dirac.sites: {site!r} is not a DIRAC site "
+                    "name such as LCG.RAL-LCG2.uk (letters, digits, '.', '-', '_')"
+                )
         s = self.profile.section("scheduler")
         if not s.get("contact_address") and s.get("host", "127.0.0.1") in (
             "127.0.0.1",
@@ -446,19 +520,25 @@ class DiracBackend(JobQueueBackend):
             )
 
     def site_counts(self) -> dict[str, int]:
-        """Workers per site for ``jobs`` workers: the profile's counts, or --workers spread
-        round-robin over the profile's sites in order."""
+        """Workers per site for ``jobs`` workers: the profile's counts, or, for another number
+        of workers (``--workers``), the profile's ratio kept (:func:`apportion`)."""
         sites = self.profile.section("dirac").get("sites")
         if not isinstance(sites, Mapping):
             return {}
         planned = {s: n for s, n in sites.items() if n > 0}
         if self.jobs == sum(planned.values()):
             return planned
-        spread: Counter[str] = Counter()
-        names = list(planned) or list(sites)
-        for i in range(self.jobs):
-            spread[names[i % len(names)]] += 1
-        return dict(spread)
+        return apportion(planned or dict.fromkeys(sites, 1), self.jobs)
+
+    def locality_wait(self) -> float:
+        """Seconds a chunk whose file has replica sites waits for a worker of those sites
+        before it may run anywhere (``dirac.locality_wait``; 0: no placement by site)."""
+        return float(self.profile.section("dirac").get("locality_wait", DEFAULT_LOCALITY_WAIT))
+
+    def start(self, tasks: int | None = None):
+        executor = super().start(tasks)
+        executor.locality_wait = self.locality_wait()
+        return executor
 
     def transport(self) -> DiracTransport:
         """The profile's transport (:func:`make_transport`), one for the backend's jobs."""

@@ -395,9 +395,18 @@ PROFILE_SCHEMA: dict = _obj(
                         },
                     ],
                     "description": "a site list (DIRAC picks) or per-site worker counts "
-                    "{site: workers >= 0}",
+                    "{site: workers >= 0} (--workers keeps their ratio); a worker of a counted "
+                    "site is named NAME@SITE and advertises the Dask resource site-<SITE>=1",
                 },
                 "banned_sites": _STRINGS,
+                "locality_wait": {
+                    "type": "number",
+                    "minimum": 0,
+                    "description": "seconds a chunk whose file has replica sites (catalog "
+                    "'sites') waits for a worker at those sites (workers of per-site counts "
+                    "advertise the Dask resource site-<SITE>) before it runs on any worker; "
+                    "0: chunks are not placed by site (default 60)",
+                },
                 "tags": {**_STRINGS, "description": "e.g. ['GPU'] for GPU stages"},
                 "platform": {"type": "string"},
                 "jdl": {
