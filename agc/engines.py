@@ -96,6 +96,11 @@ class ChunkedEngine(_EngineBase):
     Dask executors with loose worker restrictions (Dask's work stealing balances the load, and
     a lost worker's chunks run elsewhere). Other executors get the tasks in plan order.
 
+    A chunk whose file has replica sites (catalog ``sites``, :func:`chunk_sites`) goes, on a
+    Dask executor with a ``locality_wait`` (DIRAC: ``dirac.locality_wait``), to the workers
+    of those sites only, and to any worker once it has waited that long without starting
+    (:class:`backends.local.SitePlacement`).
+
     An executor with ``stage_resources`` (a GPU cluster, a profile's ``stages``) gets each
     chunk as two tasks, :func:`agc.chunks.read_stage` and :func:`agc.chunks.analysis_stage`,
     each with the Dask resources of its stage (:meth:`backends.base.Executor.map_stages`).
@@ -112,7 +117,11 @@ class ChunkedEngine(_EngineBase):
             yield from executor.map_stages(
                 [("read", read_stage), ("analysis", analysis_stage)], tasks
             )
-        elif _takes_affinity(executor):
+        elif _takes(executor, "sites"):
+            yield from executor.map_unordered(  # type: ignore[call-arg]
+                process_chunk, tasks, affinity=file_affinity, sites=chunk_sites
+            )
+        elif _takes(executor, "affinity"):
             yield from executor.map_unordered(  # type: ignore[call-arg]
                 process_chunk, tasks, affinity=file_affinity
             )
@@ -125,11 +134,17 @@ def file_affinity(task: ChunkTask) -> tuple[str, float]:
     return task.chunk.path, float(task.chunk.entry_stop - task.chunk.entry_start)
 
 
-def _takes_affinity(executor: Executor) -> bool:
+def chunk_sites(task: ChunkTask) -> tuple[str, ...]:
+    """The sites holding the chunk's file (catalog ``sites``): where it is best run."""
+    return task.chunk.sites
+
+
+def _takes(executor: Executor, option: str) -> bool:
+    """Whether the executor's ``map_unordered`` takes ``option`` (affinity, sites)."""
     import inspect
 
     try:
-        return "affinity" in inspect.signature(executor.map_unordered).parameters
+        return option in inspect.signature(executor.map_unordered).parameters
     except (TypeError, ValueError):
         return False
 

@@ -314,6 +314,10 @@ class DaskExecutor(BaseExecutor):
 
     #: Seconds between two checks of the workers while waiting.
     poll_seconds: float = 1.0
+    #: Seconds a task whose input has replica sites (``map_unordered``'s ``sites``) waits for
+    #: a worker of those sites before it may run on any worker; 0: no placement by site. The
+    #: DIRAC backend sets it from ``dirac.locality_wait``.
+    locality_wait: float = 0.0
 
     def __init__(
         self,
@@ -333,6 +337,8 @@ class DaskExecutor(BaseExecutor):
         self.stage_resources = stage_resources or None
         self._alone_since: float | None = None
         self._unplaced_since: dict[str, float] = {}
+        #: tasks restricted to their sites' workers that ran elsewhere after locality_wait
+        self.tasks_moved_off_site = 0
 
     def wait_for_workers(self, n: int = 1) -> None:
         self.client.wait_for_workers(n)
@@ -359,6 +365,7 @@ class DaskExecutor(BaseExecutor):
         fn: Callable[[Any], Any],
         tasks: Iterable[Any],
         affinity: Callable[[Any], tuple[Hashable, float]] | None = None,
+        sites: Callable[[Any], Sequence[str]] | None = None,
     ) -> Iterator[Any]:
         """``fn`` of every task on the client's workers, results as they complete.
 
@@ -368,8 +375,15 @@ class DaskExecutor(BaseExecutor):
         (``allow_other_workers``): Dask's work stealing moves tasks to idle workers, and the
         tasks of a lost worker run on the others. While waiting, :meth:`watch` runs every
         ``poll_seconds``.
+
+        ``sites(task) -> site names`` (its input's replicas), with a :attr:`locality_wait`
+        above 0: a task with sites runs on the workers of those sites (workers advertising
+        the Dask resource ``site-<S>``), see :class:`SitePlacement`; the others as above.
         """
         tasks = list(tasks)
+        if sites is not None and self.locality_wait > 0 and any(sites(t) for t in tasks):
+            yield from SitePlacement(self, fn, affinity, sites).run(tasks)
+            return
         workers = sorted(self.client.nthreads()) if affinity is not None else []
         if len(workers) > 1:
             futures = self._submit_affine(fn, tasks, affinity, workers)
@@ -482,6 +496,171 @@ class DaskExecutor(BaseExecutor):
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+
+
+#: The Dask resource a worker at a site advertises is this prefix and the site's name.
+SITE_RESOURCE_PREFIX = "site-"
+
+
+def site_workers(client) -> dict[str, list[str]]:
+    """``{site: [worker addresses]}`` of the connected workers that advertise a site (the
+    Dask resource ``site-<S>``, as DIRAC jobs do)."""
+    out: dict[str, list[str]] = {}
+    for address, w in client.scheduler_info(n_workers=-1).get("workers", {}).items():
+        for resource, amount in (w.get("resources") or {}).items():
+            if resource.startswith(SITE_RESOURCE_PREFIX) and amount:
+                out.setdefault(resource[len(SITE_RESOURCE_PREFIX) :], []).append(address)
+    return {site: sorted(addresses) for site, addresses in out.items()}
+
+
+def _not_started(keys: list[str], dask_scheduler=None) -> list[str]:
+    """(Runs on the scheduler.) Those of ``keys`` that no worker has begun to run: waiting
+    for a valid worker (``no-worker``), or sent to one that has not started them yet (as its
+    heartbeats tell: at most a second or so late)."""
+    out = []
+    for key in keys:
+        ts = dask_scheduler.tasks.get(key)
+        if ts is None or ts.state in ("memory", "erred", "released", "forgotten"):
+            continue
+        worker = ts.processing_on
+        if worker is not None and ts in worker.executing:
+            continue
+        out.append(key)
+    return out
+
+
+class SitePlacement:
+    """Tasks sent to the workers of their input's sites, with a fallback (delay scheduling).
+
+    A task with sites is submitted with ``workers=[the addresses of those sites' workers]``
+    and ``allow_other_workers=False``: Dask runs it only there (tasks of one file together, in
+    the order of ``affinity``). A task whose sites have no connected worker is held back and
+    submitted so as soon as one connects. After ``locality_wait`` seconds from submission,
+    every task with sites that has not started (held back, waiting for a worker of its sites,
+    or queued behind others on one) is cancelled and submitted again without a restriction:
+    it runs on any worker, once (a task moves at most once), counted in the executor's
+    ``tasks_moved_off_site`` and logged. Tasks without sites go as
+    :meth:`DaskExecutor.map_unordered` sends them (file affinity).
+    """
+
+    def __init__(self, executor: DaskExecutor, fn, affinity, sites):
+        self.executor = executor
+        self.client = executor.client
+        self.fn = fn
+        self.affinity = affinity
+        self.sites = sites
+        self.deadline = 0.0
+        self.held: list[tuple[Any, int]] = []  # (task, priority): no worker at its sites yet
+        self.restricted: dict[Any, tuple[Any, Any, int]] = {}  # key -> (future, task, priority)
+        self.replaced: set[Any] = set()  # keys of futures cancelled for a resubmission
+        self.owned: list[Any] = []
+
+    def run(self, tasks: list[Any]) -> Iterator[Any]:
+        from distributed import as_completed
+
+        ex = self.executor
+        local = [t for t in tasks if self.sites(t)]
+        free = [t for t in tasks if not self.sites(t)]
+        futures: list[Any] = []
+        if free:
+            workers = sorted(self.client.nthreads()) if self.affinity is not None else []
+            if len(workers) > 1:
+                futures += ex._submit_affine(self.fn, free, self.affinity, workers)
+            else:
+                futures += self.client.map(self.fn, free, pure=False)
+        self.deadline = time.monotonic() + ex.locality_wait
+        where = site_workers(self.client)
+        for task, priority in self._ordered(local):
+            future = self._submit_at_sites(task, priority, where)
+            if future is not None:
+                futures.append(future)
+        self.owned += futures
+        pending = as_completed(futures, loop=self.client.loop)
+        next_watch = time.monotonic() + ex.poll_seconds
+        try:
+            while not pending.is_empty() or self.held:
+                batch = pending.next_batch(block=False)
+                for future in batch:
+                    if future.key in self.replaced:
+                        continue
+                    self.restricted.pop(future.key, None)
+                    yield future.result()
+                    future.release()
+                if time.monotonic() >= next_watch:
+                    ex.watch()
+                    for future in self._place():
+                        pending.add(future)
+                    next_watch = time.monotonic() + ex.poll_seconds
+                if not batch:
+                    time.sleep(0.02)
+        finally:
+            self.client.cancel(self.owned)
+
+    def _ordered(self, tasks: list[Any]) -> list[tuple[Any, int]]:
+        """The tasks with their priorities: a file's tasks together, heaviest file first."""
+        if self.affinity is None:
+            return [(t, len(tasks) - i) for i, t in enumerate(tasks)]
+        keys = [self.affinity(t) for t in tasks]
+        weights: dict[Hashable, float] = {}
+        for key, weight in keys:
+            weights[key] = weights.get(key, 0.0) + weight
+        order = {key: i for i, key in enumerate(sorted(weights, key=lambda k: -weights[k]))}
+        queue = sorted(zip(tasks, keys, strict=True), key=lambda tk: order[tk[1][0]])
+        return [(t, len(queue) - i) for i, (t, _) in enumerate(queue)]
+
+    def _submit_at_sites(self, task, priority: int, where: dict[str, list[str]]):
+        """Submit ``task`` restricted to the workers of its sites; None (held back) when
+        none of them has a connected worker."""
+        addresses = sorted({a for site in self.sites(task) for a in where.get(site, ())})
+        if not addresses:
+            self.held.append((task, priority))
+            return None
+        future = self.client.submit(
+            self.fn,
+            task,
+            workers=addresses,
+            allow_other_workers=False,
+            pure=False,
+            priority=priority,
+        )
+        self.restricted[future.key] = (future, task, priority)
+        return future
+
+    def _place(self) -> list[Any]:
+        """Every ``poll_seconds``: held-back tasks to their sites' workers that connected
+        since; after the wait, the tasks with sites not started yet to any worker."""
+        new: list[Any] = []
+        if time.monotonic() < self.deadline:
+            if self.held:
+                where = site_workers(self.client)
+                held, self.held = self.held, []
+                for task, priority in held:
+                    future = self._submit_at_sites(task, priority, where)
+                    if future is not None:
+                        new.append(future)
+        else:
+            moving = [(task, priority) for task, priority in self.held]
+            self.held = []
+            waiting = [k for k, (f, _, _) in self.restricted.items() if not f.done()]
+            if waiting:
+                for key in self.client.run_on_scheduler(_not_started, waiting):
+                    future, task, priority = self.restricted.pop(key)
+                    self.replaced.add(key)
+                    self.client.cancel([future])
+                    moving.append((task, priority))
+            for task, priority in moving:
+                new.append(self.client.submit(self.fn, task, pure=False, priority=priority))
+            if moving:
+                self.executor.tasks_moved_off_site += len(moving)
+                log.warning(
+                    "%d task(s) did not start on a worker of their input's sites within "
+                    "%g s (locality_wait): they run on any worker (%d so far)",
+                    len(moving),
+                    self.executor.locality_wait,
+                    self.executor.tasks_moved_off_site,
+                )
+        self.owned += new
+        return new
 
 
 @dataclass
