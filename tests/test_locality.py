@@ -197,7 +197,7 @@ def test_tasks_queued_at_a_busy_site_move_after_the_wait(two_site_cluster):
     ran = _map(executor, tasks)
     assert sorted(ran) == sorted(t[0] for t in tasks)  # each result once
     moved = executor.tasks_moved_off_site
-    assert 0 < moved < 10
+    assert 0 < moved <= 10  # those not started at 0.6 s (fewer unless the machine is slow)
     assert sum(w == "b@B" for w in ran.values()) >= 1  # the idle site's worker took some
     assert sum(w == "a@A" for w in ran.values()) >= 10 - moved
 
