@@ -182,6 +182,9 @@ class RunRecord:
     #: when each worker joined, seconds from the cluster's start, as a JSON list (batch
     #: backends; "[]" where the executor does not time arrivals)
     worker_arrival_seconds: str = "[]"
+    #: chunks that waited ``locality_wait`` for a worker at their file's sites and then ran on
+    #: another (data locality, see :class:`backends.local.SitePlacement`)
+    tasks_moved_off_site: int = 0
 
     @property
     def cores(self) -> int:

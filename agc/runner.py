@@ -99,6 +99,8 @@ class Execution:
     workers_retired: int = 0
     #: seconds from the cluster's start at which each worker joined (batch executors)
     worker_arrivals: tuple[float, ...] = ()
+    #: chunks that waited locality_wait for a worker at their file's sites, then ran elsewhere
+    tasks_moved_off_site: int = 0
 
 
 @dataclass(frozen=True)
@@ -414,6 +416,7 @@ def execute(
         tasks_resubmitted=getattr(executor, "tasks_resubmitted", 0),
         workers_retired=getattr(executor, "workers_retired", 0),
         worker_arrivals=worker_arrivals,
+        tasks_moved_off_site=getattr(executor, "tasks_moved_off_site", 0),
     )
 
 
@@ -625,6 +628,7 @@ def record(
         events_lost=sum(s["events_lost"] for s in skipped),
         device=config.device or "",
         worker_arrival_seconds=json.dumps([round(t, 3) for t in execution.worker_arrivals]),
+        tasks_moved_off_site=execution.tasks_moved_off_site,
         **task_totals(timings),
     )
     weights = processed_weights(plan, execution.results)
@@ -653,6 +657,7 @@ def record(
         "worker_restarts": run_record.worker_restarts,
         "tasks_resubmitted": run_record.tasks_resubmitted,
         "workers_retired": run_record.workers_retired,
+        "tasks_moved_off_site": run_record.tasks_moved_off_site,
     }
     if config.device is not None:
         summary["device"] = {

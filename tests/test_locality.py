@@ -248,6 +248,8 @@ def test_standin_dirac_runs_every_chunk_at_its_files_site(
     # every chunk ran on the worker of its file's site, and both sites' files were run
     assert ran_at == {key: where[key[0]] for key in ran_at}
     assert set(ran_at.values()) == set(sites)
+    # none had to leave its site, and the run's records say so
+    assert result.record.tasks_moved_off_site == result.summary["tasks_moved_off_site"] == 0
     assert {t.dask_worker for t in result.tasks} == {
         "DiracCluster-0@LCG.SITE-A.uk",
         "DiracCluster-1@LCG.SITE-B.uk",
