@@ -169,11 +169,8 @@ class DaskAwkwardEngine(_EngineBase):
         if not tasks:
             return
         client = _require(executor, tasks).client
-        unreadable = _unreadable_files(tasks)  # also checks every file and branch first
-        for task in tasks:
-            if task.chunk.path in unreadable:
-                yield _skipped(task, unreadable[task.chunk.path])
-        readable = [t for t in tasks if t.chunk.path not in unreadable]
+        skipped, readable = _split_unreadable(tasks)  # also checks every file and branch first
+        yield from skipped
         if not readable:
             return
         files: dict[str, dict[str, Any]] = {}
@@ -243,6 +240,16 @@ def _skipped(task: ChunkTask, err: BaseException) -> ChunkResult:
     return skipped_result(task, err, started=time.time(), cpu0=time.process_time())
 
 
+def _split_unreadable(
+    tasks: Sequence[ChunkTask],
+) -> tuple[list[ChunkResult], list[ChunkTask]]:
+    """(the skipped results of the chunks whose file cannot be read, the other tasks); see
+    :func:`_unreadable_files` (without ``skip_bad_files`` the first bad file raises)."""
+    unreadable = _unreadable_files(tasks)
+    skipped = [_skipped(t, unreadable[t.chunk.path]) for t in tasks if t.chunk.path in unreadable]
+    return skipped, [t for t in tasks if t.chunk.path not in unreadable]
+
+
 def _unreadable_files(tasks: Sequence[ChunkTask]) -> dict[str, Exception]:
     """The files of ``tasks`` that cannot be opened or lack what the tasks read, with why.
 
@@ -292,11 +299,8 @@ class CoffeaEngine(_EngineBase):
         if not tasks:
             return
         executor = _require(executor, tasks)
-        unreadable = _unreadable_files(tasks)  # opens every file: its uuid and baskets too
-        for task in tasks:
-            if task.chunk.path in unreadable:
-                yield _skipped(task, unreadable[task.chunk.path])
-        readable = [t for t in tasks if t.chunk.path not in unreadable]
+        skipped, readable = _split_unreadable(tasks)  # opens every file: its uuid, baskets
+        yield from skipped
         if not readable:
             return
         nbytes = dict(zip((t.index for t in readable), _compressed_bytes(readable), strict=True))

@@ -328,24 +328,12 @@ def versions() -> dict[str, str]:
 
 def git_state() -> dict | str:
     """``{"commit", "dirty"}`` of the repository, or "unknown" (no git, or no repository)."""
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return {"commit": commit, "dirty": bool(status)} if commit else "unknown"
+    from agc.metrics import git_commit
+
+    commit = git_commit()
+    if commit == "unknown":
+        return commit
+    return {"commit": commit.removesuffix("-dirty"), "dirty": commit.endswith("-dirty")}
 
 
 # ---------------------------------------------------------------- the page
