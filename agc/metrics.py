@@ -185,6 +185,11 @@ class RunRecord:
     #: chunks that waited ``locality_wait`` for a worker at their file's sites and then ran on
     #: another (data locality, see :class:`backends.local.SitePlacement`)
     tasks_moved_off_site: int = 0
+    #: every batch job of the run with its site and final status, as a JSON list of
+    #: ``{"id", "site", "status"}`` (DIRAC's job monitor; "[]" for other backends), and the
+    #: jobs the monitor replaced (failed, or queued past ``dirac.monitor.max_waiting``)
+    jobs: str = "[]"
+    jobs_resubmitted: int = 0
 
     @property
     def cores(self) -> int:

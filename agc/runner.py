@@ -101,6 +101,10 @@ class Execution:
     worker_arrivals: tuple[float, ...] = ()
     #: chunks that waited locality_wait for a worker at their file's sites, then ran elsewhere
     tasks_moved_off_site: int = 0
+    #: every batch job of the run, ``{"id", "site", "status"}`` (its final status; DIRAC's job
+    #: monitor), and the jobs the monitor replaced
+    jobs: tuple[dict[str, Any], ...] = ()
+    jobs_resubmitted: int = 0
 
 
 @dataclass(frozen=True)
@@ -408,6 +412,8 @@ def execute(
             executor.close()
     if executor is None:
         return Execution(results, workers=1, cores_per_worker=1)
+    job_list = getattr(executor, "job_list", None)  # after close: the jobs' final states
+    jobs = tuple(job_list()) if callable(job_list) else ()
     return Execution(
         results,
         executor.workers,
@@ -417,6 +423,8 @@ def execute(
         workers_retired=getattr(executor, "workers_retired", 0),
         worker_arrivals=worker_arrivals,
         tasks_moved_off_site=getattr(executor, "tasks_moved_off_site", 0),
+        jobs=jobs,
+        jobs_resubmitted=getattr(executor, "jobs_resubmitted", 0),
     )
 
 
@@ -629,6 +637,8 @@ def record(
         device=config.device or "",
         worker_arrival_seconds=json.dumps([round(t, 3) for t in execution.worker_arrivals]),
         tasks_moved_off_site=execution.tasks_moved_off_site,
+        jobs=json.dumps(list(execution.jobs)),
+        jobs_resubmitted=execution.jobs_resubmitted,
         **task_totals(timings),
     )
     weights = processed_weights(plan, execution.results)
@@ -658,6 +668,8 @@ def record(
         "tasks_resubmitted": run_record.tasks_resubmitted,
         "workers_retired": run_record.workers_retired,
         "tasks_moved_off_site": run_record.tasks_moved_off_site,
+        "jobs_resubmitted": run_record.jobs_resubmitted,
+        "jobs": list(execution.jobs),
     }
     if config.device is not None:
         summary["device"] = {

@@ -59,7 +59,13 @@ from dask.utils import tmpfile
 from dask_jobqueue.core import Job, JobQueueCluster
 from distributed.deploy.spec import ProcessInterface
 
-from backends.jobqueue import JobQueueBackend, RecordsSubmitError
+from backends.jobqueue import (
+    DEFAULT_MAX_RESUBMISSIONS,
+    DEFAULT_MAX_WAITING,
+    DEFAULT_MONITOR_INTERVAL,
+    JobQueueBackend,
+    RecordsSubmitError,
+)
 from backends.profiles import ProfileError
 
 # dask-jobqueue reads unset Job options from the ``jobqueue.<config_name>`` config section.
@@ -556,6 +562,17 @@ class DiracBackend(JobQueueBackend):
         asked through the profile's transport (``dirac.status_command``, or DiracX's job
         search); None if that fails."""
         return self.transport().job_states(job_ids)
+
+    def monitor_settings(self) -> dict[str, float]:
+        """``dirac.monitor``: poll the jobs' states every ``interval`` seconds (default 60; 0:
+        off), replace failed jobs and those queued over ``max_waiting`` seconds (default
+        1800), at most ``max_resubmissions`` (default 3) per run."""
+        m = self.profile.section("dirac").get("monitor") or {}
+        return {
+            "interval": float(m.get("interval", DEFAULT_MONITOR_INTERVAL)),
+            "max_waiting": float(m.get("max_waiting", DEFAULT_MAX_WAITING)),
+            "max_resubmissions": int(m.get("max_resubmissions", DEFAULT_MAX_RESUBMISSIONS)),
+        }
 
     def job_kwargs(self) -> dict[str, Any]:
         d = self.profile.section("dirac")

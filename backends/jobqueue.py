@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
+from contextlib import suppress
 from typing import Any, ClassVar
 
 from dask.utils import parse_bytes
@@ -36,6 +37,30 @@ DEFAULT_START_TIMEOUT = 600
 DEFAULT_LOST_TIMEOUT = 120
 #: Margin before the walltime at which workers retire by default (adapt), at most.
 LIFETIME_MARGIN = 120
+
+#: Job monitoring defaults (``dirac.monitor``): seconds between status polls (0: off),
+#: seconds a job may stay queued, replacements per run.
+DEFAULT_MONITOR_INTERVAL = 60.0
+DEFAULT_MAX_WAITING = 1800.0
+DEFAULT_MAX_RESUBMISSIONS = 3
+#: DIRAC states of a job that ended without doing its work (when we did not close it).
+FAILED_STATES = frozenset({"Failed", "Killed", "Stalled", "Deleted"})
+#: DIRAC states of a job that is still queued (no worker node yet).
+WAITING_STATES = frozenset({"Waiting", "Received", "Checking", "Matched"})
+
+
+def job_status(state: str) -> str:
+    """The status word of a job's state in words (``Failed (...) at SITE`` -> ``Failed``)."""
+    return state.split(" ", 1)[0] if state else state
+
+
+def job_site(state: str) -> str | None:
+    """The site of a job's state in words (``... at LCG.RAL-LCG2.uk``), None if it names none."""
+    _, sep, site = state.rpartition(" at ")
+    site = site.strip()
+    if not sep or not site or " " in site:
+        return None
+    return site
 
 
 class WorkerArrivals(SchedulerPlugin):
@@ -116,6 +141,17 @@ class JobQueueExecutor(DaskExecutor):
         workers_retired: workers that retired during the run (``--lifetime``, adapt).
         tasks_resubmitted: tasks run again because their worker left (see
             :class:`WorkerArrivals`).
+        jobs_resubmitted: jobs replaced by the job monitor (``monitor``).
+        job_records: ``{job id: {"site": ..., "status": ...}}`` of every job the monitor saw
+            (last state seen; one last poll at close); empty without ``monitor``.
+
+    With ``monitor`` (``{"interval", "max_waiting", "max_resubmissions"}``, e.g. from
+    ``dirac.monitor``) a second thread asks the backend for the jobs' states every
+    ``interval`` seconds (0: never; a failing or slow status call is logged and asked again
+    at the next interval). A job reported Failed/Killed/Stalled/Deleted while the cluster
+    still holds it, or queued (Waiting/Received/Checking/Matched) for more than
+    ``max_waiting`` seconds, is logged and replaced by a new job of the same worker spec (the
+    same site; the queued one killed first), at most ``max_resubmissions`` times per run.
     """
 
     def __init__(
@@ -132,6 +168,7 @@ class JobQueueExecutor(DaskExecutor):
         lost_timeout: float = DEFAULT_LOST_TIMEOUT,
         adaptive: bool = False,
         stage_resources: dict[str, dict[str, float]] | None = None,
+        monitor: Mapping[str, float] | None = None,
     ):
         super().__init__(
             client, cluster, workers, lost_timeout=lost_timeout, stage_resources=stage_resources
@@ -146,10 +183,22 @@ class JobQueueExecutor(DaskExecutor):
         self._counted = False  # set by close()
         self.worker_restarts = self.workers_retired = self.tasks_resubmitted = 0
         self._lost_error: BackendError | None = None
+        self.jobs_resubmitted = 0
+        self.job_records: dict[str, dict[str, str | None]] = {}
+        self._monitor = dict(monitor) if monitor is not None else None
+        self._job_names: dict[str, str] = {}  # job id -> the cluster's name of its worker
+        self._first_seen: dict[str, float] = {}  # job id -> time.monotonic() first seen
+        self._handled: set[str] = set()  # job ids already replaced or given up on
         self._remember_jobs()
         self._stop = threading.Event()
         self._watchdog = threading.Thread(target=self._watch_jobs, name="agc-jobs", daemon=True)
         self._watchdog.start()
+        self._monitor_thread: threading.Thread | None = None
+        if self._monitor is not None and float(self._monitor.get("interval") or 0) > 0:
+            self._monitor_thread = threading.Thread(
+                target=self._monitor_jobs, name="agc-job-monitor", daemon=True
+            )
+            self._monitor_thread.start()
 
     # --- what was lost -------------------------------------------------------------------
     def _count_losses(self) -> None:
@@ -255,8 +304,133 @@ class JobQueueExecutor(DaskExecutor):
         return text
 
     def _remember_jobs(self) -> None:
-        for job_id in self.job_ids():
+        for name, job in list(self.cluster.workers.items()):
+            job_id = getattr(job, "job_id", None)
+            if not job_id:
+                continue
             self._jobs_seen.setdefault(job_id, None)
+            self._job_names.setdefault(job_id, name)
+            self._first_seen.setdefault(job_id, time.monotonic())
+            if self._monitor is not None and job_id not in self.job_records:
+                self.job_records[job_id] = {"site": getattr(job, "site", None), "status": None}
+
+    # --- job monitoring ------------------------------------------------------------------
+    def _monitor_jobs(self) -> None:
+        """Background thread, every ``monitor["interval"]`` seconds: :meth:`poll_jobs`."""
+        assert self._monitor is not None
+        interval = float(self._monitor["interval"])
+        while not self._stop.wait(interval):
+            try:
+                self.poll_jobs()
+            except Exception:  # the cluster closing under it, a status call that broke
+                if self._stop.is_set():
+                    return
+                log.warning(
+                    "job monitor: polling the jobs failed; again in %g s", interval, exc_info=True
+                )
+
+    def _ask_states(self) -> dict[str, str] | None:
+        """The backend's state of every job seen (recorded in :attr:`job_records`), or None
+        where it cannot be asked now."""
+        ids = list(self._jobs_seen)
+        if not ids or self._backend is None:
+            return {}
+        states = self._backend.job_states(ids)
+        if states is None:
+            return None
+        for job_id, state in states.items():
+            record = self.job_records.setdefault(job_id, {"site": None, "status": None})
+            record["status"] = job_status(state)
+            record["site"] = job_site(state) or record["site"]
+        return states
+
+    def poll_jobs(self) -> None:
+        """Ask the jobs' states once; replace those that failed or wait too long."""
+        if self._monitor is None or self.cluster is None:
+            return
+        self._remember_jobs()
+        states = self._ask_states()
+        if states is None:
+            log.warning(
+                "job monitor: %s could not be asked for the jobs' states; again in %g s",
+                self._who(),
+                float(self._monitor.get("interval") or 0),
+            )
+            return
+        max_waiting = float(self._monitor.get("max_waiting", DEFAULT_MAX_WAITING))
+        now = time.monotonic()
+        for name, job in list(self.cluster.workers.items()):
+            job_id = getattr(job, "job_id", None)
+            if not job_id or job_id in self._handled or job_id not in states:
+                continue
+            state = states[job_id]
+            status = job_status(state)
+            if name not in self.cluster.worker_spec:  # being closed (adapt scaling down)
+                continue
+            if status in FAILED_STATES:
+                why, kill = f"reported {state}", False
+            elif status in WAITING_STATES and now - self._first_seen[job_id] > max_waiting:
+                waited = now - self._first_seen[job_id]
+                why = (
+                    f"still {state} after {waited:.0f} s "
+                    f"(dirac.monitor.max_waiting {max_waiting:g} s)"
+                )
+                kill = True
+            else:
+                continue
+            self._handled.add(job_id)
+            self._replace_job(name, job, why, kill)
+
+    def _replace_job(self, name: str, job: Any, why: str, kill: bool) -> None:
+        """Kill and forget ``job``, then let the cluster start its worker spec again (as
+        dask-jobqueue does for a missing worker): a new job at the same site. ``kill``: the
+        job was still queued (said so in the log)."""
+        assert self._monitor is not None
+        job_id = job.job_id
+        site = self.job_records.get(job_id, {}).get("site") or "any site"
+        limit = int(self._monitor.get("max_resubmissions", DEFAULT_MAX_RESUBMISSIONS))
+        if self.jobs_resubmitted >= limit:
+            log.error(
+                "job monitor: job %s (%s) at %s %s; not replaced: dirac.monitor."
+                "max_resubmissions %d reached (the run goes on with the other jobs)",
+                job_id,
+                name,
+                site,
+                why,
+                limit,
+            )
+            return
+        cluster = self.cluster
+
+        async def swap() -> None:
+            # a Failed/Stalled job is killed too: a stalled one may still run its worker,
+            # which would hold the worker's name; killing an ended job is no error
+            await job.close()
+            if cluster.workers.get(name) is job:
+                del cluster.workers[name]
+            if name in cluster.worker_spec:
+                await cluster._correct_state()
+
+        cluster.sync(swap)
+        self.jobs_resubmitted += 1
+        new = cluster.workers.get(name)
+        new_id = getattr(new, "job_id", None)
+        log.warning(
+            "job monitor: job %s (%s) at %s %s; %sreplaced by job %s (%d of at most %d)",
+            job_id,
+            name,
+            site,
+            why,
+            "killed and " if kill else "",
+            new_id or f"(submission failed: {getattr(new, 'submit_error', None)})",
+            self.jobs_resubmitted,
+            limit,
+        )
+        self._remember_jobs()
+
+    def job_list(self) -> list[dict[str, str | None]]:
+        """Every job the monitor saw, in submission order: ``{"id", "site", "status"}``."""
+        return [{"id": job_id, **record} for job_id, record in self.job_records.items()]
 
     def _replace_ended_jobs(self) -> None:
         """With adapt: submit again the jobs the cluster still plans but no longer holds.
@@ -293,9 +467,20 @@ class JobQueueExecutor(DaskExecutor):
         self._stop.set()
         self._count_losses()
         self._counted = True
+        if self._monitor_thread is not None:
+            self._monitor_thread.join(timeout=60)
         if self.cluster is not None and getattr(self.cluster, "_adaptive", None) is not None:
             self.cluster._adaptive.stop()
+        if self._monitor is not None and self.cluster is not None:
+            with suppress(Exception):
+                self._remember_jobs()
         super().close()
+        if self._monitor is not None:  # the jobs' final states, once the cluster closed them
+            try:
+                if self._ask_states() is None:
+                    log.warning("job monitor: the jobs' final states could not be asked")
+            except Exception:
+                log.warning("job monitor: the jobs' final states could not be asked", exc_info=True)
 
 
 class JobQueueBackend:
@@ -355,6 +540,11 @@ class JobQueueBackend:
     def job_states(self, job_ids: list[str]) -> dict[str, str] | None:
         """The batch system's state of each job (ids it no longer lists are left out); None
         where the backend cannot ask."""
+        return None
+
+    def monitor_settings(self) -> dict[str, float] | None:
+        """``{interval, max_waiting, max_resubmissions}`` of the executor's job monitor, or
+        None where the backend's jobs are not monitored (see :class:`JobQueueExecutor`)."""
         return None
 
     def log_locations(self, job_ids: list[str]) -> str:
@@ -753,6 +943,7 @@ class JobQueueBackend:
             lost_timeout=self.lost_timeout,
             adaptive=adapt is not None,
             stage_resources=self.stage_resources(),
+            monitor=self.monitor_settings(),
         )
 
 

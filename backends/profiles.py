@@ -407,6 +407,36 @@ PROFILE_SCHEMA: dict = _obj(
                     "advertise the Dask resource site-<SITE>) before it runs on any worker; "
                     "0: chunks are not placed by site (default 60)",
                 },
+                "monitor": _obj(
+                    {
+                        "interval": {
+                            "type": "number",
+                            "minimum": 0,
+                            "description": "seconds between polls of the jobs' states while "
+                            "a run goes on (through the transport; a failing poll is logged "
+                            "and retried at the next one); 0: no polling, no replacement "
+                            "(default 60)",
+                        },
+                        "max_waiting": {
+                            "type": "number",
+                            "exclusiveMinimum": 0,
+                            "description": "seconds a job may stay Waiting/Received/Checking/"
+                            "Matched before it is killed and replaced by a new job at the "
+                            "same site (default 1800)",
+                        },
+                        "max_resubmissions": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": "jobs replaced per run at most (Failed, Killed, "
+                            "Stalled or Deleted without agc closing them, or queued too long); "
+                            "past it a job is logged and left, and the run goes on with the "
+                            "others (default 3)",
+                        },
+                    },
+                    description="job monitoring: every job's id, site and final status go to "
+                    "the run's summary.json and runs.csv ('jobs'), replacements to "
+                    "'jobs_resubmitted'",
+                ),
                 "tags": {**_STRINGS, "description": "e.g. ['GPU'] for GPU stages"},
                 "platform": {"type": "string"},
                 "jdl": {
