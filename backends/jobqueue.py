@@ -186,7 +186,7 @@ class JobQueueExecutor(DaskExecutor):
         self.jobs_resubmitted = 0
         self.job_records: dict[str, dict[str, str | None]] = {}
         self._monitor = dict(monitor) if monitor is not None else None
-        self._job_names: dict[str, str] = {}  # job id -> the cluster's name of its worker
+        self._latest: dict[str, str] = {}  # the cluster's name of a worker -> its last job id
         self._first_seen: dict[str, float] = {}  # job id -> time.monotonic() first seen
         self._handled: set[str] = set()  # job ids already replaced or given up on
         self._remember_jobs()
@@ -309,8 +309,9 @@ class JobQueueExecutor(DaskExecutor):
             if not job_id:
                 continue
             self._jobs_seen.setdefault(job_id, None)
-            self._job_names.setdefault(job_id, name)
-            self._first_seen.setdefault(job_id, time.monotonic())
+            if job_id not in self._first_seen:
+                self._latest[name] = job_id
+                self._first_seen[job_id] = time.monotonic()
             if self._monitor is not None and job_id not in self.job_records:
                 self.job_records[job_id] = {"site": getattr(job, "site", None), "status": None}
 
@@ -359,17 +360,25 @@ class JobQueueExecutor(DaskExecutor):
             return
         max_waiting = float(self._monitor.get("max_waiting", DEFAULT_MAX_WAITING))
         now = time.monotonic()
-        for name, job in list(self.cluster.workers.items()):
-            job_id = getattr(job, "job_id", None)
-            if not job_id or job_id in self._handled or job_id not in states:
+        for name, job_id in list(self._latest.items()):
+            if job_id in self._handled or job_id not in states:
+                continue
+            if name not in self.cluster.worker_spec:  # being closed (adapt scaling down)
+                continue
+            job = self.cluster.workers.get(name)
+            held = job is not None and getattr(job, "job_id", None) == job_id
+            if job is not None and not held:  # a newer job of that worker already
+                continue
+            if not held and self._adaptive:  # adapt starts forgotten jobs again itself
                 continue
             state = states[job_id]
             status = job_status(state)
-            if name not in self.cluster.worker_spec:  # being closed (adapt scaling down)
-                continue
             if status in FAILED_STATES:
-                why, kill = f"reported {state}", False
-            elif status in WAITING_STATES and now - self._first_seen[job_id] > max_waiting:
+                # held: DIRAC ended it under a worker the cluster still counts on; not held:
+                # dask-jobqueue forgot it after its worker left (lost-worker-timeout) and,
+                # without adapt, would not start it again
+                why, kill = f"reported {state}" + ("" if held else " (its worker left)"), False
+            elif held and status in WAITING_STATES and now - self._first_seen[job_id] > max_waiting:
                 waited = now - self._first_seen[job_id]
                 why = (
                     f"still {state} after {waited:.0f} s "
@@ -379,14 +388,13 @@ class JobQueueExecutor(DaskExecutor):
             else:
                 continue
             self._handled.add(job_id)
-            self._replace_job(name, job, why, kill)
+            self._replace_job(name, job_id, job, why, kill)
 
-    def _replace_job(self, name: str, job: Any, why: str, kill: bool) -> None:
+    def _replace_job(self, name: str, job_id: str, job: Any, why: str, kill: bool) -> None:
         """Kill and forget ``job``, then let the cluster start its worker spec again (as
         dask-jobqueue does for a missing worker): a new job at the same site. ``kill``: the
         job was still queued (said so in the log)."""
         assert self._monitor is not None
-        job_id = job.job_id
         site = self.job_records.get(job_id, {}).get("site") or "any site"
         limit = int(self._monitor.get("max_resubmissions", DEFAULT_MAX_RESUBMISSIONS))
         if self.jobs_resubmitted >= limit:
@@ -405,8 +413,9 @@ class JobQueueExecutor(DaskExecutor):
         async def swap() -> None:
             # a Failed/Stalled job is killed too: a stalled one may still run its worker,
             # which would hold the worker's name; killing an ended job is no error
-            await job.close()
-            if cluster.workers.get(name) is job:
+            if job is not None:
+                await job.close()
+            if job is not None and cluster.workers.get(name) is job:
                 del cluster.workers[name]
             if name in cluster.worker_spec:
                 await cluster._correct_state()

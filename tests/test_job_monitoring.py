@@ -234,3 +234,28 @@ def test_interval_zero_polls_only_at_close(standins, tmp_path, monkeypatch):
     assert sorted((j["site"], j["status"]) for j in executor.job_list()) == [
         (s, "Killed") for s in SITES
     ]
+
+
+def test_job_killed_by_dirac_is_replaced_after_its_worker_left(standins, tmp_path, caplog):
+    # no fake states: the stand-in reports the job Killed after dirac-wms-job-kill (as DIRAC
+    # does for a job a site or an operator killed); dask-jobqueue forgets it once its worker
+    # left (lost-worker-timeout) and, without adapt, would not start it again
+    import subprocess
+
+    import dask
+
+    caplog.set_level(logging.WARNING, logger="backends.jobqueue")
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "0.2s"}):
+        executor = DiracBackend(profile=_profile(tmp_path, interval=1)).start()
+        try:
+            executor.wait_for_workers(2)
+            subprocess.run(["dirac-wms-job-kill", "1"], check=True, capture_output=True, timeout=30)
+            _wait_for(lambda: executor.jobs_resubmitted == 1)
+            site = _sites(standins)
+            assert sorted(site) == ["1", "2", "3"] and site["3"] == site["1"]
+            assert "job 1 (" in caplog.text and "reported Killed" in caplog.text
+            executor.wait_for_workers(2)  # the replacement's worker took over
+            time.sleep(1.2)
+            assert executor.jobs_resubmitted == 1
+        finally:
+            executor.close()
