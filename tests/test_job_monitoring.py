@@ -259,3 +259,47 @@ def test_job_killed_by_dirac_is_replaced_after_its_worker_left(standins, tmp_pat
             assert executor.jobs_resubmitted == 1
         finally:
             executor.close()
+
+
+def test_diracx_transport_jobs_waiting_too_long_are_replaced_up_to_the_limit(
+    tmp_path, monkeypatch, caplog
+):
+    # DiracX (canned answers, tests/test_diracx_client.py) keeps every job Waiting: no worker
+    # ever connects; each job is killed and replaced until max_resubmissions
+    httpx2 = pytest.importorskip("httpx2")
+    from test_diracx_client import URL, FakeDiracX, credentials
+
+    fake = FakeDiracX()
+    profile = {
+        "backend": "dirac",
+        "worker": {"cores": 1, "memory": "1GB"},
+        "dirac": {
+            "transport": "diracx",
+            "diracx": {"url": URL, "token_file": str(credentials(tmp_path / "t.json"))},
+            "sites": dict.fromkeys(SITES, 1),
+            "monitor": {"interval": 0.3, "max_waiting": 0.5, "max_resubmissions": 2},
+        },
+    }
+    backend = DiracBackend(profile=profile)
+    transport = backend.transport()
+    monkeypatch.setattr(transport, "_client", httpx2.Client(transport=httpx2.MockTransport(fake)))
+    monkeypatch.setattr(transport, "_own_client", False)
+    caplog.set_level(logging.WARNING, logger="backends.jobqueue")
+    executor = backend.start()
+    try:
+        _wait_for(lambda: "max_resubmissions 2 reached" in caplog.text, seconds=15)
+        assert executor.jobs_resubmitted == 2
+        replaced = [
+            r.getMessage() for r in caplog.records if "killed and replaced" in r.getMessage()
+        ]
+        assert len(replaced) == 2 and all(
+            "still Waiting (Pilot Agent Submission)" in m for m in replaced
+        )
+        assert set(fake.killed) >= {"101", "102"}  # the queued jobs killed before the new ones
+    finally:
+        executor.close()
+    jobs = executor.job_list()
+    assert sorted(j["id"] for j in jobs) == ["101", "102", "103", "104"]
+    assert {j["status"] for j in jobs} == {"Killed"}  # the last two at close
+    # the site each job was sent to (DiracX says ANY until a job runs)
+    assert sorted(j["site"] for j in jobs) == sorted(SITES * 2)
