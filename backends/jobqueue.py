@@ -58,7 +58,7 @@ def job_site(state: str) -> str | None:
     """The site of a job's state in words (``... at LCG.RAL-LCG2.uk``), None if it names none."""
     _, sep, site = state.rpartition(" at ")
     site = site.strip()
-    if not sep or not site or " " in site:
+    if not sep or not site or " " in site or site.endswith(")"):  # "(stuck at node)"
         return None
     return site
 
@@ -149,9 +149,11 @@ class JobQueueExecutor(DaskExecutor):
     ``dirac.monitor``) a second thread asks the backend for the jobs' states every
     ``interval`` seconds (0: never; a failing or slow status call is logged and asked again
     at the next interval). A job reported Failed/Killed/Stalled/Deleted while the cluster
-    still holds it, or queued (Waiting/Received/Checking/Matched) for more than
-    ``max_waiting`` seconds, is logged and replaced by a new job of the same worker spec (the
-    same site; the queued one killed first), at most ``max_resubmissions`` times per run.
+    still holds it (or, without adapt, after dask-jobqueue forgot it once its worker left;
+    jobs the run closed itself are never taken for failed ones), or queued (Waiting/Received/
+    Checking/Matched) for more than ``max_waiting`` seconds, is logged, killed and replaced
+    by a new job of the same worker spec (the same site), at most ``max_resubmissions``
+    times per run.
     """
 
     def __init__(

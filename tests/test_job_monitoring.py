@@ -87,6 +87,7 @@ def test_states_in_words():
     )
     assert job_site("Waiting (Pilot Agent Submission)") is None
     assert job_site("Running (waiting at the door)") is None
+    assert job_site("Stalled (stuck at wn042)") is None
 
 
 def test_monitor_settings_and_schema():
