@@ -159,8 +159,12 @@ def test_multi_site_jdls_through_dirac():
             f"apptainer exec --bind /cvmfs {IMAGE} python3 -m distributed.cli.dask_worker "
             "tcp://agc-scheduler.example.ac.uk:8786 "
         )
-        assert f"--name DiracCluster-{i} " in script
-        assert script.endswith("--worker-port 40000:40100 --nanny-port 40000:40100")
+        # the worker is named and tagged with its job's site (data locality)
+        site = attributes["Site"]
+        assert f"--name DiracCluster-{i}@{site} " in script
+        assert script.endswith(
+            f"--worker-port 40000:40100 --nanny-port 40000:40100 --resources site-{site}=1"
+        )
 
 
 def test_gpu_stage_jdl_through_dirac():
