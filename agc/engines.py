@@ -279,14 +279,15 @@ class CoffeaEngine(_EngineBase):
     """coffea's ``processor.Runner``: the plan's chunks as its work items, on NanoEvents.
 
     The harness's analysis (:func:`agc.chunks.analyse`) runs inside a coffea processor
-    (:class:`HarnessProcessor`) on the NanoEvents coffea makes of each chunk, so that the
-    histograms are the harness's (identical to the other engines') and the executor is
-    coffea's own: ``IterativeExecutor`` on an in-process executor, ``FuturesExecutor`` with
-    the pool's workers on the process pool, ``DaskExecutor`` on the executor's Dask client
-    (local Dask, batch backends, an existing cluster). coffea reads the columns lazily while
-    the analysis runs, so a chunk's time is all analysis (its read time is not known apart);
-    its bytes are the compressed baskets it reads, as for the dask-awkward engine. coffea
-    returns everything at the end: the results come all at once, after the last chunk.
+    (:class:`agc.coffea_processor.HarnessProcessor`) on the NanoEvents coffea makes of each
+    chunk, so that the histograms are the harness's (identical to the other engines') and the
+    executor is coffea's own: ``IterativeExecutor`` on an in-process executor,
+    ``FuturesExecutor`` with the pool's workers on the process pool, ``DaskExecutor`` on the
+    executor's Dask client (local Dask, batch backends, an existing cluster). coffea reads
+    the columns lazily while the analysis runs, so a chunk's time is all analysis (its read
+    time is not known apart); its bytes are the compressed baskets it reads, as for the
+    dask-awkward engine. coffea returns everything at the end: the results come all at once,
+    after the last chunk.
     """
 
     name = "coffea"
@@ -295,6 +296,8 @@ class CoffeaEngine(_EngineBase):
         from coffea import processor
         from coffea.nanoevents import NanoAODSchema
         from coffea.processor.executor import WorkItem
+
+        from agc.coffea_processor import HarnessProcessor
 
         if not tasks:
             return
@@ -342,30 +345,6 @@ def _coffea_executor(executor: Executor):
     if isinstance(executor, ProcessPoolTaskExecutor):
         return processor.FuturesExecutor(workers=executor.workers, status=False)
     return processor.IterativeExecutor(status=False)
-
-
-def _harness_processor_base():
-    from coffea import processor
-
-    return processor.ProcessorABC
-
-
-class HarnessProcessor(_harness_processor_base()):  # type: ignore[misc]
-    """The harness's analysis as a coffea processor: one chunk's :class:`ChunkResult` per call,
-    keyed by the chunk's index (coffea merges the dicts of all chunks)."""
-
-    def __init__(self, tasks: Sequence[ChunkTask], nbytes: dict[int, int]):
-        self.tasks = {t.index: t for t in tasks}
-        self.nbytes = nbytes
-
-    def process(self, events):
-        index = events.metadata["agc_index"]
-        started, cpu0 = time.time(), time.process_time()
-        result = analyse(events, self.tasks[index], self.nbytes[index], started=started, cpu0=cpu0)
-        return {"chunks": {index: result}}
-
-    def postprocess(self, accumulator):
-        return accumulator
 
 
 #: The engines, by the ``engine`` option.
