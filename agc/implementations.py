@@ -303,9 +303,8 @@ def _versions(kind: str) -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     names = {"harness": ["agc-harness", "coffea"], "coffea-reference": ["coffea"]}
-    names.setdefault(kind, [])
     out = {}
-    for name in names[kind]:
+    for name in names.get(kind, []):
         try:
             out[name] = version(name)
         except PackageNotFoundError:

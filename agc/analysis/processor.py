@@ -35,8 +35,9 @@ from agc.analysis.systematics import (
     btag_weight,
     resolution_factors_flat,
 )
-from agc.analysis.xp import DEVICES, flat_namespace, segment_sum, to_flat_xp, to_host
+from agc.analysis.xp import flat_namespace, segment_sum, to_flat_xp, to_host
 from agc.constants import DEFAULT_SEED
+from agc.devices import DEVICES
 from agc.histograms import new_histogram, new_ml_histogram
 from agc.vocabulary import (
     DIRECTIONS,

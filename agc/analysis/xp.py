@@ -12,9 +12,7 @@ from types import ModuleType
 import awkward as ak
 import numpy as np
 
-from agc.devices import DEVICES, check_cuda
-
-__all__ = ["DEVICES", "check_cuda"]  # re-exported: the device path's devices
+from agc.devices import check_cuda
 
 
 def to_device(events: ak.Array, device: str | None) -> ak.Array:
