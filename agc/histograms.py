@@ -289,6 +289,18 @@ class ValidationReport:
         return not self.errors
 
 
+def relative_difference(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per bin: |x - y| / max(|x|, |y|); 0 where both are equal (0, the same infinity, or
+    both NaN), infinity where only one is finite."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scale = np.maximum(np.abs(x), np.abs(y))
+        rel = np.abs(x - y) / scale
+    same = (x == y) | (np.isnan(x) & np.isnan(y))
+    rel[same] = 0.0
+    rel[~same & ~np.isfinite(rel)] = np.inf
+    return rel
+
+
 def _mismatch_groups(bad: np.ndarray) -> list[tuple[int, int]]:
     """Runs of adjacent True values as (start, stop) index pairs."""
     groups, start = [], None

@@ -43,6 +43,7 @@ import hist
 import numpy as np
 
 from agc.errors import UserError
+from agc.histograms import relative_difference
 from agc.vocabulary import histogram_name
 
 #: The reference files each implementation is found by, in its checkout.
@@ -344,9 +345,7 @@ def compare(
                 continue
             if not np.array_equal(a, b):
                 same = False
-                scale = np.maximum(np.abs(a), np.abs(b))
-                rel = np.abs(a - b) / np.where(scale > 0, scale, 1)
-                worst = max(worst, float(rel.max()))
+                worst = max(worst, float(relative_difference(a, b).max()))
         identical += same
         if not same:
             differing.append(name)

@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from agc.histograms import relative_difference
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = "ttbar__nominal"
 PROCESS, VARIATION = SAMPLE.split("__")
@@ -184,17 +186,6 @@ def _flow_edges(h, index: int) -> list[float | None]:
     return [low, high]
 
 
-def _relative(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """|x - y| / max(|x|, |y|), 0 where both are 0 (or both the same NaN / infinity)."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        scale = np.maximum(np.abs(x), np.abs(y))
-        rel = np.abs(x - y) / scale
-    same = (x == y) | (np.isnan(x) & np.isnan(y))
-    rel[same] = 0.0
-    rel[~same & ~np.isfinite(rel)] = np.inf
-    return rel
-
-
 def compare_histograms(cpu: Mapping, device: Mapping, rtol: float = RTOL) -> dict:
     """Each histogram of the two paths, bin for bin (values and variances, flow included).
 
@@ -221,7 +212,7 @@ def compare_histograms(cpu: Mapping, device: Mapping, rtol: float = RTOL) -> dic
                 continue
             if not np.array_equal(x, y, equal_nan=True):
                 exact = False
-            rel = _relative(x, y)
+            rel = relative_difference(x, y)
             largest = max(largest, float(rel.max(initial=0.0)))
             for i in np.flatnonzero(rel > rtol):
                 within = False
