@@ -94,48 +94,34 @@ def test_standin_reads_the_jdl_like_classad():
     assert ours["Priority"] == theirs["Priority"] == 3
 
 
-def test_a_failing_setup_line_stops_the_job(tmp_path):
+def _run_echo_job(tmp_path, **worker) -> subprocess.CompletedProcess:
+    """The command a DIRAC worker node runs for this backend's JDL (the worker's python is
+    ``echo``), run in ``tmp_path`` as the job's working directory."""
     jdl = parse_jdl(
         DiracBackend(
             profile={
                 "backend": "dirac",
-                "worker": {
-                    "cores": 1,
-                    "memory": "1GB",
-                    "python": "echo",
-                    "setup": ["true", "false"],
-                },
+                "worker": {"cores": 1, "memory": "1GB", "python": "echo", **worker},
                 "scheduler": {"contact_address": "tcp://scheduler.example.org:8786"},
             }
         ).job_script()
     )
-    run = subprocess.run(
+    return subprocess.run(
         [jdl["Executable"], *shlex.split(jdl["Arguments"])],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_a_failing_setup_line_stops_the_job(tmp_path):
+    run = _run_echo_job(tmp_path, setup=["true", "false"])
     assert (run.returncode, run.stdout) == (1, "")  # the worker (echo here) never ran
 
 
 def test_the_job_makes_the_watchdog_file_in_its_working_directory(tmp_path):
-    jdl = classad2.parseOne(
-        DiracBackend(
-            profile={
-                "backend": "dirac",
-                "worker": {"cores": 1, "memory": "1GB", "python": "echo"},
-                "scheduler": {"contact_address": "tcp://scheduler.example.org:8786"},
-            }
-        ).job_script()
-    )
-    run = subprocess.run(
-        [jdl["Executable"], *shlex.split(jdl["Arguments"])],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = _run_echo_job(tmp_path)
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "DISABLE_WATCHDOG_CPU_WALLCLOCK_CHECK").exists()
     assert "distributed.cli.dask_worker" in run.stdout  # then the worker command ran (echo)
