@@ -190,6 +190,10 @@ class RunRecord:
     #: jobs the monitor replaced (failed, or queued past ``dirac.monitor.max_waiting``)
     jobs: str = "[]"
     jobs_resubmitted: int = 0
+    #: the relay broker the workers were reached through (``relay.broker``; "" without one)
+    #: and the connections it relayed to them (backends/relay)
+    relay: str = ""
+    relayed_connections: int = 0
 
     @property
     def cores(self) -> int:

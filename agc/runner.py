@@ -105,6 +105,9 @@ class Execution:
     #: monitor), and the jobs the monitor replaced
     jobs: tuple[dict[str, Any], ...] = ()
     jobs_resubmitted: int = 0
+    #: the relay broker the workers reached ("" without one) and the connections it relayed
+    relay: str = ""
+    relayed_connections: int = 0
 
 
 @dataclass(frozen=True)
@@ -425,6 +428,10 @@ def execute(
         tasks_moved_off_site=getattr(executor, "tasks_moved_off_site", 0),
         jobs=jobs,
         jobs_resubmitted=getattr(executor, "jobs_resubmitted", 0),
+        relay=getattr(executor, "relay_address", None) or "",
+        relayed_connections=int(
+            (getattr(executor, "relay_stats", None) or {}).get("relayed_connections", 0)
+        ),
     )
 
 
@@ -639,6 +646,8 @@ def record(
         tasks_moved_off_site=execution.tasks_moved_off_site,
         jobs=json.dumps(list(execution.jobs)),
         jobs_resubmitted=execution.jobs_resubmitted,
+        relay=execution.relay,
+        relayed_connections=execution.relayed_connections,
         **task_totals(timings),
     )
     weights = processed_weights(plan, execution.results)
@@ -670,6 +679,9 @@ def record(
         "tasks_moved_off_site": run_record.tasks_moved_off_site,
         "jobs_resubmitted": run_record.jobs_resubmitted,
         "jobs": list(execution.jobs),
+        "relay": {"broker": run_record.relay, "relayed_connections": run_record.relayed_connections}
+        if run_record.relay
+        else None,
     }
     if config.device is not None:
         summary["device"] = {

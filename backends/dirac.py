@@ -598,6 +598,7 @@ class DiracBackend(JobQueueBackend):
             scheduler_options=self.scheduler_options(),
             security=self.security(),
             site_counts=self.site_counts(),
+            **self.protocol_kwargs(),
             **self.all_job_kwargs(),
         )
 

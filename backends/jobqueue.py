@@ -35,6 +35,8 @@ SCHEDULER_PLACEHOLDER = "tcp://<scheduler-address>:8786"
 DEFAULT_DEATH_TIMEOUT = 60
 DEFAULT_START_TIMEOUT = 600
 DEFAULT_LOST_TIMEOUT = 120
+#: Seconds the scheduler's test connection to a new worker may take (``worker.reach_timeout``).
+DEFAULT_REACH_TIMEOUT = 10.0
 #: Margin before the walltime at which workers retire by default (adapt), at most.
 LIFETIME_MARGIN = 120
 
@@ -110,6 +112,68 @@ class WorkerArrivals(SchedulerPlugin):
         )
 
 
+class WorkerReachability(SchedulerPlugin):
+    """Scheduler plugin: the scheduler connects to each worker that joins, once.
+
+    A worker dials out to the scheduler, so it joins even where nothing can connect to it
+    (a site firewall that drops new inbound connections); but the scheduler gathers results
+    from it and other workers fetch data from it over connections to the worker, which would
+    then time out and be tried again for ever (``Couldn't gather keys ... rescheduling``). A
+    test connection with the scheduler's own connection arguments (TLS included), at most
+    ``timeout`` seconds, finds that at once. :attr:`unreachable`: ``{address: error}``.
+    """
+
+    name = "agc-worker-reachability"
+
+    def __init__(self, timeout: float = DEFAULT_REACH_TIMEOUT) -> None:
+        self.timeout = timeout
+        self.reachable: set[str] = set()
+        self.unreachable: dict[str, str] = {}
+        self.names: dict[str, str] = {}
+        self._probes: set[Any] = set()
+
+    def add_worker(self, scheduler=None, worker=None) -> None:
+        import asyncio
+
+        if scheduler is None or worker is None or self.timeout <= 0:
+            return
+        ws = scheduler.workers.get(worker)
+        self.names[worker] = str(ws.name) if ws is not None else worker
+        task = asyncio.ensure_future(self._probe(scheduler, worker))
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
+
+    async def _probe(self, scheduler, address: str) -> None:
+        from distributed.comm import connect
+
+        try:
+            comm = await connect(address, timeout=self.timeout, **scheduler.connection_args)
+        except Exception as err:  # noqa: BLE001 - every failure is the answer
+            if address in scheduler.workers:  # not a worker that left meanwhile
+                self.unreachable[address] = f"{type(err).__name__}: {err}"
+                log.error("the scheduler cannot connect to worker %s: %s", address, err)
+            return
+        self.reachable.add(address)
+        await comm.close()
+
+    def error(self, who: str) -> BackendError | None:
+        """The error of the first unreachable worker, or None."""
+        if not self.unreachable:
+            return None
+        address, problem = next(iter(self.unreachable.items()))
+        name = self.names.get(address, address)
+        more = len(self.unreachable) - 1
+        return BackendError(
+            f"{who}: the scheduler cannot connect to worker {address} (name {name}"
+            + (f"; and {more} more worker(s)" if more else "")
+            + f"): {problem}. The worker connected out to the scheduler, but connections to "
+            "it time out or are refused (a firewall at its site?), so its results could never "
+            "be fetched. Turn on the relay broker (profile section relay: {broker: HOST:PORT}; "
+            "README, 'Workers behind firewalls'), or open worker.port_range to the scheduler "
+            "and the other workers"
+        )
+
+
 class RecordsSubmitError:
     """Job mixin: keep the error of a failed submission (dask-jobqueue only logs it)."""
 
@@ -171,10 +235,19 @@ class JobQueueExecutor(DaskExecutor):
         adaptive: bool = False,
         stage_resources: dict[str, dict[str, float]] | None = None,
         monitor: Mapping[str, float] | None = None,
+        reachability: WorkerReachability | None = None,
+        relay_broker: Any = None,
     ):
         super().__init__(
             client, cluster, workers, lost_timeout=lost_timeout, stage_resources=stage_resources
         )
+        self._reachability = reachability
+        #: the relay broker started for this run (:class:`backends.relay.broker.BrokerProcess`)
+        self.relay_broker = relay_broker
+        #: where the workers reached the broker ("" without a relay), and the started
+        #: broker's counts at the end (:meth:`backends.relay.broker.Broker.stats`)
+        self.relay_address = backend.relay_broker_address() if backend is not None else None
+        self.relay_stats: dict[str, Any] = {}
         self.cores_per_worker = cores_per_worker
         self._arrivals = arrivals
         self._started = started
@@ -231,9 +304,15 @@ class JobQueueExecutor(DaskExecutor):
                 ) from None
 
     def watch(self) -> None:
-        """Called while waiting for results: raise the error of :meth:`_watch_jobs`, if any."""
+        """Called while waiting for results: raise the error of :meth:`_watch_jobs`, if any,
+        or that of a worker the scheduler cannot connect to (:class:`WorkerReachability`)."""
         if self._lost_error is not None:
             raise self._lost_error
+        if self._reachability is not None:
+            err = self._reachability.error(self._who())
+            if err is not None:
+                self._lost_error = err
+                raise err
 
     def _watch_jobs(self) -> None:
         """Background thread, every :attr:`poll_seconds`: remember the job ids, replace ended
@@ -485,7 +564,15 @@ class JobQueueExecutor(DaskExecutor):
         if self._monitor is not None and self.cluster is not None:
             with suppress(Exception):
                 self._remember_jobs()
-        super().close()
+        try:
+            super().close()
+        finally:
+            if self.relay_broker is not None:
+                try:
+                    self.relay_stats = self.relay_broker.stats()
+                except (OSError, ValueError) as err:
+                    log.warning("relay broker: its counts could not be asked: %s", err)
+                self.relay_broker.stop()
         if self._monitor is not None:  # the jobs' final states, once the cluster closed them
             try:
                 if self._ask_states() is None:
@@ -535,6 +622,7 @@ class JobQueueBackend:
         self.jobs = workers or self.profile.workers
         self.check()
         self.check_stage_resources()
+        self.check_relay()
 
     # --- what a subclass provides -------------------------------------------------------
     def check(self) -> None:
@@ -677,6 +765,55 @@ class JobQueueBackend:
         gpu = " --nv" if w.get("gpus") else ""  # the host's NVIDIA driver in the container
         return f"{runtime} exec{gpu}{bind} {shlex.quote(container['image'])} {python}"
 
+    # --- workers behind firewalls: the relay broker ----------------------------------------
+    def relay(self) -> dict[str, Any] | None:
+        """The profile's ``relay`` section with its defaults (``start`` true, ``listen``
+        0.0.0.0 and the broker's port), or None without one."""
+        r = self.profile.section("relay")
+        if not r:
+            return None
+        port = str(r["broker"]).rpartition(":")[2]
+        return {
+            "broker": str(r["broker"]),
+            "start": bool(r.get("start", True)),
+            "listen": str(r.get("listen") or f"0.0.0.0:{port}"),
+        }
+
+    def check_relay(self) -> None:
+        """Refuse a ``relay`` with settings that contradict it."""
+        relay = self.relay()
+        if relay is None:
+            return
+        w = self.profile.worker
+        where = f"profile {self.profile.source}"
+        if w.get("port_range"):
+            raise ProfileError(
+                f"{where}: relay and worker.port_range: relayed workers listen on no port (every "
+                "connection to them comes over their link to the broker); drop one of them"
+            )
+        if w.get("interface") or self.site_config("interface"):
+            raise ProfileError(
+                f"{where}: relay and a worker interface (jobqueue interface): relayed workers "
+                "listen on no interface; drop the interface setting"
+            )
+        if not relay["start"] and relay["broker"].endswith(":0"):
+            raise ProfileError(
+                f"{where}: relay.broker {relay['broker']!r}: port 0 means a free port of a "
+                "broker started for the run (relay.start true); give the port of the site's "
+                "broker"
+            )
+
+    def relay_broker_address(self) -> str | None:
+        """Where the workers reach the broker: ``relay.broker``, with the port the started
+        broker took when it is 0 (after :meth:`start`)."""
+        relay = self.relay()
+        if relay is None:
+            return None
+        return getattr(self, "_relay_address", None) or relay["broker"]
+
+    def reach_timeout(self) -> float:
+        return float(self.profile.worker.get("reach_timeout", DEFAULT_REACH_TIMEOUT))
+
     def worker_extra_args(self) -> list[str]:
         """The job's extra ``dask worker`` arguments: the profile's, the resources its workers
         advertise (:meth:`worker_resources`, unless the profile or the site gives its own
@@ -692,6 +829,9 @@ class JobQueueBackend:
         args += self.lifetime_args()
         if w.get("port_range"):
             args += ["--worker-port", w["port_range"], "--nanny-port", w["port_range"]]
+        broker = self.relay_broker_address()
+        if broker is not None:  # the protocol (relay://) comes with the cluster's options
+            args += ["--host", broker]
         return args
 
     # --- stages and the resources of the workers -------------------------------------------
@@ -831,9 +971,19 @@ class JobQueueBackend:
             require_encryption=True,
         )
 
+    def protocol_kwargs(self) -> dict[str, Any]:
+        """The cluster's ``protocol`` (dask-jobqueue gives it to the workers as ``dask worker
+        --protocol``): ``relay://`` with a relay (the scheduler's own protocol stays in
+        :meth:`scheduler_options`), else dask-jobqueue's default."""
+        if self.relay() is None:
+            return {}
+        return {"protocol": "relay://"}
+
     def scheduler_options(self) -> dict[str, Any]:
         s = self.profile.section("scheduler")
         options: dict[str, Any] = {"dashboard_address": s.get("dashboard_address")}
+        if self.relay() is not None:  # the workers' protocol is relay://, the scheduler's not
+            options["protocol"] = "tls://" if self.profile.section("tls") else "tcp://"
         if s.get("interface"):
             options["interface"] = s["interface"]
         else:
@@ -869,7 +1019,7 @@ class JobQueueBackend:
                 scheduler,
                 name=name,
                 security=security,
-                protocol="tls://" if security else None,
+                protocol="relay://" if self.relay() else ("tls://" if security else None),
                 **{**self.all_job_kwargs(), **job_options},
             )
         return job.job_script()
@@ -880,6 +1030,7 @@ class JobQueueBackend:
             return self.cluster_cls(
                 scheduler_options=self.scheduler_options(),
                 security=self.security(),
+                **self.protocol_kwargs(),
                 **self.all_job_kwargs(),
             )
         except ValueError as err:  # dask-jobqueue's own checks of sizes and options
@@ -894,10 +1045,18 @@ class JobQueueBackend:
             self.jobs = capped_workers(self.jobs, -(-tasks // self.processes), "jobs")
 
         started = time.perf_counter()
-        cluster = self.make_cluster()
+        broker = self.start_relay_broker()
+        try:
+            cluster = self.make_cluster()
+        except BaseException:
+            if broker is not None:
+                broker.stop()
+            raise
         try:
             arrivals = WorkerArrivals()
             cluster.scheduler.add_plugin(arrivals, name=arrivals.name)
+            reachability = WorkerReachability(self.reach_timeout())
+            cluster.scheduler.add_plugin(reachability, name=reachability.name)
             adapt = self.adapt
             if adapt is not None:
                 if tasks is not None:
@@ -925,6 +1084,8 @@ class JobQueueBackend:
             client = Client(cluster)
         except BaseException:
             cluster.close()
+            if broker is not None:
+                broker.stop()
             raise
         if adapt is not None:
             log.info(
@@ -955,7 +1116,33 @@ class JobQueueBackend:
             adaptive=adapt is not None,
             stage_resources=self.stage_resources(),
             monitor=self.monitor_settings(),
+            reachability=reachability,
+            relay_broker=broker,
         )
+
+    def start_relay_broker(self):
+        """With ``relay.start``: the broker for this run, started (else None). Its log goes
+        to ``log_directory``/relay-broker.log when the profile has one."""
+        relay = self.relay()
+        if relay is None or not relay["start"]:
+            return None
+        from backends.relay.broker import BrokerProcess
+
+        log_dir = self.profile.data.get("log_directory")
+        log_file = None
+        if log_dir:
+            os.makedirs(log_dir, exist_ok=True)
+            log_file = os.path.join(log_dir, "relay-broker.log")
+        broker = BrokerProcess(relay["listen"], log_file=log_file)
+        try:
+            listening = broker.start()
+        except RuntimeError as err:
+            raise BackendError(f"--backend {self.name} (profile {self.profile.source}): {err}") from None
+        host = relay["broker"].rpartition(":")[0]
+        port = listening.rpartition(":")[2]
+        self._relay_address = f"{host}:{port}"
+        log.info("%s: relay broker listening on %s (workers dial %s)", self.name, listening, self._relay_address)
+        return broker
 
 
 def _seconds(value: str | float | None) -> float | None:

@@ -127,6 +127,14 @@ PROFILE_SCHEMA: dict = _obj(
                     "description": "seconds a run waits with no worker connected (all jobs "
                     "gone) before it fails naming the jobs and their logs (default 120)",
                 },
+                "reach_timeout": {
+                    "type": "number",
+                    "minimum": 0,
+                    "description": "seconds the scheduler's test connection to each new "
+                    "worker may take (default 10; 0: no test); a worker it cannot reach (a "
+                    "firewall drops connections to it) fails the run at once, naming its "
+                    "address, instead of a run that waits for results it can never fetch",
+                },
                 "adapt": _obj(
                     {
                         "minimum": {
@@ -256,6 +264,36 @@ PROFILE_SCHEMA: dict = _obj(
                 },
             },
             description="TLS between scheduler, workers and client (tls:// protocol)",
+        ),
+        "relay": _obj(
+            {
+                "broker": {
+                    "type": "string",
+                    "pattern": r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):\d{1,5}$",
+                    "x-expected": "HOST:PORT such as agc-scheduler.example.ac.uk:8790",
+                    "description": "HOST:PORT of the relay broker, as the workers and the "
+                    "scheduler reach it, e.g. agc-scheduler.example.ac.uk:8790 (port 0 with "
+                    "start: any free port, for workers on this machine)",
+                },
+                "start": {
+                    "type": "boolean",
+                    "description": "start a broker on this host for the run and stop it "
+                    "after (default true); false: use a broker the site runs "
+                    "('python -m backends.relay --listen 0.0.0.0:8790')",
+                },
+                "listen": {
+                    "type": "string",
+                    "pattern": r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]*):\d{1,5}$",
+                    "x-expected": "HOST:PORT such as 0.0.0.0:8790",
+                    "description": "HOST:PORT the started broker listens on (default "
+                    "0.0.0.0 and the port of broker)",
+                },
+            },
+            required=("broker",),
+            description="workers behind firewalls that drop connections to them: each worker "
+            "dials the relay broker once and every connection to it (scheduler, client, "
+            "other workers) is relayed over that link (relay:// addresses, "
+            "backends/relay); with tls, each relayed connection is TLS end to end",
         ),
         "stages": _obj(
             {
