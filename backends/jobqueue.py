@@ -308,11 +308,19 @@ class JobQueueExecutor(DaskExecutor):
         or that of a worker the scheduler cannot connect to (:class:`WorkerReachability`)."""
         if self._lost_error is not None:
             raise self._lost_error
-        if self._reachability is not None:
-            err = self._reachability.error(self._who())
-            if err is not None:
-                self._lost_error = err
-                raise err
+        self._check_reachability()
+
+    def _check_reachability(self) -> None:
+        """Fail the run (:meth:`abort`, which also ends a result the scheduler would try to
+        gather for ever) when the scheduler could not connect to a worker."""
+        if self._reachability is None or self._lost_error is not None:
+            return
+        err = self._reachability.error(self._who())
+        if err is not None:
+            self._lost_error = err
+            log.error("%s", err)
+            self.abort(err)
+            raise err
 
     def _watch_jobs(self) -> None:
         """Background thread, every :attr:`poll_seconds`: remember the job ids, replace ended
@@ -324,6 +332,10 @@ class JobQueueExecutor(DaskExecutor):
                 self._count_losses()
                 self._remember_jobs()
                 self._replace_ended_jobs()
+                try:
+                    self._check_reachability()
+                except BackendError:
+                    return
                 since = self._arrivals.alone_since
                 if self.lost_timeout is None or since is None or not self._arrivals.times:
                     continue

@@ -339,6 +339,30 @@ class DaskExecutor(BaseExecutor):
         self._unplaced_since: dict[str, float] = {}
         #: tasks restricted to their sites' workers that ran elsewhere after locality_wait
         self.tasks_moved_off_site = 0
+        self._abort_error: Exception | None = None
+        self._awaited: list[Any] = []  # the futures whose results are being waited for
+
+    def abort(self, err: Exception) -> None:
+        """End the run with ``err`` (from a thread that watches the run): the futures being
+        waited for are cancelled, and waiting for them raises ``err``. It also ends a wait
+        that :meth:`watch` cannot, such as a result the scheduler tries to gather for ever."""
+        self._abort_error = err
+        futures = list(self._awaited)
+        if futures:
+            self.client.cancel(futures)
+
+    def _result(self, future) -> Any:
+        """``future.result()``, or the error of :meth:`abort` for a future it cancelled."""
+        from concurrent.futures import CancelledError
+
+        if self._abort_error is not None:  # aborted before this wait began
+            raise self._abort_error
+        try:
+            return future.result()
+        except CancelledError:
+            if self._abort_error is not None:
+                raise self._abort_error from None
+            raise
 
     def wait_for_workers(self, n: int = 1) -> None:
         self.client.wait_for_workers(n)
@@ -453,13 +477,14 @@ class DaskExecutor(BaseExecutor):
         from distributed import as_completed
 
         watch = watch or self.watch
+        self._awaited = owned
         try:
             pending = as_completed(futures, loop=self.client.loop)
             next_watch = time.monotonic() + self.poll_seconds
             while not pending.is_empty():
                 batch = pending.next_batch(block=False)
                 for future in batch:
-                    yield future.result()
+                    yield self._result(future)
                     future.release()
                 if time.monotonic() >= next_watch:
                     watch()
@@ -575,6 +600,7 @@ class SitePlacement:
             if future is not None:
                 futures.append(future)
         self.owned += futures
+        ex._awaited = self.owned
         pending = as_completed(futures, loop=self.client.loop)
         next_watch = time.monotonic() + ex.poll_seconds
         try:
@@ -584,7 +610,7 @@ class SitePlacement:
                     if future.key in self.replaced:
                         continue
                     self.restricted.pop(future.key, None)
-                    yield future.result()
+                    yield ex._result(future)
                     future.release()
                 if time.monotonic() >= next_watch:
                     ex.watch()
