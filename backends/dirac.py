@@ -395,7 +395,7 @@ class DiracJob(RecordsSubmitError, Job):
             requirements=requirements,
         )
 
-    async def start(self):
+    async def submit_and_start(self):
         self.job_id = await self.transport.submit_job(self.job_script())
         await ProcessInterface.start(self)
 

@@ -175,17 +175,24 @@ class WorkerReachability(SchedulerPlugin):
 
 
 class RecordsSubmitError:
-    """Job mixin: keep the error of a failed submission (dask-jobqueue only logs it)."""
+    """Job mixin: keep the error of a failed submission (dask-jobqueue only logs it).
+
+    A job class that submits in its own way overrides :meth:`submit_and_start`, not ``start``.
+    """
 
     submit_error: Exception | None = None
 
     async def start(self):
         try:
-            await super().start()
+            await self.submit_and_start()
         except Exception as err:
             self.submit_error = err
             self.status = Status.failed  # so that the cluster can still close
             raise
+
+    async def submit_and_start(self):
+        """Submit the job and mark it started (dask-jobqueue's ``Job.start``)."""
+        await super().start()
 
 
 class JobQueueExecutor(DaskExecutor):

@@ -14,12 +14,14 @@ import os
 import re
 import shlex
 import subprocess
+import time
 from collections import Counter
 
 import pytest
 from conftest import assert_same_histograms
 from slurm_cluster import backend_run, reference_histograms
 
+from backends.base import BackendError
 from backends.dirac import DiracBackend, DiracCLITransport, jdl_value
 from backends.standins import bin_dir, localjobs
 from backends.standins.dirac import parse_jdl
@@ -173,6 +175,23 @@ def test_cli_transport_kills_what_it_submitted_on_close(tmp_path):
     assert transport.alive() == []
     asyncio.run(transport.aclose())  # nothing left: no second kill
     assert (tmp_path / "killed").read_text().split() == ["7"]
+
+
+def test_a_refused_submission_fails_the_start_with_dirac_s_message(tmp_path):
+    submit = tmp_path / "submit"
+    submit.write_text("#!/bin/sh\necho 'ERROR: Input Sandbox is not valid' >&2\nexit 1\n")
+    submit.chmod(0o755)
+    backend = DiracBackend(
+        profile={
+            "backend": "dirac",
+            "worker": {"cores": 1, "memory": "1GB", "start_timeout": 600},
+            "dirac": {"submit_command": str(submit)},
+        }
+    )
+    started = time.monotonic()
+    with pytest.raises(BackendError, match="job submission failed: .*Input Sandbox is not valid"):
+        backend.start()
+    assert time.monotonic() - started < 60  # not after worker.start_timeout
 
 
 @pytest.mark.slow
