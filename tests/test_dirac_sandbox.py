@@ -1,5 +1,7 @@
 """The harness travelling with DIRAC jobs (``dirac.code``): the wheel packed from the code this
-process runs (backends/harness_wheel.py), unpacked as a job unpacks it.
+process runs (backends/harness_wheel.py), unpacked as a job unpacks it, and the STAND-IN
+dirac-wms-job-submit copying a JDL's InputSandbox into the job's directory as DIRAC's
+JobWrapper does.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -19,6 +22,7 @@ import pytest
 
 import agc
 from backends.harness_wheel import DISTRIBUTION, build_wheel, wheel_name
+from backends.standins import bin_dir, localjobs
 
 ROOT = Path(__file__).resolve().parents[1]
 WHEEL = wheel_name(agc.__version__)
@@ -143,3 +147,58 @@ def test_packages_without_metadata_say_what_to_do(wheel, tmp_path):
     assert run.returncode != 0
     assert "HarnessWheelError: cannot pack the harness for the job sandbox" in run.stderr
     assert "pip install ." in run.stderr and "dirac.code: installed" in run.stderr
+
+
+# --- the stand-in's InputSandbox -------------------------------------------------------------
+def _standin_submit(tmp_path: Path, jdl: str) -> subprocess.CompletedProcess:
+    path = tmp_path / "job.jdl"
+    path.write_text(jdl)
+    return subprocess.run(
+        [str(bin_dir() / "dirac-wms-job-submit"), str(path)],
+        env={**os.environ, "AGC_STANDIN_STATE": str(tmp_path / "state")},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _wait_for(predicate, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_the_standin_copies_the_sandbox_into_the_job_directory(tmp_path):
+    (tmp_path / "code.whl").write_bytes(b"wheel")
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "a.txt").write_text("a")
+    run = _standin_submit(
+        tmp_path,
+        "[\n"
+        '  Executable = "/bin/sh";\n'
+        "  Arguments = \"-c 'cat code.whl conf/a.txt > seen'\";\n"
+        f'  InputSandbox = {{"{tmp_path / "code.whl"}", "conf"}};\n'  # absolute, relative
+        "]\n",
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.strip() == "JobID = 1"
+    seen = tmp_path / "state" / "dirac" / "jobs" / "1" / "seen"
+    _wait_for(lambda: seen.exists() and seen.read_text() == "wheela")
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("gone.whl", "Input Sandbox is not valid: gone.whl not found"),
+        ("SB:SandboxSE|/S3/x.tar.bz2", "the stand-in cannot fetch InputSandbox entries"),
+    ],
+)
+def test_the_standin_refuses_a_sandbox_it_cannot_bring(tmp_path, entry, message):
+    run = _standin_submit(
+        tmp_path, f'[ Executable = "/bin/true"; InputSandbox = {{"{entry}"}}; ]\n'
+    )
+    assert run.returncode == 2
+    assert f"ERROR {tmp_path / 'job.jdl'}: {message}" in run.stdout
+    assert localjobs.history(tmp_path / "state" / "dirac") == []  # no job

@@ -2,7 +2,12 @@
 
 ``dirac-wms-job-submit FILE.jdl`` reads the JDL (ClassAd syntax), starts ``Executable`` with
 ``Arguments`` (split like a shell would) in a fresh job directory, the way DIRAC's JobWrapper
-runs a payload, with ``StdOutput`` / ``StdError`` there, and prints ``JobID = N``. The JDL is
+runs a payload, with ``StdOutput`` / ``StdError`` there, and prints ``JobID = N``. The files
+(and directories) of its ``InputSandbox`` are copied into the job directory first, under their
+own names, as DIRAC's client uploads them at submission and its JobWrapper unpacks them there;
+a listed file that does not exist refuses the submission (``ERROR FILE.jdl: Input Sandbox is
+not valid: ... not found``, exit status 2, no job), as DIRAC's client does. Entries DIRAC would
+fetch from grid storage or its sandbox store (``LFN:``, ``SB:``) are refused too. The JDL is
 kept beside the job (``jobs/N.jdl``) with the ``Site`` it asked for, which ``status`` reports
 as the site the job runs at. Requirements (CPU, RAM, tags, platform) are not enforced.
 
@@ -79,6 +84,24 @@ def parse_jdl(text: str) -> dict:
     return out
 
 
+def input_sandbox(jdl: dict) -> list[Path]:
+    """The local files and directories of the JDL's ``InputSandbox`` (relative paths from the
+    submitting command's working directory, as DIRAC's client reads them); ValueError naming
+    those missing or that the stand-in cannot fetch."""
+    entries = jdl.get("InputSandbox", [])
+    entries = [entries] if isinstance(entries, str) else [str(e) for e in entries]
+    remote = [e for e in entries if e.startswith(("LFN:", "lfn:", "SB:"))]
+    if remote:
+        raise ValueError(
+            f"the stand-in cannot fetch InputSandbox entries from grid storage or a sandbox "
+            f"store: {', '.join(remote)}"
+        )
+    missing = [e for e in entries if not Path(e).exists()]
+    if missing:
+        raise ValueError(f"Input Sandbox is not valid: {', '.join(missing)} not found")
+    return [Path(e) for e in entries]
+
+
 def submit(argv: list[str]) -> int:
     files = [a for a in argv if not a.startswith("-")]
     if len(files) != 1:
@@ -86,11 +109,21 @@ def submit(argv: list[str]) -> int:
         return 1
     jdl_text = Path(files[0]).read_text()
     jdl = parse_jdl(jdl_text)
+    try:
+        sandbox = input_sandbox(jdl)
+    except ValueError as err:  # as DIRAC's dirac-wms-job-submit says it
+        print(f"ERROR {files[0]}: {err}")
+        return 2
     state = localjobs.state_dir(SYSTEM)
     job_id = str(localjobs.next_id(state))
     workdir = state / "jobs" / job_id
     workdir.mkdir(parents=True)
     shutil.copy(files[0], state / "jobs" / f"{job_id}.jdl")
+    for path in sandbox:  # where DIRAC's JobWrapper unpacks the sandbox: the job's directory
+        if path.is_dir():
+            shutil.copytree(path, workdir / path.name)
+        else:
+            shutil.copy(path, workdir / path.name)
     argv_job = [jdl["Executable"], *shlex.split(str(jdl.get("Arguments", "")))]
     site = jdl.get("Site", "ANY")
     site = site[0] if isinstance(site, list) and len(site) == 1 else site
