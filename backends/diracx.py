@@ -10,6 +10,15 @@ Chosen by a profile's ``dirac: {transport: diracx, diracx: {url: ..., token_file
 - state: ``POST {url}/api/jobs/search`` with ``{"parameters": [...], "search": [{"parameter":
   "JobID", "operator": "in", "values": [ids]}]}`` (DiracX's ``SearchParams``), in words as for
   the command line (:func:`backends.dirac.describe_job_status`);
+- sandbox: a job's local InputSandbox files (the harness wheel of ``dirac.code: sandbox``) go
+  to DiracX's sandbox store first, as DIRAC's client sends them: one reproducible ``tar.bz2``
+  of them under their own names (:func:`sandbox_archive`), ``POST {url}/api/jobs/sandbox`` with
+  its ``{"checksum_algorithm": "sha256", "checksum", "size", "format": "tar.bz2"}``, and, unless
+  the store has it already (no ``url`` in the answer), a form ``POST`` of the archive to the
+  presigned ``url`` with its ``fields``, without the token (another server; the system's CAs).
+  The JDL's InputSandbox then names the answer's PFN (``SB:SandboxSE|/S3/...``), which DIRAC's
+  JobWrapper downloads and unpacks into the job's directory. The same files are uploaded once
+  per transport (by checksum);
 - kill: ``PATCH {url}/api/jobs/status`` with ``{id: {<UTC time>: {"Status": "Killed",
   "MinorStatus": "Marked for termination", "Source": ...}}}``, the status change DIRAC's own
   job manager makes for a kill (DiracX then queues the ``Kill`` command for the job's pilot).
@@ -32,10 +41,13 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import hashlib
+import io
 import json
 import logging
 import os
 import ssl
+import tarfile
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import suppress
@@ -65,6 +77,9 @@ STATUS_PARAMETERS = ("JobID", "Status", "MinorStatus", "ApplicationStatus", "Sit
 SEARCH_BATCH = 1000
 #: ``Source`` of the status changes this transport makes.
 SOURCE = "agc-harness"
+#: The archive format of the sandboxes this transport uploads (one DiracX takes; the standard
+#: library writes it).
+SANDBOX_FORMAT = "tar.bz2"
 
 
 class DiracXError(UserError, RuntimeError):
@@ -88,6 +103,24 @@ def _ids(job_ids: Iterable[str | int]) -> list[int]:
     return list(out)
 
 
+def sandbox_archive(files: Sequence[str | os.PathLike[str]]) -> bytes:
+    """The files (and directories, recursively) as one ``tar.bz2``, each under its own name as
+    DIRAC's client packs an InputSandbox. Reproducible: times, owners and modes are fixed, so
+    the same files give the same checksum (and DiracX's sandbox store keeps one copy)."""
+
+    def normalized(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+        info.mode = 0o755 if info.isdir() or info.mode & 0o111 else 0o644
+        return info
+
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:bz2") as tf:
+        for f in files:
+            path = Path(f)
+            tf.add(path, arcname=path.name, filter=normalized)
+    return out.getvalue()
+
+
 class DiracXTransport:
     """Submit / kill / ask the state of DIRAC jobs through DiracX's REST API.
 
@@ -100,6 +133,8 @@ class DiracXTransport:
         client: an ``httpx2.Client`` to send the requests with (a test's client of an
             in-process DiracX); it is not closed here. Without one the transport makes its own
             when it first needs it.
+        upload_client: the ``httpx2.Client`` that uploads sandboxes to the presigned URLs of
+            DiracX's sandbox store (another server: no token, the system's CAs); likewise.
     """
 
     name = "diracx"
@@ -112,6 +147,7 @@ class DiracXTransport:
         ca_path: str | os.PathLike[str] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         client: httpx2.Client | None = None,
+        upload_client: httpx2.Client | None = None,
     ):
         self.url = str(url).rstrip("/")
         self.token_file = Path(token_file).expanduser() if token_file else None
@@ -121,6 +157,10 @@ class DiracXTransport:
         self._own_client = client is None
         self._lock = threading.Lock()
         self._alive: dict[str, None] = {}  # submitted and not killed, in submission order
+        self._upload_client = upload_client
+        self._own_upload_client = upload_client is None
+        self._sandbox_lock = threading.Lock()  # one upload at a time: the others wait for it
+        self._sandboxes: dict[str, str] = {}  # archive checksum -> PFN
 
     @classmethod
     def from_profile(cls, section: Mapping[str, Any], source: str = "<inline>") -> DiracXTransport:
@@ -319,6 +359,79 @@ class DiracXTransport:
             rows += response.json()
         return rows
 
+    @property
+    def upload_client(self) -> httpx2.Client:
+        with self._lock:
+            if self._upload_client is None:
+                self._upload_client = httpx2.Client(timeout=self.timeout)
+                self._own_upload_client = True
+            return self._upload_client
+
+    def upload_sandbox(self, files: Sequence[str | os.PathLike[str]]) -> str:
+        """Put the files in DiracX's sandbox store (:func:`sandbox_archive`, once per
+        checksum); the PFN a JDL's InputSandbox names them by (``SB:SandboxSE|/S3/...``)."""
+        try:
+            archive = sandbox_archive(files)
+        except OSError as err:
+            raise DiracXError(
+                f"cannot pack the job sandbox for DiracX at {self.url}: {err.strerror or err} "
+                f"({err.filename})"
+            ) from None
+        checksum = hashlib.sha256(archive).hexdigest()
+        what = f"uploading the job sandbox of {len(archive)} bytes"
+        with self._sandbox_lock:
+            if checksum in self._sandboxes:
+                return self._sandboxes[checksum]
+            info = {
+                "checksum_algorithm": "sha256",
+                "checksum": checksum,
+                "size": len(archive),
+                "format": SANDBOX_FORMAT,
+            }
+            response = self._request("POST", "/api/jobs/sandbox", what, json_body=info)
+            try:
+                answer = response.json()
+                pfn = answer["pfn"]
+                if not isinstance(pfn, str) or not pfn:
+                    raise TypeError
+            except (ValueError, KeyError, TypeError):
+                raise DiracXError(
+                    f"DiracX at {self.url}: no PFN in the answer to {what}: {response.text[:200]!r}"
+                ) from None
+            if answer.get("url"):  # not in the store yet
+                self._post_archive(answer["url"], answer.get("fields") or {}, archive, what)
+            log.debug("DiracX at %s: job sandbox %s", self.url, pfn)
+            self._sandboxes[checksum] = pfn
+            return pfn
+
+    def _post_archive(self, url: str, fields: Mapping[str, str], archive: bytes, what: str) -> None:
+        """The archive to the sandbox store's presigned ``url`` (an HTML form POST, as DiracX's
+        own client sends it). Errors name the store's host, not the URL (it is signed)."""
+        host = httpx2.URL(url).host
+        failure = None
+        try:
+            response = self.upload_client.post(
+                url, data=dict(fields), files={"file": ("file", archive)}, timeout=self.timeout
+            )
+        except httpx2.TimeoutException:
+            failure = (
+                f"DiracX's sandbox store at {host} did not answer within {self.timeout:g} s "
+                f"({what} for DiracX at {self.url}; dirac.diracx.timeout)"
+            )
+        except httpx2.TransportError as err:
+            failure = (
+                f"cannot reach DiracX's sandbox store at {host} ({what} for DiracX at "
+                f"{self.url}): {type(err).__name__}"
+            )
+        if failure is not None:
+            raise DiracXError(failure)
+        if not response.is_success:
+            text = " ".join(response.text.split())[:300]
+            raise DiracXError(
+                f"DiracX's sandbox store at {host} refused the job sandbox ({what} for DiracX "
+                f"at {self.url}: HTTP {response.status_code} {text})"
+            )
+
     def status(self, job_ids: Iterable[str | int], timeout: float | None = None) -> dict[str, str]:
         """``{job id: state in words}`` for the jobs DiracX knows, e.g. ``Received (Job
         accepted)`` or ``Killed (Marked for termination) at LCG.RAL-LCG2.uk``."""
@@ -382,10 +495,14 @@ class DiracXTransport:
             log.warning("DiracX jobs %s may still be queued or running: %s", ", ".join(alive), err)
         finally:
             with self._lock:
-                client = self._client if self._own_client else None
-                if client is not None:
+                clients = []
+                if self._own_client and self._client is not None:
+                    clients.append(self._client)
                     self._client = None  # made anew if the transport is used again
-            if client is not None:
+                if self._own_upload_client and self._upload_client is not None:
+                    clients.append(self._upload_client)
+                    self._upload_client = None
+            for client in clients:
                 client.close()
 
     def __enter__(self) -> DiracXTransport:
@@ -395,6 +512,10 @@ class DiracXTransport:
         self.close()
 
     # --- what backends.dirac.DiracJob / DiracBackend call -------------------------------------
+    async def input_sandbox(self, files: Sequence[str]) -> list[str]:
+        """The PFN of the files in DiracX's sandbox store (:meth:`upload_sandbox`)."""
+        return [await asyncio.to_thread(self.upload_sandbox, files)]
+
     async def submit_job(self, jdl: str) -> str:
         ids = await asyncio.to_thread(self.submit, [jdl])
         if len(ids) != 1:

@@ -1,15 +1,20 @@
 """The DiracX transport's client side (backends/diracx.py) on canned answers (an
 ``httpx2.MockTransport``): where the token comes from, that it never reaches a log or an error
 message, the errors for a refused token, an unreachable or silent server, the request bodies,
-the timeouts, and the dirac backend submitting and killing through it. Against DiracX's own
+the timeouts, the job sandbox uploaded to DiracX's sandbox store, and the dirac backend
+submitting and killing through it. Against DiracX's own
 server code: tests/diracx/ (``nox -s diracx``)."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import io
 import json
 import logging
+import os
 import socket
+import tarfile
 import time
 from pathlib import Path
 
@@ -17,10 +22,11 @@ import httpx2
 import pytest
 
 from backends.dirac import DiracBackend, DiracJob
-from backends.diracx import DEFAULT_TIMEOUT, DiracXError, DiracXTransport
+from backends.diracx import DEFAULT_TIMEOUT, DiracXError, DiracXTransport, sandbox_archive
 from backends.profiles import ProfileError
 
 URL = "https://diracx.example.org"
+S3 = "https://s3.example.org"  # DiracX's sandbox store
 TOKEN = "eyJhbGciOiJFZERTQSJ9.c2VjcmV0LXRva2VuLWJvZHk.c2lnbmF0dXJl"
 
 
@@ -47,8 +53,17 @@ class FakeDiracX:
         self.status, self.body, self.error = status, body, error
         self.next_id = 100
         self.killed: list[str] = []
+        #: checksums of the sandboxes the store has; others get a presigned upload URL
+        self.stored: set[str] = set()
+        self.pending: set[str] = set()
+        self.uploads: list[httpx2.Request] = []  # to the store's presigned URLs
 
     def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        if str(request.url).startswith(S3):  # the sandbox store
+            self.uploads.append(request)
+            self.stored |= self.pending
+            self.pending.clear()
+            return httpx2.Response(204)
         self.requests.append(request)
         if self.error is not None:
             raise self.error
@@ -77,6 +92,13 @@ class FakeDiracX:
                     if 100 < i <= self.next_id  # the jobs it gave ids
                 ],
             )
+        if (request.method, path) == ("POST", "/api/jobs/sandbox"):
+            pfn = f"SB:SandboxSE|/S3/sandboxes/vo/group/user/sha256:{body['checksum']}.tar.bz2"
+            if body["checksum"] in self.stored:
+                return httpx2.Response(200, json={"pfn": pfn})
+            self.pending.add(body["checksum"])
+            url = f"{S3}/sandboxes?X-Amz-Signature=s3cr3t"
+            return httpx2.Response(200, json={"pfn": pfn, "url": url, "fields": {"key": "k1"}})
         if (request.method, path) == ("PATCH", "/api/jobs/status"):
             self.killed += list(body)
             return httpx2.Response(
@@ -84,10 +106,21 @@ class FakeDiracX:
             )
         return httpx2.Response(404, json={"detail": "Not Found"})
 
+    def client(self) -> httpx2.Client:
+        return httpx2.Client(transport=httpx2.MockTransport(self))
+
     def transport(self, tmp_path: Path, **kwargs) -> DiracXTransport:
         token_file = kwargs.pop("token_file", None) or credentials(tmp_path / "credentials.json")
-        client = httpx2.Client(transport=httpx2.MockTransport(self))
-        return DiracXTransport(URL, token_file, client=client, **kwargs)
+        return DiracXTransport(
+            URL, token_file, client=self.client(), upload_client=self.client(), **kwargs
+        )
+
+    def answer(self, transport: DiracXTransport, monkeypatch) -> None:
+        """Have this fake answer the requests of a transport made from a profile."""
+        monkeypatch.setattr(transport, "_client", self.client())
+        monkeypatch.setattr(transport, "_own_client", False)
+        monkeypatch.setattr(transport, "_upload_client", self.client())
+        monkeypatch.setattr(transport, "_own_upload_client", False)
 
 
 def bearer(request: httpx2.Request) -> str:
@@ -343,3 +376,74 @@ def test_dirac_backend_submits_and_kills_through_diracx(tmp_path, monkeypatch):
     finally:
         cluster.close()
     assert fake.killed == ["101", *leftover]
+
+
+# --- the job sandbox ---------------------------------------------------------------------------
+def test_the_sandbox_goes_to_the_store_once_without_the_token(tmp_path):
+    wheel = tmp_path / "agc_harness-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"PK wheel bytes")
+    fake = FakeDiracX()
+    transport = fake.transport(tmp_path)
+    entries = asyncio.run(transport.input_sandbox([str(wheel)]))
+
+    (initiate,) = fake.requests
+    assert (initiate.method, str(initiate.url)) == ("POST", f"{URL}/api/jobs/sandbox")
+    assert bearer(initiate) == TOKEN
+    info = json.loads(initiate.content)
+    archive = sandbox_archive([wheel])
+    assert info == {
+        "checksum_algorithm": "sha256",
+        "checksum": hashlib.sha256(archive).hexdigest(),
+        "size": len(archive),
+        "format": "tar.bz2",
+    }
+    pfn = f"SB:SandboxSE|/S3/sandboxes/vo/group/user/sha256:{info['checksum']}.tar.bz2"
+    assert entries == [pfn]
+    # the archive to the presigned URL, as an HTML form with the store's fields, no token
+    (upload,) = fake.uploads
+    assert upload.method == "POST" and "Authorization" not in upload.headers
+    assert upload.headers["Content-Type"].startswith("multipart/form-data")
+    body = upload.content
+    assert b'name="key"\r\n\r\nk1\r\n' in body and archive in body
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tf:
+        assert tf.getnames() == [wheel.name]  # under its own name: the job's working directory
+        assert tf.extractfile(wheel.name).read() == b"PK wheel bytes"
+
+    # the next jobs of the run name the same PFN, without a request
+    assert asyncio.run(transport.input_sandbox([str(wheel)])) == entries
+    assert len(fake.requests) == 1 and len(fake.uploads) == 1
+
+
+def test_a_sandbox_the_store_has_is_not_uploaded_again(tmp_path):
+    wheel = tmp_path / "w.whl"
+    wheel.write_bytes(b"wheel")
+    fake = FakeDiracX()
+    fake.stored.add(hashlib.sha256(sandbox_archive([wheel])).hexdigest())
+    (pfn,) = asyncio.run(fake.transport(tmp_path).input_sandbox([str(wheel)]))
+    assert pfn.startswith("SB:SandboxSE|/S3/") and fake.uploads == []
+
+
+def test_sandbox_archives_are_reproducible(tmp_path):
+    wheel = tmp_path / "w.whl"
+    wheel.write_bytes(b"wheel")
+    first = sandbox_archive([wheel])
+    os.utime(wheel, (1, 1))
+    assert sandbox_archive([wheel]) == first
+
+
+def test_a_store_that_refuses_the_upload_is_named_not_its_signed_url(tmp_path):
+    wheel = tmp_path / "w.whl"
+    wheel.write_bytes(b"wheel")
+    fake = FakeDiracX()
+    refusing = httpx2.Client(
+        transport=httpx2.MockTransport(lambda r: httpx2.Response(403, text="<Error>Denied</Error>"))
+    )
+    transport = DiracXTransport(
+        URL, credentials(tmp_path / "c.json"), client=fake.client(), upload_client=refusing
+    )
+    with pytest.raises(DiracXError) as err:
+        transport.upload_sandbox([wheel])
+    message = str(err.value)
+    assert "sandbox store at s3.example.org refused the job sandbox" in message
+    assert "HTTP 403" in message and URL in message
+    assert "s3cr3t" not in message and TOKEN not in message
