@@ -13,6 +13,21 @@ batch backend's, the worker advertises its Dask resources for the profile's ``st
 (``--resources GPU=n`` for a GPU job, else ``CPU=<threads>`` with stages;
 :meth:`backends.jobqueue.JobQueueBackend.worker_resources`).
 
+The worker needs the harness (``agc``, ``backends``: its nanny preloads
+:mod:`backends.worker_setup`) before it starts; ``dirac.code`` says how it gets there
+(:meth:`DiracBackend.code`):
+
+- ``sandbox`` (the default without ``worker.container``): the harness this process runs is
+  packed as a wheel once, when the cluster starts (:mod:`backends.harness_wheel`); every JDL
+  lists it in ``InputSandbox`` (a local path: ``dirac-wms-job-submit`` uploads it, the DiracX
+  transport puts it in DiracX's sandbox store and names its PFN) and the job, in whose working
+  directory DIRAC's JobWrapper puts it, unpacks it onto its ``PYTHONPATH``
+  (:func:`harness_steps`) after the setup lines;
+- ``{url: WHEEL}``: the job downloads (``https://``) or reads (``/cvmfs/...``) such a wheel and
+  unpacks it the same way;
+- ``installed`` (the default with a container, whose image of containers/ has the harness):
+  nothing is shipped.
+
 DIRAC reads JDLs with its own ClassAd code, which does not carry every character of a quoted
 string (:data:`DIRAC_UNSAFE`): a worker command with such characters goes base64-encoded
 (:func:`jdl_arguments`), and other attribute values with them are refused.
@@ -45,10 +60,11 @@ import re
 import secrets
 import shlex
 import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from functools import cached_property
 from pathlib import Path
@@ -59,6 +75,7 @@ from dask.utils import tmpfile
 from dask_jobqueue.core import Job, JobQueueCluster
 from distributed.deploy.spec import ProcessInterface
 
+from backends.harness_wheel import build_wheel
 from backends.jobqueue import (
     DEFAULT_MAX_RESUBMISSIONS,
     DEFAULT_MAX_WAITING,
@@ -129,6 +146,38 @@ def jdl_arguments(command: str) -> str:
     return arguments
 
 
+#: ``dirac.code`` without a URL: the harness goes in each job's InputSandbox, or is already
+#: in the worker's Python (its image).
+CODE_SANDBOX = "sandbox"
+CODE_INSTALLED = "installed"
+#: The directory of a job's working directory that the harness wheel is unpacked into.
+CODE_DIRECTORY = "agc-harness"
+#: The file a job saves the wheel it downloads as (``dirac.code: {url: https://...}``).
+FETCHED_WHEEL = "agc-harness.whl"
+_FETCH = "import sys, urllib.request as u; u.urlretrieve(sys.argv[1], sys.argv[2])"
+
+
+def harness_steps(python: str, wheel: str) -> list[str]:
+    """The shell steps of a job that put the harness wheel ``wheel`` on its ``PYTHONPATH``
+    before the worker starts.
+
+    ``wheel`` is a file in the job's working directory (its InputSandbox), an absolute path
+    (``/cvmfs/...``) or an ``https://`` URL, which the job first downloads with ``python``
+    (:data:`FETCHED_WHEEL`). The wheel is unpacked into :data:`CODE_DIRECTORY` with the standard
+    library's ``zipfile`` (a pure-Python wheel installs by unpacking, PEP 427: no pip, no
+    index), and that directory goes first on the ``PYTHONPATH``, which the nanny and its worker
+    process inherit: ``agc``, ``backends`` and the distribution's metadata (entry points) are
+    found there before any other copy.
+    """
+    steps = []
+    if wheel.startswith(("https://", "http://")):
+        steps.append(f"{python} -c {shlex.quote(_FETCH)} {shlex.quote(wheel)} {FETCHED_WHEEL}")
+        wheel = FETCHED_WHEEL
+    steps.append(f"{python} -m zipfile -e {shlex.quote(wheel)} {CODE_DIRECTORY}")
+    steps.append(f"export PYTHONPATH=$PWD/{CODE_DIRECTORY}:$PYTHONPATH")
+    return steps
+
+
 #: Seconds ``dirac-wms-job-status`` may take when the errors ask it for the jobs' states.
 STATUS_TIMEOUT = 30.0
 #: Values of DIRAC's status fields that say nothing (left out of a job's state).
@@ -171,6 +220,11 @@ def parse_job_status(text: str) -> dict[str, str]:
 
 class DiracTransport(Protocol):
     """What :class:`DiracJob` and :class:`DiracBackend` ask of a transport."""
+
+    async def input_sandbox(self, files: Sequence[str]) -> list[str]:
+        """The ``InputSandbox`` entries that bring these local files to a job (into its
+        working directory, under their own names)."""
+        ...
 
     async def submit_job(self, jdl: str) -> str:
         """Submit one job of this JDL text; its id."""
@@ -231,6 +285,11 @@ class DiracCLITransport:
     async def status(self, job_id: str) -> str:
         """DIRAC's status line of the job, e.g. ``JobID=12 Status=Running; ...``."""
         return (await Job._call(shlex.split(self.status_command) + [job_id])).strip()
+
+    async def input_sandbox(self, files: Sequence[str]) -> list[str]:
+        """The files themselves: ``dirac-wms-job-submit`` uploads the local files a JDL lists
+        (and refuses the job when one is missing)."""
+        return list(files)
 
     async def submit_job(self, jdl: str) -> str:
         """Submit the JDL text (written to a temporary ``.jdl`` file); the job's id."""
@@ -319,6 +378,8 @@ class DiracJob(RecordsSubmitError, Job):
         platform: str | None = None,
         jdl_extra: Mapping[str, Any] | None = None,
         transport: DiracTransport | None = None,
+        input_sandbox: Sequence[str] = (),
+        harness_setup: Sequence[str] = (),
         **kwargs,
     ):
         if site:
@@ -330,9 +391,10 @@ class DiracJob(RecordsSubmitError, Job):
                 extra = dask.config.get(f"jobqueue.{self.config_name}.worker-extra-args") or []
             kwargs["worker_extra_args"] = with_resource(extra, site_resource(site))
         super().__init__(scheduler=scheduler, name=name, **kwargs)
-        # the setup lines and the worker are one /bin/sh -c command ('&&': DIRAC cuts at ';')
+        # the setup lines, the harness's and the worker are one /bin/sh -c command ('&&': DIRAC
+        # cuts at ';')
         self._command_template = " && ".join(
-            [*(self._job_script_prologue or []), self._command_template]
+            [*(self._job_script_prologue or []), *harness_setup, self._command_template]
         )
         self.site = site
         self.sites = list(sites)
@@ -345,17 +407,27 @@ class DiracJob(RecordsSubmitError, Job):
         self.platform = platform
         self.jdl_extra = dict(jdl_extra or {})
         self.transport: DiracTransport = transport or DiracCLITransport()
+        self.input_sandbox = [str(f) for f in input_sandbox]
         self._check_jdl_strings()
 
     def _check_jdl_strings(self) -> None:
-        """Refuse attribute values that DIRAC would read differently (:data:`DIRAC_UNSAFE`)."""
-        for key, value in [("JobName", self.dirac_job_name), *self.jdl_attributes().items()]:
+        """Refuse attribute values that DIRAC would read differently (:data:`DIRAC_UNSAFE`),
+        and InputSandbox files whose names DIRAC's client would cut (it splits the list at
+        blanks and drops commas)."""
+        attributes = [("JobName", self.dirac_job_name), *self.jdl_attributes().items()]
+        for key, value in [*attributes, ("InputSandbox", self.input_sandbox)]:
             for v in value if isinstance(value, list | tuple) else [value]:
                 if isinstance(v, str) and DIRAC_UNSAFE.search(v):
                     raise ValueError(
                         f"JDL attribute {key} = {v!r}: DIRAC's JDL reader alters "
                         'the characters " ; \\ [ ] { } and newlines'
                     )
+        for path in self.input_sandbox:
+            if re.search(r"[\s,]", path):
+                raise ValueError(
+                    f"InputSandbox file {path!r}: DIRAC's client splits the InputSandbox at "
+                    "blanks and drops commas; use a path without them (TMPDIR)"
+                )
 
     def jdl_attributes(self) -> dict[str, Any]:
         """The requirement attributes of the JDL, in order."""
@@ -383,10 +455,13 @@ class DiracJob(RecordsSubmitError, Job):
         attrs.update(self.jdl_extra)
         return attrs
 
-    def job_script(self) -> str:
-        requirements = "\n".join(
-            f"  {k} = {jdl_value(v)};" for k, v in self.jdl_attributes().items()
-        )
+    def job_script(self, input_sandbox: Sequence[str] | None = None) -> str:
+        """The JDL; its ``InputSandbox`` lists ``input_sandbox`` (default: the job's local
+        files, as ``dirac-wms-job-submit`` takes them)."""
+        sandbox = list(self.input_sandbox if input_sandbox is None else input_sandbox)
+        attributes = {"InputSandbox": sandbox} if sandbox else {}
+        attributes.update(self.jdl_attributes())
+        requirements = "\n".join(f"  {k} = {jdl_value(v)};" for k, v in attributes.items())
         return JDL_TEMPLATE.format(
             job_name=jdl_value(self.dirac_job_name),
             arguments=jdl_value(
@@ -396,7 +471,10 @@ class DiracJob(RecordsSubmitError, Job):
         )
 
     async def submit_and_start(self):
-        self.job_id = await self.transport.submit_job(self.job_script())
+        sandbox = []
+        if self.input_sandbox:  # the transport's entries for the local files (DiracX uploads)
+            sandbox = await self.transport.input_sandbox(self.input_sandbox)
+        self.job_id = await self.transport.submit_job(self.job_script(sandbox))
         await ProcessInterface.start(self)
 
     async def close(self):
@@ -412,17 +490,28 @@ class DiracCluster(JobQueueCluster):
 
     job_cls = DiracJob
 
-    def __init__(self, *args, site_counts: Mapping[str, int] | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        site_counts: Mapping[str, int] | None = None,
+        on_close: Callable[[], None] | None = None,
+        **kwargs,
+    ):
         self.site_counts = dict(site_counts or {})
+        self._on_close = on_close
         super().__init__(*args, **kwargs)
 
     async def _close(self):
         try:
             await super()._close()
         finally:
-            transport = getattr(self, "_job_kwargs", {}).get("transport")
-            if transport is not None:
-                await transport.aclose()
+            try:
+                transport = getattr(self, "_job_kwargs", {}).get("transport")
+                if transport is not None:
+                    await transport.aclose()
+            finally:
+                if self._on_close is not None:
+                    self._on_close()
 
     def new_worker_spec(self):
         """The next worker, placed at the first site still short of its count and named after
@@ -504,9 +593,19 @@ class DiracBackend(JobQueueBackend):
     example_profile = "dirac-gridpp"
 
     _transport: DiracTransport | None = None
+    _wheel_dir: tempfile.TemporaryDirectory | None = None
+    _wheel: Path | None = None
 
     def check(self) -> None:
         self.transport()  # a transport's own options (dirac.diracx.url) checked here
+        if self.code() == CODE_SANDBOX and "InputSandbox" in (
+            self.profile.section("dirac").get("jdl") or {}
+        ):
+            raise ProfileError(
+                f"profile {self.profile.source}: dirac.jdl.InputSandbox: with dirac.code: "
+                "sandbox the InputSandbox carries the harness wheel; leave InputSandbox out of "
+                "dirac.jdl, or set dirac.code to installed or {url: ...}"
+            )
         for site in self.profile.section("dirac").get("sites") or []:
             if not SITE_NAME.match(str(site)):
                 raise ProfileError(
@@ -545,6 +644,47 @@ class DiracBackend(JobQueueBackend):
         executor = super().start(tasks)
         executor.locality_wait = self.locality_wait()
         return executor
+
+    def code(self) -> str | Mapping[str, str]:
+        """``dirac.code``: how the harness reaches the workers of the jobs. ``sandbox`` (the
+        default without ``worker.container``): :meth:`harness_wheel` in each job's
+        InputSandbox; ``installed`` (the default with a container: the image of containers/
+        has it): nothing; ``{url: ...}``: a wheel the jobs fetch (https) or find (/cvmfs)."""
+        code = self.profile.section("dirac").get("code")
+        if code is None:
+            return CODE_INSTALLED if self.profile.worker.get("container") else CODE_SANDBOX
+        return code
+
+    def harness_wheel(self) -> Path:
+        """The wheel of the harness this process runs (:func:`backends.harness_wheel.
+        build_wheel`), packed once for the backend's jobs into a temporary directory, which
+        goes when the cluster closes (or this process ends)."""
+        if self._wheel is None or not self._wheel.exists():
+            self.remove_harness_wheel()
+            self._wheel_dir = tempfile.TemporaryDirectory(prefix="agc-sandbox-")
+            self._wheel = build_wheel(self._wheel_dir.name)
+        return self._wheel
+
+    def remove_harness_wheel(self) -> None:
+        if self._wheel_dir is not None:
+            self._wheel_dir.cleanup()
+        self._wheel_dir = self._wheel = None
+
+    def code_kwargs(self) -> dict[str, Any]:
+        """The jobs' InputSandbox and the steps that put the harness on the worker's path
+        (:func:`harness_steps`), for :meth:`code`."""
+        code = self.code()
+        if code == CODE_INSTALLED:
+            return {}
+        python = self.worker_python()
+        if code == CODE_SANDBOX:
+            wheel = self.harness_wheel()
+            return {
+                "input_sandbox": [str(wheel)],
+                "harness_setup": harness_steps(python, wheel.name),
+            }
+        assert isinstance(code, Mapping)
+        return {"harness_setup": harness_steps(python, code["url"])}
 
     def transport(self) -> DiracTransport:
         """The profile's transport (:func:`make_transport`), one for the backend's jobs."""
@@ -591,6 +731,7 @@ class DiracBackend(JobQueueBackend):
             "platform": d.get("platform"),
             "jdl_extra": dict(d.get("jdl", {})),
             "transport": self.transport(),
+            **self.code_kwargs(),
         }
 
     def make_cluster(self):
@@ -598,6 +739,7 @@ class DiracBackend(JobQueueBackend):
             scheduler_options=self.scheduler_options(),
             security=self.security(),
             site_counts=self.site_counts(),
+            on_close=self.remove_harness_wheel,
             **self.protocol_kwargs(),
             **self.all_job_kwargs(),
         )

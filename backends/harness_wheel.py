@@ -22,7 +22,9 @@ order with one fixed timestamp, so the same code gives the same wheel, byte for 
 same checksum in a sandbox store). Unpacked onto ``sys.path`` the wheel's ``.dist-info`` makes
 ``importlib.metadata`` find the distribution and its entry points there.
 
-Only the standard library and :mod:`agc._version` / :mod:`agc.errors` are used.
+``python -m backends.harness_wheel DIR`` writes the wheel into DIR (to publish it for
+``dirac.code: {url: ...}``). Only the standard library and :mod:`agc._version` /
+:mod:`agc.errors` are used.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import io
 import logging
 import os
 import re
+import sys
 import tomllib
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -221,3 +224,27 @@ def build_wheel(directory: str | os.PathLike[str]) -> Path:
     partial.replace(out)
     log.info("packed the harness %s from %s: %s (%d bytes)", version, root, out, out.stat().st_size)
     return out
+
+
+def cmd_build(argv: list[str] | None = None) -> int:
+    """``python -m backends.harness_wheel [DIR]``: write the wheel into DIR (default ``.``) and
+    print its path, e.g. to publish it for ``dirac.code: {url: ...}``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m backends.harness_wheel",
+        description="pack the harness this Python runs as a wheel (what dirac.code: sandbox "
+        "ships), e.g. to publish it on a web server or /cvmfs for dirac.code: {url: ...}",
+    )
+    parser.add_argument("directory", nargs="?", default=".", help="where to write it")
+    args = parser.parse_args(argv)
+    try:
+        print(build_wheel(args.directory))
+    except HarnessWheelError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cmd_build())

@@ -520,6 +520,37 @@ PROFILE_SCHEMA: dict = _obj(
                     },
                     description="DiracX settings, used with dirac.transport: diracx",
                 ),
+                "code": {
+                    "oneOf": [
+                        {"enum": ["sandbox", "installed"]},
+                        _obj(
+                            {
+                                "url": {
+                                    "type": "string",
+                                    "pattern": r"^(https?://|/)\S+$",
+                                    "description": "the harness wheel: an https:// URL the "
+                                    "jobs download it from, or an absolute path on the worker "
+                                    "nodes (/cvmfs/...)",
+                                },
+                            },
+                            required=("url",),
+                        ),
+                    ],
+                    "x-expected": "sandbox, installed or {url: WHEEL} with WHEEL an https:// "
+                    "URL or an absolute path (/cvmfs/...) of the harness wheel",
+                    "description": "how the harness (agc, backends) reaches each job's worker. "
+                    "'sandbox' (default without worker.container): the harness this process "
+                    "runs, packed as a wheel when the cluster starts, goes in the JDL's "
+                    "InputSandbox and the job unpacks it onto its PYTHONPATH before the worker "
+                    "starts (the worker's Python needs the analysis libraries: a site's LCG view "
+                    "through worker.setup, or an image); 'installed' (default with "
+                    "worker.container): nothing is shipped, the worker's Python has the harness "
+                    "(the image of containers/, or a site installation); {url: WHEEL}: the job "
+                    "downloads (https://) or reads (/cvmfs/...) that wheel of the harness, e.g. "
+                    "agc_harness-0.1.0-py3-none-any.whl as 'python -m backends.harness_wheel "
+                    "DIR' writes it, and unpacks it the same way. With dirac.transport: diracx "
+                    "the sandbox is uploaded to DiracX's sandbox store",
+                },
                 "submit_command": _COMMAND,
                 "kill_command": _COMMAND,
                 "status_command": {

@@ -208,6 +208,11 @@ def test_run_through_standin_dirac_matches_local(tmp_path, monkeypatch, small_ca
     jdls = [parse_jdl((state / "dirac" / "jobs" / f"{j['id']}.jdl").read_text()) for j in jobs]
     assert [jdl["Site"] for jdl in jdls] == [j["site"] for j in jobs]
     assert len({jdl["JobGroup"] for jdl in jdls}) == 1  # the run's jobs, as one group
+    # the harness came in each job's InputSandbox and ran from where the job unpacked it
+    for j, jdl in zip(jobs, jdls, strict=True):
+        (wheel,) = jdl["InputSandbox"]
+        unpacked = state / "dirac" / "jobs" / j["id"] / "agc-harness"
+        assert (unpacked / "agc" / "__init__.py").is_file(), wheel
     # close() killed every job: no records, no processes left
     assert list((state / "dirac" / "jobs").glob("*.json")) == []
     assert [localjobs.group_members(j["pid"]) for j in jobs] == [[], []]

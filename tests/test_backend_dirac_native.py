@@ -16,8 +16,11 @@ pip-install as is; ``nox -s dirac`` installs it (.ci/install-dirac.py) and runs 
 
 from __future__ import annotations
 
+import os
 import shlex
+import shutil
 import subprocess
+import sys
 from collections import Counter
 from typing import Any
 
@@ -33,6 +36,7 @@ from DIRAC.ConfigurationSystem.Client.ConfigurationData import gConfigurationDat
 from DIRAC.ConfigurationSystem.Client.Helpers.Registry import getVOForGroup  # noqa: E402
 from DIRAC.Core.Utilities.ClassAd.ClassAdLight import ClassAd  # noqa: E402
 from DIRAC.Core.Utilities.JDL import jdlToBaseJobDescriptionModel  # noqa: E402
+from DIRAC.WorkloadManagementSystem.Client.WMSClient import WMSClient  # noqa: E402
 from DIRAC.WorkloadManagementSystem.DB.JobDBUtils import (  # noqa: E402
     checkAndAddOwner,
     createJDLWithInitialStatus,
@@ -212,7 +216,11 @@ def test_worker_command_runs_on_the_node_as_written(tmp_path, greeting, plain):
             "backend": "dirac",
             "worker": {"cores": 2, "memory": "2GB", "python": "echo", "setup": setup},
             "scheduler": {"contact_address": "tcp://scheduler.example.org:8786"},
-            "dirac": {"owner_group": GROUP, "sites": ["LCG.SITE-A.uk", "LCG.SITE-B.uk"]},
+            "dirac": {
+                "owner_group": GROUP,
+                "sites": ["LCG.SITE-A.uk", "LCG.SITE-B.uk"],
+                "code": "installed",  # only the setup lines and the worker (echo) here
+            },
         }
     ).job_script()
     assert_dirac_reads_as_written(jdl)
@@ -229,3 +237,54 @@ def test_worker_command_runs_on_the_node_as_written(tmp_path, greeting, plain):
         "-m distributed.cli.dask_worker tcp://scheduler.example.org:8786 "
         "--name worker-0 --nthreads 2 "
     )
+
+
+def test_sandbox_jdl_through_dirac_and_the_node(tmp_path):
+    """``dirac.code: sandbox``: DIRAC's client finds the harness wheel as the one local file of
+    the InputSandbox (what dirac-wms-job-submit uploads), the job description has it, and the
+    command DIRAC's JobWrapper runs in the job's directory, where it puts the wheel, unpacks it
+    and starts the worker with the harness from there. The worker's python is a wrapper that
+    prints where ``agc`` comes from instead of starting a worker."""
+    python = tmp_path / "python"
+    python.write_text(
+        "#!/bin/sh\n"
+        'if [ "$2" = distributed.cli.dask_worker ]; then\n'
+        f"  exec {sys.executable} -c 'import agc; print(agc.__file__)'\n"
+        "fi\n"
+        f'exec {sys.executable} "$@"\n'
+    )
+    python.chmod(0o755)
+    backend = DiracBackend(
+        profile={
+            "backend": "dirac",
+            "worker": {"cores": 1, "memory": "1GB", "python": str(python)},
+            "scheduler": {"contact_address": "tcp://scheduler.example.org:8786"},
+            "dirac": {"owner_group": GROUP, "sites": ["LCG.SITE-A.uk"], "code": "sandbox"},
+        }
+    )
+    jdl = backend.job_script()
+    wheel = backend.harness_wheel()
+    assert_dirac_reads_as_written(jdl)
+    client = WMSClient.__new__(WMSClient)  # its reader of the InputSandbox, no service
+    entries = client._WMSClient__getInputSandboxEntries(ClassAd(jdl))
+    assert entries == [str(wheel)] and wheel.is_file()  # the file dirac-wms-job-submit uploads
+
+    description, _, stored = submit(jdl)
+    assert set(description.inputSandbox) == {str(wheel)}
+    assert description.extraFields == {"MinRAM": 954, "MaxRAM": 954}  # InputSandbox is known
+    assert stored.getListFromExpression("InputSandbox") == [str(wheel)]
+
+    job = tmp_path / "job"
+    job.mkdir()
+    shutil.copy(wheel, job)  # the JobWrapper's download of the sandbox, by the file's name
+    run = subprocess.run(
+        worker_command(stored),
+        shell=True,
+        cwd=job,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(job / "agc-harness" / "agc" / "__init__.py")

@@ -358,13 +358,16 @@ def test_dirac_backend_submits_and_kills_through_diracx(tmp_path, monkeypatch):
         }
     )
     transport = backend.transport()
-    monkeypatch.setattr(transport, "_client", httpx2.Client(transport=httpx2.MockTransport(fake)))
+    fake.answer(transport, monkeypatch)
     job = DiracJob("tcp://127.0.0.1:8786", name="w-0", **backend.all_job_kwargs())
     assert job.transport is transport
     asyncio.run(job.start())
     assert job.job_id == "101"
-    (jdl,) = json.loads(fake.requests[0].content)
+    sandbox, submit = fake.requests
+    assert sandbox.url.path == "/api/jobs/sandbox"  # the harness wheel first (dirac.code)
+    (jdl,) = json.loads(submit.content)
     assert f'JobGroup = "{backend.job_group}";' in jdl
+    assert 'InputSandbox = {"SB:SandboxSE|/S3/sandboxes/' in jdl
     assert backend.job_states(["101", "7"]) == {"101": "Waiting (Pilot Agent Submission)"}
     asyncio.run(job.close())
     assert fake.killed == ["101"] and transport.alive() == []

@@ -267,7 +267,7 @@ def test_diracx_transport_jobs_waiting_too_long_are_replaced_up_to_the_limit(
 ):
     # DiracX (canned answers, tests/test_diracx_client.py) keeps every job Waiting: no worker
     # ever connects; each job is killed and replaced until max_resubmissions
-    httpx2 = pytest.importorskip("httpx2")
+    pytest.importorskip("httpx2")
     from test_diracx_client import URL, FakeDiracX, credentials
 
     fake = FakeDiracX()
@@ -282,9 +282,7 @@ def test_diracx_transport_jobs_waiting_too_long_are_replaced_up_to_the_limit(
         },
     }
     backend = DiracBackend(profile=profile)
-    transport = backend.transport()
-    monkeypatch.setattr(transport, "_client", httpx2.Client(transport=httpx2.MockTransport(fake)))
-    monkeypatch.setattr(transport, "_own_client", False)
+    fake.answer(backend.transport(), monkeypatch)
     caplog.set_level(logging.WARNING, logger="backends.jobqueue")
     executor = backend.start()
     try:

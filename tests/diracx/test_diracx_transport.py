@@ -4,15 +4,19 @@ the real routers, run in-process by DiracX's pytest plugin on sqlite (``nox -s d
 JDLs of the real dirac backend, made from a profile, are submitted (``POST /api/jobs/jdl``),
 searched (``POST /api/jobs/search``) and killed (``PATCH /api/jobs/status``) with the token of
 a user the plugin signs, read from a credentials file as ``dirac login`` writes it. DiracX
-checks the JDLs with DIRAC's own code as it stores them. Nothing executes the jobs: there is
-no pilot or matcher here, so they stay Received until killed. The client unit tests are in
-tests/test_diracx_client.py.
+checks the JDLs with DIRAC's own code as it stores them. The harness wheel of ``dirac.code:
+sandbox`` goes to DiracX's sandbox store (moto's S3, run by the plugin) and comes back from
+it. Nothing executes the jobs: there is no pilot or matcher here, so they stay Received until
+killed. The client unit tests are in tests/test_diracx_client.py.
 """
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import logging
+import tarfile
 import time
 from pathlib import Path
 
@@ -20,7 +24,9 @@ import pytest
 
 pytest.importorskip("diracx.testing", reason="DiracX's server packages: run `nox -s diracx`")
 
-from backends.dirac import DiracBackend  # noqa: E402
+import httpx2  # noqa: E402
+
+from backends.dirac import DiracBackend, DiracJob  # noqa: E402
 from backends.diracx import DiracXError, DiracXTransport  # noqa: E402
 
 pytestmark = [
@@ -162,3 +168,51 @@ def test_a_token_diracx_refuses_says_to_run_dirac_login(diracx, tmp_path):
     assert "HTTP 401" in message and "run `dirac login`" in message
     assert token[:-8] not in message
     assert transport.job_states(["1"]) is None
+
+
+def test_the_harness_wheel_goes_to_diracx_s_sandbox_store(diracx):
+    """``dirac.code: sandbox`` through DiracX: the wheel is uploaded to the sandbox store (moto's
+    S3 here) once, the JDL that DiracX accepts names its PFN, and what the store gives back for
+    that PFN (as DIRAC's JobWrapper fetches it) is the wheel."""
+    client, credentials, _ = diracx
+    url = str(client.base_url)
+    made = backend(url, credentials)
+    assert made.code() == "sandbox"
+    transport = DiracXTransport(url, credentials, client=client)  # uploads with its own client
+    job = DiracJob(
+        "tcp://agc-scheduler.example.ac.uk:8786",
+        name="w-0",
+        **{**made.all_job_kwargs(), "transport": transport},
+    )
+    wheel = made.harness_wheel()
+    asyncio.run(job.start())
+    assert job.job_id and transport.status([job.job_id])[job.job_id].startswith("Received")
+    (pfn,) = asyncio.run(transport.input_sandbox([str(wheel)]))  # the same files: no upload
+    assert pfn.startswith("SB:SandboxSE|/S3/") and pfn.endswith(".tar.bz2")
+    assert f'InputSandbox = {{"{pfn}"}};' in job.job_script([pfn])
+
+    # the store has it: another transport (another run of this code) gets the PFN, no upload
+    def no_upload(request):
+        raise AssertionError(f"uploaded again: {request.url}")
+
+    again = DiracXTransport(
+        url,
+        credentials,
+        client=client,
+        upload_client=httpx2.Client(transport=httpx2.MockTransport(no_upload)),
+    )
+    assert again.upload_sandbox([wheel]) == pfn
+
+    # what DIRAC's JobWrapper downloads for the PFN: the wheel, under its own name
+    answer = client.get("/api/jobs/sandbox", params={"pfn": pfn}, headers=_auth(credentials))
+    assert answer.status_code == 200, answer.text
+    archive = httpx2.get(answer.json()["url"]).raise_for_status().content
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tf:
+        assert tf.getnames() == [wheel.name]
+        assert tf.extractfile(wheel.name).read() == wheel.read_bytes()
+    transport.close()
+
+
+def _auth(credentials: Path) -> dict[str, str]:
+    token = json.loads(credentials.read_text())["access_token"]
+    return {"Authorization": f"Bearer {token}"}
