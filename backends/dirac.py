@@ -59,10 +59,12 @@ import math
 import re
 import secrets
 import shlex
+import shutil
 import subprocess
 import tempfile
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
@@ -593,7 +595,7 @@ class DiracBackend(JobQueueBackend):
     example_profile = "dirac-gridpp"
 
     _transport: DiracTransport | None = None
-    _wheel_dir: tempfile.TemporaryDirectory | None = None
+    _wheel_dir: weakref.finalize | None = None  # removes the wheel's directory
     _wheel: Path | None = None
 
     def check(self) -> None:
@@ -661,13 +663,15 @@ class DiracBackend(JobQueueBackend):
         goes when the cluster closes (or this process ends)."""
         if self._wheel is None or not self._wheel.exists():
             self.remove_harness_wheel()
-            self._wheel_dir = tempfile.TemporaryDirectory(prefix="agc-sandbox-")
-            self._wheel = build_wheel(self._wheel_dir.name)
+            directory = tempfile.mkdtemp(prefix="agc-sandbox-")
+            # also when the backend is dropped (a preview of the JDLs) or this process ends
+            self._wheel_dir = weakref.finalize(self, shutil.rmtree, directory, ignore_errors=True)
+            self._wheel = build_wheel(directory)
         return self._wheel
 
     def remove_harness_wheel(self) -> None:
         if self._wheel_dir is not None:
-            self._wheel_dir.cleanup()
+            self._wheel_dir()
         self._wheel_dir = self._wheel = None
 
     def code_kwargs(self) -> dict[str, Any]:

@@ -70,7 +70,13 @@ def source_root() -> Path:
     import agc
     import backends
 
-    roots = {Path(m.__file__ or "").resolve().parents[1] for m in (agc, backends)}
+    files = [m.__file__ for m in (agc, backends)]
+    if None in files:  # not imported from files (a zip, a frozen application)
+        raise HarnessWheelError(
+            "cannot pack the harness: agc and backends are not imported from files; give the "
+            "profile dirac.code: installed or {url: ...}"
+        )
+    roots = {Path(f).resolve().parents[1] for f in files if f}
     if len(roots) != 1:
         raise HarnessWheelError(
             "cannot pack the harness: agc and backends are imported from different places "
