@@ -1156,11 +1156,18 @@ class JobQueueBackend:
         try:
             listening = broker.start()
         except RuntimeError as err:
-            raise BackendError(f"--backend {self.name} (profile {self.profile.source}): {err}") from None
+            raise BackendError(
+                f"--backend {self.name} (profile {self.profile.source}): {err}"
+            ) from None
         host = relay["broker"].rpartition(":")[0]
         port = listening.rpartition(":")[2]
         self._relay_address = f"{host}:{port}"
-        log.info("%s: relay broker listening on %s (workers dial %s)", self.name, listening, self._relay_address)
+        log.info(
+            "%s: relay broker listening on %s (workers dial %s)",
+            self.name,
+            listening,
+            self._relay_address,
+        )
         return broker
 
 

@@ -24,8 +24,8 @@ from slurm_cluster import backend_run, reference_histograms
 from backends.dirac import DiracBackend
 from backends.jobqueue import WorkerReachability
 from backends.profiles import ProfileError
-from backends.relay import RelayConnector, RelayListener, split_address
 from backends.relay.broker import Broker, BrokerProcess, query_stats
+from backends.relay.comm import RelayConnector, RelayListener, split_address
 from backends.relay.mux import WINDOW_SIZE, Mux
 from backends.standins import bin_dir
 

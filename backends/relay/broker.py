@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from backends.relay.mux import Mux, splice
 
@@ -151,7 +152,9 @@ class Broker:
     async def _register(self, worker_id, mode, reader, writer, peer_text) -> None:
         old = self.links.get(worker_id)
         if old is not None:
-            log.info("relay worker %s registered again from %s; old link closed", worker_id, peer_text)
+            log.info(
+                "relay worker %s registered again from %s; old link closed", worker_id, peer_text
+            )
             old[0].close()
         mux = Mux(reader, writer)
         self.links[worker_id] = (mux, mode)
@@ -214,11 +217,18 @@ class BrokerProcess:
     def start(self, timeout: float = 30.0) -> str:
         with tempfile.TemporaryDirectory(prefix="agc-relay-") as tmp:
             ready = Path(tmp) / "ready"
-            out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+            out: Any = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
             try:
                 self.process = subprocess.Popen(
-                    [sys.executable, "-m", "backends.relay", "--listen", self.listen,
-                     "--ready-file", str(ready)],
+                    [
+                        sys.executable,
+                        "-m",
+                        "backends.relay",
+                        "--listen",
+                        self.listen,
+                        "--ready-file",
+                        str(ready),
+                    ],
                     stdout=out,
                     stderr=subprocess.STDOUT,
                 )
@@ -291,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
             loop.add_signal_handler(sig, stop.set)
         started = time.monotonic()
         await stop.wait()
-        log.info("relay broker stopping after %.0f s: %s", time.monotonic() - started, broker.stats())
+        log.info(
+            "relay broker stopping after %.0f s: %s", time.monotonic() - started, broker.stats()
+        )
         await broker.stop()
 
     asyncio.run(serve())

@@ -176,7 +176,9 @@ class Mux:
                     if stream is not None:
                         stream._feed_eof()
                 elif kind == OPEN:
-                    stream = self.streams[sid] = MuxStream(self, sid, payload.decode(errors="replace"))
+                    stream = self.streams[sid] = MuxStream(
+                        self, sid, payload.decode(errors="replace")
+                    )
                     if self.on_open is not None:
                         task = asyncio.ensure_future(self.on_open(stream))
                         self._tasks.add(task)
