@@ -266,6 +266,24 @@ def test_relay_profile_makes_relayed_jobs(tmp_path):
     }
 
 
+@pytest.mark.parametrize(
+    ("backend", "shipped"), [("slurm", "slurm-local"), ("htcondor", "htcondor-standin")]
+)
+def test_relay_profile_works_for_every_batch_backend(backend, shipped):
+    """The relay section is the batch layer's, not DIRAC's: SLURM and HTCondor jobs get it."""
+    from backends.base import get_backend
+    from backends.profiles import load_profile
+
+    data = dict(load_profile(shipped, backend=backend).data)
+    data["relay"] = {"broker": "login.example.org:8790"}
+    batch = get_backend(backend)(profile=data)
+    script = batch.job_script()
+    assert "--protocol relay://" in script and "--host login.example.org:8790" in script
+    assert batch.relay()["listen"] == "0.0.0.0:8790"
+    tls = {**data, "tls": {"ca_file": "ca.pem", "cert": "c.pem", "key": "k.pem"}}
+    assert get_backend(backend)(profile=tls).scheduler_options()["protocol"] == "tls://"
+
+
 def test_relay_profile_refuses_contradictions(tmp_path):
     path = _relay_profile(tmp_path)
     data = yaml.safe_load(open(path))

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backends.relay.mux import Mux, splice
+from backends.relay.mux import STREAM_LIMIT, Mux, splice
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class Broker:
 
     async def start(self) -> Broker:
         self.server = await asyncio.start_server(
-            self._handle, self.host, self.requested_port, limit=MAX_LINE * 4
+            self._handle, self.host, self.requested_port, limit=STREAM_LIMIT
         )
         log.info("relay broker listening on %s", self.address)
         return self
@@ -120,6 +120,9 @@ class Broker:
                 line = await asyncio.wait_for(reader.readline(), HELLO_TIMEOUT)
             except (TimeoutError, asyncio.LimitOverrunError, ValueError, ConnectionError):
                 writer.close()
+                return
+            if len(line) > MAX_LINE:
+                await self._refuse(writer, f"first line longer than {MAX_LINE} bytes")
                 return
             words = line.decode(errors="replace").split()
             if len(words) < 2 or words[0] != PROTOCOL:

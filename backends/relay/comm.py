@@ -45,7 +45,7 @@ from distributed.comm.registry import Backend
 from distributed.comm.tcp import MAX_BUFFER_SIZE, TCP, TLS, convert_stream_closed_error
 
 from backends.relay.broker import MAX_LINE, PROTOCOL
-from backends.relay.mux import PING, Mux, MuxStream, splice
+from backends.relay.mux import PING, STREAM_LIMIT, Mux, MuxStream, splice
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,9 @@ def _ssl_context(connection_args: dict[str, Any], address: str):
 
 async def _ask_broker(host: str, port: int, line: str, timeout: float | None = None):
     """Open a connection to the broker and send ``line``; the asyncio streams and its answer."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(host, port, limit=STREAM_LIMIT), timeout
+    )
     writer.write(f"{PROTOCOL} {line}\n".encode())
     await writer.drain()
     answer = (await asyncio.wait_for(reader.readline(), timeout)).decode(errors="replace")
@@ -270,7 +272,7 @@ class RelayListener(BaseListener):
         for sock in (ours, theirs):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
-        reader, writer = await asyncio.open_connection(sock=ours)
+        reader, writer = await asyncio.open_connection(sock=ours, limit=STREAM_LIMIT)
         self._spawn(splice(reader, writer, stream))
         peer = "tcp://" + (stream.peer or "relayed")
         theirs.setblocking(False)

@@ -34,6 +34,9 @@ OPEN, DATA, WINDOW, CLOSE, PING = 1, 2, 3, 4, 5
 MAX_FRAME = 256 * 1024
 #: Bytes of one stream that may be sent and not yet read (per direction).
 WINDOW_SIZE = 4 * 1024 * 1024
+#: Read buffer of the asyncio streams of a link and of the sockets spliced to it: above
+#: asyncio's 64 KiB default, so that a DATA frame is read whole and not in small pieces.
+STREAM_LIMIT = 2 * MAX_FRAME
 
 
 class LinkClosed(ConnectionResetError):
