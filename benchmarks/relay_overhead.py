@@ -329,7 +329,7 @@ def write_page(record: dict, out: Path) -> None:
             n, [r["idle_cpu_percent"] for r in b], "s--", color="#c44e52", label="idle CPU (%)"
         )
         ax2.set_ylabel("broker CPU while workers idle (% of a core)")
-        fig.legend(loc="upper left")
+        fig.legend(loc="lower right", bbox_to_anchor=(0.88, 0.15))
         ax.set_title("Relay broker cost per connected worker (one machine)")
         save_figure(fig, out / "relay-broker")
     m = record["machine"]
@@ -432,6 +432,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workers", default="1,10,25,50,100")
     parser.add_argument("--idle", type=float, default=35.0)
+    parser.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="write DIR/README.md and the figures again from DIR/relay-overhead.json",
+    )
     args = parser.parse_args(argv)
     if args.command == "serve":
         asyncio.run(_serve(args.listen, args.security))
@@ -441,6 +446,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.out is None:
         parser.error("--out DIR is required")
+    if args.rebuild:
+        recorded = args.out / "relay-overhead.json"
+        if not recorded.is_file():
+            parser.error(f"--rebuild: {recorded} does not exist; run without --rebuild first")
+        write_page(json.loads(recorded.read_text()), args.out)
+        return 0
     try:
         counts = [int(x) for x in args.workers.split(",") if x.strip()]
     except ValueError:
