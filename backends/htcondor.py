@@ -11,7 +11,8 @@ such as coffea-casa use it:
 - ``request_cpus`` / ``request_memory`` / ``request_disk`` come from ``worker`` (dask-jobqueue
   writes them as expressions of ``MY.DaskWorkerCores`` / ``Memory`` / ``Disk``);
 - firewalled sites: ``worker.port_range`` and ``scheduler.contact_address`` (the address the
-  workers can reach), TLS from ``tls``.
+  workers can reach), or, where nothing can connect to the workers, the relay broker
+  (profile ``relay``, :mod:`backends.relay`); TLS from ``tls``.
 
 ``condor_submit`` / ``condor_rm`` are found on ``PATH``; ``submit_command`` / ``cancel_command``
 replace them. When no worker connects, the error names each job's state as ``condor_q`` (``-json``
