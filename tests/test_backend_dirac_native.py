@@ -171,6 +171,24 @@ def test_multi_site_jdls_through_dirac():
         )
 
 
+def test_relayed_worker_jdl_through_dirac():
+    """A profile with the relay broker (firewalled sites): DIRAC reads the worker's relay
+    arguments as written, and the JDL stays unencoded."""
+    from backends.profiles import load_profile
+
+    data = dict(load_profile("dirac-gridpp").data)
+    data["worker"] = {k: v for k, v in data["worker"].items() if k != "port_range"}
+    data["relay"] = {"broker": "agc-scheduler.example.ac.uk:8790"}
+    jdl = DiracBackend(profile=data).job_script(site=IC)
+    assert_dirac_reads_as_written(jdl)
+    _, _, stored = submit(jdl)
+    script = shlex.split(worker_command(stored))[2]
+    assert "base64" not in script
+    assert " --host agc-scheduler.example.ac.uk:8790 " in script
+    assert " --protocol relay:// " in f"{script} "
+    assert "--worker-port" not in script
+
+
 def test_gpu_stage_jdl_through_dirac():
     jdl = DiracBackend(profile="dirac-gridpp-gpu").job_script()
     assert_dirac_reads_as_written(jdl)
