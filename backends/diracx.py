@@ -82,6 +82,19 @@ SOURCE = "agc-harness"
 SANDBOX_FORMAT = "tar.bz2"
 
 
+def _string_field(text: str, key: str) -> tuple[dict, str | None]:
+    """``text`` read as a JSON object, and its non-empty string ``key`` (None if it is not
+    one: not JSON, not an object, missing, empty or another type)."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}, None
+    if not isinstance(data, dict):
+        return {}, None
+    value = data.get(key)
+    return data, value if isinstance(value, str) and value else None
+
+
 class DiracXError(UserError, RuntimeError):
     """DiracX refused or did not answer; the message names the server, never the token."""
 
@@ -217,12 +230,8 @@ class DiracXTransport:
                     f"login` nor a bare token); {self._login_hint()}"
                 )
             return text, None
-        try:
-            data = json.loads(text)
-            token = data["access_token"]
-            if not isinstance(token, str) or not token:
-                raise TypeError
-        except (ValueError, KeyError, TypeError):
+        data, token = _string_field(text, "access_token")
+        if token is None:
             raise DiracXError(
                 f"{path} is not a DiracX credentials file (JSON with an access_token); "
                 f"{self._login_hint()}"
@@ -389,15 +398,11 @@ class DiracXTransport:
                 "format": SANDBOX_FORMAT,
             }
             response = self._request("POST", "/api/jobs/sandbox", what, json_body=info)
-            try:
-                answer = response.json()
-                pfn = answer["pfn"]
-                if not isinstance(pfn, str) or not pfn:
-                    raise TypeError
-            except (ValueError, KeyError, TypeError):
+            answer, pfn = _string_field(response.text, "pfn")
+            if pfn is None:
                 raise DiracXError(
                     f"DiracX at {self.url}: no PFN in the answer to {what}: {response.text[:200]!r}"
-                ) from None
+                )
             if answer.get("url"):  # not in the store yet
                 self._post_archive(answer["url"], answer.get("fields") or {}, archive, what)
             log.debug("DiracX at %s: job sandbox %s", self.url, pfn)

@@ -194,3 +194,23 @@ def pytest_sessionfinish(session):
     }
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(record, indent=1))
+
+
+@pytest.fixture
+def standins(tmp_path, monkeypatch) -> Path:
+    """The stand-in batch and grid commands (backends/standins/bin) first on PATH, with their
+    state in a fresh directory (returned)."""
+    import os
+
+    from backends.standins import bin_dir
+
+    monkeypatch.setenv("PATH", f"{bin_dir()}:{os.environ['PATH']}")
+    state = tmp_path / "standin-state"
+    monkeypatch.setenv("AGC_STANDIN_STATE", str(state))
+    return state
+
+
+@pytest.fixture
+def dirac_standins(standins) -> Path:
+    """:func:`standins`; the DIRAC stand-in's own state directory."""
+    return standins / "dirac"

@@ -12,7 +12,7 @@ from slurm_cluster import backend_run, reference_histograms
 from agc.errors import UserError
 from backends.htcondor import HTCondorBackend
 from backends.profiles import ProfileError
-from backends.standins import bin_dir, localjobs
+from backends.standins import localjobs
 from backends.standins.condor import condor_args, expand, parse_submit
 
 htcondor2 = pytest.importorskip("htcondor2", reason="pip install htcondor (HTCondor's parser)")
@@ -88,14 +88,6 @@ def test_container_universe_needs_an_image():
                 "htcondor": {"universe": "docker"},
             }
         )
-
-
-@pytest.fixture
-def standins(tmp_path, monkeypatch):
-    """The stand-in commands first on PATH, with their state in a fresh directory."""
-    monkeypatch.setenv("PATH", f"{bin_dir()}:{__import__('os').environ['PATH']}")
-    monkeypatch.setenv("AGC_STANDIN_STATE", str(tmp_path / "standin-state"))
-    return tmp_path / "standin-state"
 
 
 @pytest.mark.slow

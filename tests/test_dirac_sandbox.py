@@ -360,16 +360,7 @@ def test_sandbox_files_dirac_would_cut_are_refused(monkeypatch, tmp_path):
 
 
 # --- jobs through the stand-in -----------------------------------------------------------------
-@pytest.fixture
-def standins(tmp_path, monkeypatch):
-    """The stand-in dirac-wms-* commands first on PATH, their state in a fresh directory."""
-    monkeypatch.setenv("PATH", f"{bin_dir()}:{os.environ['PATH']}")
-    state = tmp_path / "standin-state"
-    monkeypatch.setenv("AGC_STANDIN_STATE", str(state))
-    return state / "dirac"
-
-
-def test_a_standin_job_s_worker_runs_the_harness_from_the_shipped_wheel(standins):
+def test_a_standin_job_s_worker_runs_the_harness_from_the_shipped_wheel(dirac_standins):
     backend = _backend("sandbox", start_timeout=60)
     executor = backend.start()
     try:
@@ -397,8 +388,8 @@ def test_a_standin_job_s_worker_runs_the_harness_from_the_shipped_wheel(standins
         (found,) = executor.client.run(where).values()
     finally:
         executor.close()
-    (job,) = localjobs.history(standins)
-    workdir = (standins / "jobs" / job["id"]).resolve()
+    (job,) = localjobs.history(dirac_standins)
+    workdir = (dirac_standins / "jobs" / job["id"]).resolve()
     target = workdir / "agc-harness"
     assert Path(found["cwd"]).resolve() == workdir
     assert Path(found["agc"]).resolve() == target / "agc" / "__init__.py"
@@ -410,11 +401,13 @@ def test_a_standin_job_s_worker_runs_the_harness_from_the_shipped_wheel(standins
     assert not wheel.exists() and not wheel.parent.exists()  # gone with the cluster
 
 
-def test_a_sandbox_file_missing_at_submission_fails_the_start(standins, monkeypatch, tmp_path):
+def test_a_sandbox_file_missing_at_submission_fails_the_start(
+    dirac_standins, monkeypatch, tmp_path
+):
     monkeypatch.setattr(DiracBackend, "harness_wheel", lambda self: tmp_path / WHEEL)
     with pytest.raises(
         BackendError,
         match=f"job submission failed: .*Input Sandbox is not valid: {tmp_path / WHEEL} not found",
     ):
         _backend("sandbox", start_timeout=600).start()
-    assert localjobs.history(standins) == []
+    assert localjobs.history(dirac_standins) == []

@@ -34,7 +34,6 @@ from slurm_cluster import backend_run, reference_histograms
 
 import backends.dirac  # noqa: F401  (dask_jobqueue sets signal handlers: main thread only)
 from backends.base import BackendError
-from backends.standins import bin_dir
 
 NFT_RULES = """\
 table inet agcfw {
@@ -174,12 +173,6 @@ def _profile(tmp_path, site: Site, relay: bool) -> str:
     return str(path)
 
 
-@pytest.fixture
-def standin_dirac(tmp_path, monkeypatch):
-    monkeypatch.setenv("PATH", f"{bin_dir()}:{os.environ['PATH']}")
-    monkeypatch.setenv("AGC_STANDIN_STATE", str(tmp_path / "standin-state"))
-
-
 def _bounded(fn, seconds: float):
     """``fn()`` in a thread, waited for at most ``seconds``: a hang fails the test."""
     box: dict = {}
@@ -202,7 +195,7 @@ def _bounded(fn, seconds: float):
 
 @pytest.mark.slow
 def test_firewalled_workers_without_relay_fail_naming_the_worker(
-    firewalled_site, tmp_path, standin_dirac, small_catalog
+    firewalled_site, tmp_path, standins, small_catalog
 ):
     site = firewalled_site
     profile = _profile(tmp_path, site, relay=False)
@@ -216,7 +209,7 @@ def test_firewalled_workers_without_relay_fail_naming_the_worker(
 
 @pytest.mark.slow
 def test_firewalled_workers_with_relay_match_local(
-    firewalled_site, tmp_path, standin_dirac, small_catalog
+    firewalled_site, tmp_path, standins, small_catalog
 ):
     site = firewalled_site
     profile = _profile(tmp_path, site, relay=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,18 +25,9 @@ from slurm_cluster import backend_run, reference_histograms
 from backends.dirac import DiracBackend
 from backends.jobqueue import job_site, job_status
 from backends.profiles import ProfileError
-from backends.standins import bin_dir, localjobs
+from backends.standins import localjobs
 
 SITES = ("LCG.SITE-A.uk", "LCG.SITE-B.uk")
-
-
-@pytest.fixture
-def standins(tmp_path, monkeypatch):
-    """The stand-in dirac-wms-* commands first on PATH, their state in a fresh directory."""
-    monkeypatch.setenv("PATH", f"{bin_dir()}:{os.environ['PATH']}")
-    state = tmp_path / "standin-state"
-    monkeypatch.setenv("AGC_STANDIN_STATE", str(state))
-    return state / "dirac"
 
 
 def _profile(tmp_path: Path, **monitor) -> str:
@@ -76,8 +66,8 @@ def _wait_for(predicate: Callable[[], bool], seconds: float = 25) -> None:
         time.sleep(0.1)
 
 
-def _sites(standins: Path) -> dict[str, str]:
-    return {j["id"]: j["site"] for j in localjobs.history(standins)}
+def _sites(dirac_standins: Path) -> dict[str, str]:
+    return {j["id"]: j["site"] for j in localjobs.history(dirac_standins)}
 
 
 def test_states_in_words():
@@ -109,7 +99,7 @@ def test_monitor_settings_and_schema():
 
 @pytest.mark.fault("a DIRAC job reported Failed during the run", "survived", histograms="identical")
 def test_failed_job_is_replaced_at_its_site_and_the_run_matches_local(
-    standins, tmp_path, monkeypatch, small_catalog, caplog
+    dirac_standins, tmp_path, monkeypatch, small_catalog, caplog
 ):
     # job 1 "fails" as soon as DIRAC would see it running (its worker is killed with it)
     _report(
@@ -126,7 +116,7 @@ def test_failed_job_is_replaced_at_its_site_and_the_run_matches_local(
     caplog.set_level(logging.WARNING, logger="backends.jobqueue")
     result = backend_run(str(small_catalog), "dirac", profile=_profile(tmp_path))
     assert_same_histograms(reference_histograms(str(small_catalog)), result.histograms, rtol=0)
-    site = _sites(standins)
+    site = _sites(dirac_standins)
     assert sorted(site) == ["1", "2", "3"]  # one replacement
     assert site["3"] == site["1"]  # at the failed job's site
     assert result.summary["jobs_resubmitted"] == result.record.jobs_resubmitted == 1
@@ -141,7 +131,7 @@ def test_failed_job_is_replaced_at_its_site_and_the_run_matches_local(
     assert result.record.row()["jobs"] == result.record.jobs  # the runs.csv column
 
 
-def test_job_waiting_too_long_is_killed_and_replaced(standins, tmp_path, monkeypatch, caplog):
+def test_job_waiting_too_long_is_killed_and_replaced(dirac_standins, tmp_path, monkeypatch, caplog):
     # DIRAC keeps job 1 Waiting (its worker, a local process here, runs all the same)
     _report(
         monkeypatch,
@@ -151,9 +141,9 @@ def test_job_waiting_too_long_is_killed_and_replaced(standins, tmp_path, monkeyp
     executor = DiracBackend(profile=_profile(tmp_path, max_waiting=1)).start()
     try:
         _wait_for(lambda: executor.jobs_resubmitted == 1)
-        site = _sites(standins)
+        site = _sites(dirac_standins)
         assert sorted(site) == ["1", "2", "3"] and site["3"] == site["1"]
-        pid = {j["id"]: j["pid"] for j in localjobs.history(standins)}
+        pid = {j["id"]: j["pid"] for j in localjobs.history(dirac_standins)}
         assert localjobs.group_members(pid["1"]) == []  # killed before it was replaced
         assert "still Waiting (Pilot Agent Submission) after" in caplog.text
         assert "killed and replaced by job 3" in caplog.text
@@ -168,7 +158,7 @@ def test_job_waiting_too_long_is_killed_and_replaced(standins, tmp_path, monkeyp
     ]
 
 
-def test_resubmissions_stop_at_the_limit(standins, tmp_path, monkeypatch, caplog):
+def test_resubmissions_stop_at_the_limit(dirac_standins, tmp_path, monkeypatch, caplog):
     # every job at SITE-A fails: the first replacement is allowed, the second is not
     _report(
         monkeypatch,
@@ -183,7 +173,7 @@ def test_resubmissions_stop_at_the_limit(standins, tmp_path, monkeypatch, caplog
     try:
         _wait_for(lambda: "max_resubmissions 1 reached" in caplog.text)
         assert executor.jobs_resubmitted == 1
-        site = _sites(standins)
+        site = _sites(dirac_standins)
         assert sorted(site) == ["1", "2", "3"]  # no fourth job
         third = [r for r in caplog.records if "not replaced" in r.getMessage()]
         assert len(third) == 1 and third[0].levelno == logging.ERROR
@@ -196,7 +186,7 @@ def test_resubmissions_stop_at_the_limit(standins, tmp_path, monkeypatch, caplog
     assert executor.jobs_resubmitted == 1
 
 
-def test_failing_status_calls_are_logged_and_retried(standins, tmp_path, monkeypatch, caplog):
+def test_failing_status_calls_are_logged_and_retried(dirac_standins, tmp_path, monkeypatch, caplog):
     calls = []
 
     def job_states(self, job_ids):
@@ -222,7 +212,7 @@ def test_failing_status_calls_are_logged_and_retried(standins, tmp_path, monkeyp
     assert {j["status"] for j in executor.job_list()} == {None}
 
 
-def test_interval_zero_polls_only_at_close(standins, tmp_path, monkeypatch):
+def test_interval_zero_polls_only_at_close(dirac_standins, tmp_path, monkeypatch):
     asked = _report(monkeypatch, lambda i, s: None)
     executor = DiracBackend(profile=_profile(tmp_path, interval=0)).start()
     try:
@@ -237,7 +227,7 @@ def test_interval_zero_polls_only_at_close(standins, tmp_path, monkeypatch):
     ]
 
 
-def test_job_killed_by_dirac_is_replaced_after_its_worker_left(standins, tmp_path, caplog):
+def test_job_killed_by_dirac_is_replaced_after_its_worker_left(dirac_standins, tmp_path, caplog):
     # no fake states: the stand-in reports the job Killed after dirac-wms-job-kill (as DIRAC
     # does for a job a site or an operator killed); dask-jobqueue forgets it once its worker
     # left (lost-worker-timeout) and, without adapt, would not start it again
@@ -252,7 +242,7 @@ def test_job_killed_by_dirac_is_replaced_after_its_worker_left(standins, tmp_pat
             executor.wait_for_workers(2)
             subprocess.run(["dirac-wms-job-kill", "1"], check=True, capture_output=True, timeout=30)
             _wait_for(lambda: executor.jobs_resubmitted == 1)
-            site = _sites(standins)
+            site = _sites(dirac_standins)
             assert sorted(site) == ["1", "2", "3"] and site["3"] == site["1"]
             assert "job 1 (" in caplog.text and "reported Killed" in caplog.text
             executor.wait_for_workers(2)  # the replacement's worker took over

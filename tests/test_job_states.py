@@ -7,7 +7,6 @@ naming each job's state.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from backends import htcondor
 from backends.base import BackendError
 from backends.dirac import DiracBackend, DiracCLITransport, parse_job_status
 from backends.htcondor import HTCondorBackend, job_states_from_ads
-from backends.standins import bin_dir, localjobs
+from backends.standins import localjobs
 
 #: ``condor_q 1234.0 1235.0 1236.0 1237.0 1238.0 1239.0 -attributes
 #: ClusterId,ProcId,JobStatus,HoldReason -json`` as HTCondor prints it (ads in "[ ... , ... ]",
@@ -258,14 +257,6 @@ def test_dirac_status_failures_give_none(tmp_path, kind):
 
 
 # --- the stand-ins on real stand-in jobs -------------------------------------------------------
-@pytest.fixture
-def standins(tmp_path, monkeypatch):
-    """The stand-in commands first on PATH, with their state in a fresh directory."""
-    monkeypatch.setenv("PATH", f"{bin_dir()}:{os.environ['PATH']}")
-    monkeypatch.setenv("AGC_STANDIN_STATE", str(tmp_path / "standin-state"))
-    return tmp_path / "standin-state"
-
-
 def _wait_for(predicate, seconds: float = 10) -> None:
     deadline = time.monotonic() + seconds
     while not predicate():
