@@ -191,9 +191,10 @@ class RunRecord:
     jobs: str = "[]"
     jobs_resubmitted: int = 0
     #: the relay broker the workers were reached through (``relay.broker``; "" without one)
-    #: and the connections it relayed to them (backends/relay)
+    #: and the connections and bytes (both ways) it relayed to them (backends/relay)
     relay: str = ""
     relayed_connections: int = 0
+    relayed_bytes: int = 0
 
     @property
     def cores(self) -> int:

@@ -108,6 +108,7 @@ class Execution:
     #: the relay broker the workers reached ("" without one) and the connections it relayed
     relay: str = ""
     relayed_connections: int = 0
+    relayed_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -416,6 +417,7 @@ def execute(
     if executor is None:
         return Execution(results, workers=1, cores_per_worker=1)
     job_list = getattr(executor, "job_list", None)  # after close: the jobs' final states
+    relay_stats = getattr(executor, "relay_stats", None) or {}  # the started broker's counts
     jobs = tuple(job_list()) if callable(job_list) else ()
     return Execution(
         results,
@@ -429,8 +431,9 @@ def execute(
         jobs=jobs,
         jobs_resubmitted=getattr(executor, "jobs_resubmitted", 0),
         relay=getattr(executor, "relay_address", None) or "",
-        relayed_connections=int(
-            (getattr(executor, "relay_stats", None) or {}).get("relayed_connections", 0)
+        relayed_connections=int(relay_stats.get("relayed_connections", 0)),
+        relayed_bytes=int(
+            relay_stats.get("bytes_to_workers", 0) + relay_stats.get("bytes_from_workers", 0)
         ),
     )
 
@@ -648,6 +651,7 @@ def record(
         jobs_resubmitted=execution.jobs_resubmitted,
         relay=execution.relay,
         relayed_connections=execution.relayed_connections,
+        relayed_bytes=execution.relayed_bytes,
         **task_totals(timings),
     )
     weights = processed_weights(plan, execution.results)
@@ -679,7 +683,11 @@ def record(
         "tasks_moved_off_site": run_record.tasks_moved_off_site,
         "jobs_resubmitted": run_record.jobs_resubmitted,
         "jobs": list(execution.jobs),
-        "relay": {"broker": run_record.relay, "relayed_connections": run_record.relayed_connections}
+        "relay": {
+            "broker": run_record.relay,
+            "relayed_connections": run_record.relayed_connections,
+            "relayed_bytes": run_record.relayed_bytes,
+        }
         if run_record.relay
         else None,
     }

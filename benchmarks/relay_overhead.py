@@ -23,6 +23,12 @@ CPU and memory per connected worker.
    client runs a function on every worker ten times (Dask's broadcast opens a connection to
    each worker per call and closes it: each call is a new relayed connection).
 
+3. **An AGC run through the relay**: the default synthetic dataset (``agc run``'s) on two
+   DIRAC stand-in jobs (``backends/standins``: local processes), once with their workers
+   reached directly and once only through a relay broker the backend starts: wall time, the
+   rate, and the connections and bytes the broker relayed (per chunk), ``--agc-repeats``
+   times each, interleaved (``--agc-repeats 0``: left out).
+
 It writes ``DIR/relay-overhead.json`` (machine, versions, commit, every measurement) and
 ``DIR/README.md`` with the tables and figures, every sentence derived from the JSON. All
 processes run on this one machine (loopback): the figures are the relay's own cost, without a
@@ -272,6 +278,66 @@ def measure_broker(counts: list[int], idle: float) -> list[dict]:
     return rows
 
 
+# ------------------------------------------------------------------ an AGC run through the relay
+
+
+def measure_agc(repeats: int, tmp: Path) -> list[dict]:
+    """The default synthetic dataset on two DIRAC stand-in jobs, direct and relayed."""
+    import yaml
+
+    from agc import RunConfig, run
+    from backends.standins import bin_dir
+
+    profile = {
+        "backend": "dirac",
+        "worker": {"cores": 1, "memory": "2GB", "death_timeout": 60, "start_timeout": 120},
+        "scheduler": {"host": "127.0.0.1"},
+        "dirac": {"owner_group": "agc_user", "sites": {"LCG.SITE-A.uk": 1, "LCG.SITE-B.uk": 1}},
+    }
+    paths = {}
+    for path in ("direct", "relayed"):
+        data = dict(profile)
+        if path == "relayed":
+            data["relay"] = {"broker": "127.0.0.1:0", "listen": "127.0.0.1:0"}
+        paths[path] = tmp / f"{path}.yaml"
+        paths[path].write_text(yaml.safe_dump(data))
+    env = {"PATH": f"{bin_dir()}:{os.environ['PATH']}", "AGC_STANDIN_STATE": str(tmp / "state")}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    rows = []
+    try:
+        for repeat in range(repeats):
+            for path in ("direct", "relayed"):
+                config = RunConfig(backend="dirac", profile=str(paths[path]), fit=False)
+                result = run(config, progress=False, write=False)
+                r = result.record
+                rows.append(
+                    {
+                        "path": path,
+                        "repeat": repeat,
+                        "events": r.events,
+                        "chunks": r.chunks,
+                        "workers": r.workers,
+                        "wall_seconds": r.wall_seconds,
+                        "events_per_second": r.events_per_second,
+                        "relayed_connections": r.relayed_connections,
+                        "relayed_bytes": r.relayed_bytes,
+                    }
+                )
+                print(
+                    f"AGC {path:8s} {r.events} events, {r.chunks} chunks: {r.wall_seconds:.1f} s,"
+                    f" {r.relayed_connections} connections, {r.relayed_bytes / 1e6:.1f} MB relayed",
+                    flush=True,
+                )
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return rows
+
+
 # ------------------------------------------------------------------ the record and the page
 
 
@@ -413,6 +479,35 @@ def write_page(record: dict, out: Path) -> None:
             "![broker](relay-broker.png)",
             "",
         ]
+    agc = record.get("agc") or []
+    if agc:
+        by_path: dict[str, list[dict]] = {}
+        for r in agc:
+            by_path.setdefault(r["path"], []).append(r)
+        lines += [
+            "## An AGC run through the relay",
+            "",
+            f"`agc run`'s default synthetic dataset ({agc[0]['events']:,} events, "
+            f"{agc[0]['chunks']} chunks) on {agc[0]['workers']} DIRAC **stand-in** jobs (local "
+            "processes running the production JDLs' worker commands), with their workers reached "
+            "directly or only through the relay broker the backend starts; "
+            f"{len(by_path.get('direct', []))} runs each, interleaved (median, min-max).",
+            "",
+            "| workers reached | wall (s) | events/s | connections relayed | MB relayed | "
+            "kB relayed per chunk |",
+            "|---|---|---|---|---|---|",
+        ]
+        for path, rows in by_path.items():
+            wall = [r["wall_seconds"] for r in rows]
+            rate = statistics.median(r["events_per_second"] for r in rows)
+            mb = statistics.median(r["relayed_bytes"] for r in rows) / 1e6
+            conns = statistics.median(r["relayed_connections"] for r in rows)
+            per_chunk = 1e3 * mb / rows[0]["chunks"] if mb else 0
+            lines.append(
+                f"| {path} | {statistics.median(wall):.2f} ({min(wall):.2f}-{max(wall):.2f}) | "
+                f"{rate:,.0f} | {conns:.0f} | {mb:.2f} | {per_chunk:.0f} |"
+            )
+        lines.append("")
     (out / "README.md").write_text("\n".join(lines))
 
 
@@ -432,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workers", default="1,10,25,50,100")
     parser.add_argument("--idle", type=float, default=35.0)
+    parser.add_argument("--agc-repeats", type=int, default=3)
     parser.add_argument(
         "--rebuild",
         action="store_true",
@@ -464,6 +560,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="agc-relay-bench-") as tmp:
         transfers = measure_transfers(args.megabytes, args.messages, args.repeats, Path(tmp))
     broker = measure_broker(counts, args.idle) if counts else []
+    with tempfile.TemporaryDirectory(prefix="agc-relay-bench-") as tmp:
+        agc = measure_agc(args.agc_repeats, Path(tmp)) if args.agc_repeats > 0 else []
     record = {
         "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
@@ -474,6 +572,7 @@ def main(argv: list[str] | None = None) -> int:
         "transfers": transfers,
         "broker": broker,
         "fit": per_worker_fit(broker) if len(broker) >= 2 else {},
+        "agc": agc,
     }
     tmp_json = args.out / "relay-overhead.json.tmp"
     tmp_json.write_text(json.dumps(record, indent=1))

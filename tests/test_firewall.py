@@ -218,3 +218,4 @@ def test_firewalled_workers_with_relay_match_local(
     assert result.workers == 2
     assert result.record.relay.startswith(f"{site.host_ip}:")
     assert result.record.relayed_connections >= 2
+    assert result.record.relayed_bytes > 0  # the chunks' results came through the broker

@@ -120,6 +120,33 @@ def test_broker_refuses_unknown_workers_and_mixed_modes():
     run(main())
 
 
+def test_broker_survives_peers_that_do_not_speak_its_protocol():
+    async def main():
+        from backends.relay.mux import HEADER
+
+        broker = await Broker().start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+            writer.write(b"GET / HTTP/1.1\r\n\r\n")
+            assert (await reader.readline()).startswith(b"ERR not an AGC-RELAY/1 request")
+            writer.close()
+            # a registered link that then sends a frame of no known kind is closed
+            reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+            writer.write(b"AGC-RELAY/1 REGISTER odd/1-x plain\n")
+            assert await reader.readline() == b"OK\n"
+            assert broker.stats()["workers"] == 1
+            writer.write(HEADER.pack(99, 1, 0))
+            assert await reader.read() == b""  # closed by the broker
+            await until(lambda: broker.stats()["workers"] == 0, what="the link to go")
+            host, port = broker.host, broker.port
+            stats = await asyncio.get_running_loop().run_in_executor(None, query_stats, host, port)
+            assert stats["workers"] == 0  # and the broker still answers
+        finally:
+            await broker.stop()
+
+    run(main())
+
+
 def test_encryption_required_refuses_a_plain_relay():
     with pytest.raises(RuntimeError, match="encryption required"):
         RelayListener("127.0.0.1:8790", lambda comm: None, require_encryption=True)
@@ -321,3 +348,4 @@ def test_run_through_relayed_standin_dirac_matches_local(tmp_path, monkeypatch, 
     assert record.relay.startswith("127.0.0.1:") and not record.relay.endswith(":0")
     # the scheduler's test connections, gathers and the client's calls went through it
     assert record.relayed_connections >= 2
+    assert record.relayed_bytes > 0  # the chunks' results came through the broker

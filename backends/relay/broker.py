@@ -14,7 +14,8 @@ Every TCP connection to the broker starts with one line:
   and copies bytes both ways; ``ERR <reason>`` when the worker is not connected to it or
   expects the other mode. With TLS the bytes are the TLS session between the two ends: the
   broker never sees them in clear.
-- ``AGC-RELAY/1 STATS``: one JSON line (workers, streams, bytes relayed, CPU seconds, RSS).
+- ``AGC-RELAY/1 STATS``: one JSON line (workers, streams, connections and bytes relayed since
+  it started, CPU seconds, RSS).
 
 This is the role of HTCondor's connection broker (CCB), with one difference: CCB asks the
 firewalled daemon to connect back for each new connection, while this broker keeps each
@@ -69,6 +70,9 @@ class Broker:
         self.server: asyncio.Server | None = None
         self.links: dict[str, tuple[Mux, str]] = {}
         self.relayed_connections = 0
+        #: DATA bytes of links that are gone (to, from the workers), so the counts cover the
+        #: broker's whole life
+        self._closed_bytes = [0, 0]
         self._tasks: set[asyncio.Task] = set()
 
     @property
@@ -102,8 +106,10 @@ class Broker:
             "workers": len(self.links),
             "streams": sum(len(mux.streams) for mux, _ in self.links.values()),
             "relayed_connections": self.relayed_connections,
-            "bytes_to_workers": sum(mux.bytes_sent for mux, _ in self.links.values()),
-            "bytes_from_workers": sum(mux.bytes_received for mux, _ in self.links.values()),
+            "bytes_to_workers": self._closed_bytes[0]
+            + sum(mux.bytes_sent for mux, _ in self.links.values()),
+            "bytes_from_workers": self._closed_bytes[1]
+            + sum(mux.bytes_received for mux, _ in self.links.values()),
             "cpu_seconds": usage.ru_utime + usage.ru_stime,
             "rss_bytes": _rss_bytes(),
             "pid": os.getpid(),
@@ -167,6 +173,8 @@ class Broker:
         try:
             await mux.run()
         finally:
+            self._closed_bytes[0] += mux.bytes_sent
+            self._closed_bytes[1] += mux.bytes_received
             if self.links.get(worker_id, (None,))[0] is mux:
                 del self.links[worker_id]
                 log.info("relay worker %s disconnected", worker_id)

@@ -168,7 +168,7 @@ class RelayListener(BaseListener):
         self.allow_offload = allow_offload
         self.ssl_context = _ssl_context(connection_args, PREFIX + address)
         self.mode = "tls" if self.ssl_context is not None else "plain"
-        self.worker_id = f"{_node_name()}/{os.getpid()}-{secrets.token_hex(4)}"
+        self.worker_id = f"{_node_name()}/{os.getpid()}-{secrets.token_hex(8)}"
         self.mux: Mux | None = None
         self._stopped = False
         self._tasks: set[asyncio.Task] = set()

@@ -190,6 +190,8 @@ class Mux:
                     raise ValueError(f"relay link: unknown frame kind {kind}")
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
+        except ValueError as err:  # a peer that does not speak this protocol
+            log.warning("relay link closed: %s", err)
         finally:
             self.close()
 
