@@ -469,9 +469,9 @@ def write_page(record: dict, out: Path) -> None:
             "",
             f"A line through these points: **{1000 * fit['rss_mb_joined_per_worker']:.0f} kB of "
             f"broker memory per connected worker** (intercept {fit['rss_mb_joined_intercept']:.0f} "
-            f"MB), idle CPU {fit['idle_cpu_percent_per_worker']:.4f} % of a core per worker. "
+            f"MB), idle CPU {fit['idle_cpu_percent_per_worker']:.1e} % of a core per worker. "
             f"Extrapolated to 1000 workers: about {fit['rss_mb_joined_at_1000']:.0f} MB and "
-            f"{max(fit['idle_cpu_percent_at_1000'], 0):.1f} % of a core while they idle; the CPU "
+            f"{max(fit['idle_cpu_percent_at_1000'], 0):.2f} % of a core while they idle; the CPU "
             "of the work itself grows with what is relayed (per call above, per byte in the "
             "transfer table), not with the number of workers. This is an extrapolation from "
             f"{b[-1]['workers']} workers on one machine, not a measurement at 1000.",
