@@ -84,16 +84,19 @@ def firewalled_site():
     try:
         try:
             _ip("ip", "netns", "add", namespace)
+            _ip("ip", "link", "add", host_if, "type", "veth", "peer", "name", site_if)
+            _ip("ip", "link", "set", site_if, "netns", namespace)
+            _ip("ip", "addr", "add", f"{site.host_ip}/24", "dev", host_if)
+            _ip("ip", "link", "set", host_if, "up")
+            _ip("ip", "addr", "add", f"{site.site_ip}/24", "dev", site_if, namespace=namespace)
+            _ip("ip", "link", "set", site_if, "up", namespace=namespace)
+            _ip("ip", "link", "set", "lo", "up", namespace=namespace)
+            _ip("nft", "-f", "-", namespace=namespace, stdin=NFT_RULES)
         except subprocess.CalledProcessError as err:
-            pytest.skip(f"cannot make a network namespace here: {err.stderr.strip()}")
-        _ip("ip", "link", "add", host_if, "type", "veth", "peer", "name", site_if)
-        _ip("ip", "link", "set", site_if, "netns", namespace)
-        _ip("ip", "addr", "add", f"{site.host_ip}/24", "dev", host_if)
-        _ip("ip", "link", "set", host_if, "up")
-        _ip("ip", "addr", "add", f"{site.site_ip}/24", "dev", site_if, namespace=namespace)
-        _ip("ip", "link", "set", site_if, "up", namespace=namespace)
-        _ip("ip", "link", "set", "lo", "up", namespace=namespace)
-        _ip("nft", "-f", "-", namespace=namespace, stdin=NFT_RULES)
+            pytest.skip(
+                f"cannot make the firewalled site here ({' '.join(err.cmd)}): "
+                f"{(err.stderr or '').strip()}"
+            )
         yield site
     finally:
         pids = subprocess.run(
