@@ -214,3 +214,20 @@ def standins(tmp_path, monkeypatch) -> Path:
 def dirac_standins(standins) -> Path:
     """:func:`standins`; the DIRAC stand-in's own state directory."""
     return standins / "dirac"
+
+
+@pytest.fixture
+def drawn(monkeypatch) -> list:
+    """The figures the report's plot functions hand to ``agc.report_figures._render``
+    (complete after it saved them)."""
+    from agc import report_figures
+
+    figures = []
+    real = report_figures._render
+
+    def keep(fig, *args, **kwargs):
+        figures.append(fig)
+        return real(fig, *args, **kwargs)
+
+    monkeypatch.setattr(report_figures, "_render", keep)
+    return figures

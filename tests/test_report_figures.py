@@ -142,20 +142,6 @@ def _records(commits: list[str] | None = None) -> Records:
     return Records(runs_df, pd.DataFrame(phases), pd.DataFrame(tasks))
 
 
-@pytest.fixture
-def drawn(monkeypatch) -> list:
-    """The figures handed to ``_render`` (complete after it saved them)."""
-    figures = []
-    real = rf._render
-
-    def keep(fig, *args, **kwargs):
-        figures.append(fig)
-        return real(fig, *args, **kwargs)
-
-    monkeypatch.setattr(rf, "_render", keep)
-    return figures
-
-
 def axes_of(drawn: list):
     (fig,) = drawn
     return fig, fig.axes[0]

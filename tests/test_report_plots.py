@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 from matplotlib.container import BarContainer, ErrorbarContainer
 
-from agc import report_figures
 from agc.metrics import PHASES
 from agc.report import Records
 from agc.report_figures import (
@@ -156,20 +155,6 @@ def no_open_figures():
     plt.close("all")
     yield
     plt.close("all")
-
-
-@pytest.fixture
-def drawn(monkeypatch) -> list:
-    """The figures the plot functions hand to ``_render`` (complete after it saved them)."""
-    figures = []
-    real = report_figures._render
-
-    def keep(fig, *args, **kwargs):
-        figures.append(fig)
-        return real(fig, *args, **kwargs)
-
-    monkeypatch.setattr(report_figures, "_render", keep)
-    return figures
 
 
 def assert_png(rendered: Rendered | None) -> None:
