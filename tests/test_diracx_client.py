@@ -45,6 +45,17 @@ def credentials(path: Path, token: str = TOKEN, expires_in: float = 3600) -> Pat
     return path
 
 
+def diracx_profile(token_file: Path, url: str = URL, **dirac) -> dict:
+    """A dirac profile with the DiracX transport (``diracx``: url and token file), plus the
+    other ``dirac`` keys given."""
+    diracx = {"url": url, "token_file": str(token_file), **dirac.pop("diracx", {})}
+    return {
+        "backend": "dirac",
+        "worker": {"cores": 1, "memory": "1GB"},
+        "dirac": {"transport": "diracx", "diracx": diracx, **dirac},
+    }
+
+
 class FakeDiracX:
     """Canned DiracX answers; every request is kept (``requests``)."""
 
@@ -149,14 +160,7 @@ def test_token_from_the_profile_path(tmp_path, monkeypatch):
     monkeypatch.setenv("DIRACX_CREDENTIALS_PATH", str(tmp_path / "not-this-one.json"))
     token_file = credentials(tmp_path / "site" / "diracx-token.json")
     backend = DiracBackend(
-        profile={
-            "backend": "dirac",
-            "worker": {"cores": 1, "memory": "1GB"},
-            "dirac": {
-                "transport": "diracx",
-                "diracx": {"url": URL + "/", "token_file": str(token_file), "timeout": 12},
-            },
-        }
+        profile=diracx_profile(token_file, url=URL + "/", diracx={"timeout": 12})
     )
     transport = backend.transport()
     assert isinstance(transport, DiracXTransport)
@@ -347,15 +351,9 @@ def test_kill_of_unknown_jobs_is_no_error(tmp_path):
 def test_dirac_backend_submits_and_kills_through_diracx(tmp_path, monkeypatch):
     fake = FakeDiracX()
     backend = DiracBackend(
-        profile={
-            "backend": "dirac",
-            "worker": {"cores": 1, "memory": "1GB"},
-            "dirac": {
-                "transport": "diracx",
-                "diracx": {"url": URL, "token_file": str(credentials(tmp_path / "t.json"))},
-                "sites": {"LCG.SITE-A.uk": 1, "LCG.SITE-B.uk": 1},
-            },
-        }
+        profile=diracx_profile(
+            credentials(tmp_path / "t.json"), sites={"LCG.SITE-A.uk": 1, "LCG.SITE-B.uk": 1}
+        )
     )
     transport = backend.transport()
     fake.answer(transport, monkeypatch)

@@ -258,19 +258,14 @@ def test_diracx_transport_jobs_waiting_too_long_are_replaced_up_to_the_limit(
     # DiracX (canned answers, tests/test_diracx_client.py) keeps every job Waiting: no worker
     # ever connects; each job is killed and replaced until max_resubmissions
     pytest.importorskip("httpx2")
-    from test_diracx_client import URL, FakeDiracX, credentials
+    from test_diracx_client import FakeDiracX, credentials, diracx_profile
 
     fake = FakeDiracX()
-    profile = {
-        "backend": "dirac",
-        "worker": {"cores": 1, "memory": "1GB"},
-        "dirac": {
-            "transport": "diracx",
-            "diracx": {"url": URL, "token_file": str(credentials(tmp_path / "t.json"))},
-            "sites": dict.fromkeys(SITES, 1),
-            "monitor": {"interval": 0.3, "max_waiting": 0.5, "max_resubmissions": 2},
-        },
-    }
+    profile = diracx_profile(
+        credentials(tmp_path / "t.json"),
+        sites=dict.fromkeys(SITES, 1),
+        monitor={"interval": 0.3, "max_waiting": 0.5, "max_resubmissions": 2},
+    )
     backend = DiracBackend(profile=profile)
     fake.answer(backend.transport(), monkeypatch)
     caplog.set_level(logging.WARNING, logger="backends.jobqueue")
