@@ -329,6 +329,22 @@ def _point_ticks(ax: Axes, x, names: list[str]) -> None:
     ax.set_xticks(x, wrapped, rotation=angle, ha="right" if angle else "center")
 
 
+#: How the latency figure marks a milestone on each backend's bar: marker, size, label.
+_MILESTONES = {
+    "first_result": ("D", 36, "first result"),
+    "all_workers": ("^", 44, "all workers joined"),
+}
+
+
+def _milestone(ax: Axes, x, y, phase: str) -> None:
+    """Mark the milestone ``phase`` at ``x`` on the bars at ``y`` (its phase colour)."""
+    marker, size, label = _MILESTONES[phase]
+    ax.scatter(
+        x, y, marker=marker, s=size, color=PHASE_COLORS[phase], edgecolor="black", zorder=3,
+        label=label,
+    )  # fmt: skip
+
+
 def _legend_above(ax: Axes, ncol: int = 2) -> None:
     """The legend between the title and the axes: it never covers a bar or its label."""
     ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=ncol, frameon=False)
@@ -595,30 +611,12 @@ def plot_latency_targets(records: Records) -> Rendered | None:
         before = np.zeros(rows)
         for phase in order[: order.index("processing")]:
             before += table[phase].fillna(0.0).to_numpy(float)
-        ax.scatter(
-            before + table["first_result"].to_numpy(float),
-            y,
-            marker="D",
-            s=36,
-            color=PHASE_COLORS["first_result"],
-            edgecolor="black",
-            zorder=3,
-            label="first result",
-        )
+        _milestone(ax, before + table["first_result"].to_numpy(float), y, "first_result")
     if "all_workers" in table and table["all_workers"].notna().any():
         start = (
             table["preprocessing"].fillna(0.0).to_numpy(float) if "preprocessing" in table else 0
         )
-        ax.scatter(
-            start + table["all_workers"].to_numpy(float),
-            y,
-            marker="^",
-            s=44,
-            color=PHASE_COLORS["all_workers"],
-            edgecolor="black",
-            zorder=3,
-            label="all workers joined",
-        )
+        _milestone(ax, start + table["all_workers"].to_numpy(float), y, "all_workers")
     for _, seconds, label in AF_TARGETS:
         ax.axvline(seconds, color="#444444", ls="--", lw=1.2)
         ax.text(
