@@ -615,6 +615,8 @@ class JobQueueBackend:
     cluster_cls: ClassVar[Any]
     #: Shipped profile suggested when ``--profile`` is missing.
     example_profile: ClassVar[str] = ""
+    #: where the workers reach the broker started for the run (set by its start)
+    _relay_address: str | None = None
 
     def __init__(
         self,
@@ -828,7 +830,7 @@ class JobQueueBackend:
         relay = self.relay()
         if relay is None:
             return None
-        return getattr(self, "_relay_address", None) or relay["broker"]
+        return self._relay_address or relay["broker"]
 
     def reach_timeout(self) -> float:
         return float(self.profile.worker.get("reach_timeout", DEFAULT_REACH_TIMEOUT))

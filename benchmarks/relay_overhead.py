@@ -49,6 +49,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 
@@ -302,10 +303,8 @@ def measure_agc(repeats: int, tmp: Path) -> list[dict]:
         paths[path] = tmp / f"{path}.yaml"
         paths[path].write_text(yaml.safe_dump(data))
     env = {"PATH": f"{bin_dir()}:{os.environ['PATH']}", "AGC_STANDIN_STATE": str(tmp / "state")}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     rows = []
-    try:
+    with mock.patch.dict(os.environ, env):
         for repeat in range(repeats):
             for path in ("direct", "relayed"):
                 config = RunConfig(backend="dirac", profile=str(paths[path]), fit=False)
@@ -329,12 +328,6 @@ def measure_agc(repeats: int, tmp: Path) -> list[dict]:
                     f" {r.relayed_connections} connections, {r.relayed_bytes / 1e6:.1f} MB relayed",
                     flush=True,
                 )
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return rows
 
 
